@@ -1,0 +1,47 @@
+"""Shared test fixtures: tiny models with non-trivial weights, so that a dropped bias or gain shows in the output."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tinygrad import Tensor
+from tinygrad.nn.state import get_state_dict
+
+import tfm
+
+DEVICE = "CPU"
+
+
+def randomize(model: tfm.Transformer, seed: int = 0) -> tfm.Transformer:
+  """Give every parameter (biases, LayerNorm gains and biases, the pad row) random, non-trivial values."""
+  rng = np.random.default_rng(seed)
+  seen = set()
+  for name, p in get_state_dict(model).items():
+    if id(p) in seen: continue
+    seen.add(id(p))
+    scale = 0.3 if "layer_norm" not in name else 0.2
+    base = 1.0 if "layer_norm" in name and name.endswith(".weight") else 0.0
+    value = base + scale * rng.standard_normal(p.shape)
+    p.replace(Tensor(value.astype(np.float32), device=p.device).realize())
+  return model
+
+
+def state_numpy(model: tfm.Transformer) -> dict[str, np.ndarray]:
+  return {k: v.numpy() for k, v in get_state_dict(model).items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> tfm.TransformerConfig:
+  return tfm.TransformerConfig.preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config) -> tfm.Transformer:
+  return randomize(tfm.Transformer(tiny_config, device=DEVICE))
+
+
+@pytest.fixture(scope="session")
+def batch() -> tuple[np.ndarray, np.ndarray]:
+  """A source batch with padding (pad_id 0) and a target batch, both reused across tests to keep kernels cached."""
+  src = np.array([[5, 9, 12, 33, 2, 0, 0], [7, 8, 9, 10, 11, 40, 2]], dtype=np.int32)
+  tgt = np.array([[1, 14, 15, 16, 17], [1, 20, 21, 22, 23]], dtype=np.int32)
+  return src, tgt

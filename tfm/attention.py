@@ -1,0 +1,61 @@
+"""Attention (paper section 3.2): scaled dot-product attention, multi-head attention, and the masks they use.
+
+Masks are boolean tensors broadcastable to (B, heads, T_query, T_key) where True means "may attend".
+"""
+from __future__ import annotations
+
+import math
+
+from tinygrad import Tensor, dtypes
+from tinygrad.nn import Linear
+
+
+def padding_mask(ids: Tensor, pad_id: int) -> Tensor:
+  """Key-padding mask for ids (B, S): True at real tokens, shaped (B, 1, 1, S) to broadcast over heads and queries."""
+  return (ids != pad_id).reshape(ids.shape[0], 1, 1, ids.shape[1])
+
+
+def causal_mask(length: int, device: str | None = None) -> Tensor:
+  """Decoder self-attention mask (1, 1, T, T): query t may attend to keys 0..t, never to later positions."""
+  return Tensor.ones(length, length, dtype=dtypes.bool, device=device).tril().reshape(1, 1, length, length)
+
+
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
+  """softmax(Q K^T / sqrt(d_k)) over the keys: (B, H, Tq, hd) x (B, H, Tk, hd) -> (B, H, Tq, Tk)."""
+  scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+  if mask is not None: scores = mask.where(scores, -math.inf)
+  return scores.softmax(-1)
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+  """3.2.1 Scaled dot-product attention: softmax(Q K^T / sqrt(d_k)) V."""
+  return attention_weights(q, k, mask) @ v
+
+
+class MultiHeadAttention:
+  """3.2.2 Multi-head attention: h parallel heads over learned projections of queries, keys and values."""
+
+  def __init__(self, d_model: int, n_heads: int):
+    self.n_heads, self.head_dim = n_heads, d_model // n_heads
+    self.q_proj, self.k_proj, self.v_proj = Linear(d_model, d_model), Linear(d_model, d_model), Linear(d_model, d_model)
+    self.out_proj = Linear(d_model, d_model)
+
+  def split_heads(self, x: Tensor) -> Tensor:
+    b, t, _ = x.shape
+    return x.reshape(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+
+  def merge_heads(self, x: Tensor) -> Tensor:
+    b, _, t, _ = x.shape
+    return x.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, T, d)
+
+  def project_kv(self, source: Tensor) -> tuple[Tensor, Tensor]:
+    """Keys and values of a source sequence (B, S, d), split into heads: two (B, H, S, hd) tensors."""
+    return self.split_heads(self.k_proj(source)), self.split_heads(self.v_proj(source))
+
+  def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Queries from x (B, T, d) against keys and values already projected (as a KV cache holds them)."""
+    return self.out_proj(self.merge_heads(scaled_dot_product_attention(self.split_heads(self.q_proj(x)), k, v, mask)))
+
+  def __call__(self, x: Tensor, source: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Queries from x (B, T, d), keys and values from source (B, S, d): self-attention when source is x."""
+    return self.attend(x, *self.project_kv(source), mask)

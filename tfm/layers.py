@@ -1,0 +1,100 @@
+"""The Transformer's building blocks: positional encoding (3.5), the feed-forward network (3.3), and the
+encoder and decoder layers (3.1) with their residual connections and layer normalisation (Add & Norm)."""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import numpy as np
+from tinygrad import Tensor
+from tinygrad.nn import LayerNorm, Linear
+
+from tfm.attention import MultiHeadAttention
+from tfm.config import TransformerConfig
+
+
+def sinusoid_table(length: int, d_model: int, layout: str = "interleaved") -> np.ndarray:
+  """3.5 PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), as a float64 (length, d_model) array.
+
+  "interleaved" stores sin and cos in alternate features, as the paper writes it; "half_split" stores all sines
+  then all cosines, as Marian and fairseq do.
+  """
+  pos = np.arange(length, dtype=np.float64)[:, None]
+  freq = np.power(10000.0, -np.arange(0, d_model, 2, dtype=np.float64) / d_model)[None, :]
+  angles = pos * freq  # (length, d_model / 2)
+  if layout == "half_split": return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+  return np.stack([np.sin(angles), np.cos(angles)], axis=2).reshape(length, d_model)
+
+
+@functools.cache
+def _table_on(length: int, d_model: int, layout: str, device: str) -> Tensor:
+  # kept out of the model's attributes: a fixed table is not a weight and must not appear in the state dict
+  return Tensor(sinusoid_table(length, d_model, layout).astype(np.float32), device=device).realize()
+
+
+class PositionalEncoding:
+  """3.5 Positional encoding: a fixed sinusoidal table added to the embeddings (not learned, not saved)."""
+
+  def __init__(self, config: TransformerConfig, device: str):
+    self.max_len, self.d_model, self.layout, self.device = config.max_len, config.d_model, config.positional, device
+
+  def __call__(self, length: int, offset: int = 0) -> Tensor:
+    """Rows offset .. offset+length of the table: (length, d_model)."""
+    return _table_on(self.max_len, self.d_model, self.layout, self.device)[offset:offset + length]
+
+
+class FeedForward:
+  """3.3 Position-wise feed-forward network: fc2(activation(fc1(x))), applied to each position alike."""
+
+  def __init__(self, d_model: int, d_ff: int, activation: str):
+    self.fc1, self.fc2, self.activation = Linear(d_model, d_ff), Linear(d_ff, d_model), activation
+
+  def __call__(self, x: Tensor) -> Tensor:
+    h = self.fc1(x)
+    if self.activation == "relu": h = h.relu()
+    elif self.activation == "gelu": h = h.gelu(approximate="none")  # the exact erf form, as PyTorch and Marian use
+    else: h = h.swish()
+    return self.fc2(h)
+
+
+def add_and_norm(x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: LayerNorm, norm_first: bool, dropout: float) -> Tensor:
+  """5.4 residual dropout and 3.1 Add & Norm: LayerNorm(x + Dropout(Sublayer(x))), or x + Dropout(Sublayer(LayerNorm(x))) pre-norm."""
+  if norm_first: return x + sublayer(norm(x)).dropout(dropout)
+  return norm(x + sublayer(x).dropout(dropout))
+
+
+class EncoderLayer:
+  """3.1 Encoder layer: self-attention, then the feed-forward network, each wrapped in Add & Norm."""
+
+  def __init__(self, config: TransformerConfig):
+    d, eps = config.d_model, config.layer_norm_eps
+    self.self_attn = MultiHeadAttention(d, config.n_heads)
+    self.self_attn_layer_norm = LayerNorm(d, eps=eps)
+    self.ffn = FeedForward(d, config.d_ff, config.activation)
+    self.final_layer_norm = LayerNorm(d, eps=eps)
+    self.norm_first, self.dropout = config.norm_first, config.dropout
+
+  def __call__(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    x = add_and_norm(x, lambda h: self.self_attn(h, h, mask), self.self_attn_layer_norm, self.norm_first, self.dropout)
+    return add_and_norm(x, self.ffn, self.final_layer_norm, self.norm_first, self.dropout)
+
+
+class DecoderLayer:
+  """3.1 Decoder layer: masked self-attention, attention over the encoder output (encoder_attn), then the FFN."""
+
+  def __init__(self, config: TransformerConfig):
+    d, eps = config.d_model, config.layer_norm_eps
+    self.self_attn = MultiHeadAttention(d, config.n_heads)
+    self.self_attn_layer_norm = LayerNorm(d, eps=eps)
+    self.encoder_attn = MultiHeadAttention(d, config.n_heads)
+    self.encoder_attn_layer_norm = LayerNorm(d, eps=eps)
+    self.ffn = FeedForward(d, config.d_ff, config.activation)
+    self.final_layer_norm = LayerNorm(d, eps=eps)
+    self.norm_first, self.dropout = config.norm_first, config.dropout
+
+  def __call__(self, x: Tensor, memory: Tensor, self_mask: Tensor | None, memory_mask: Tensor | None) -> Tensor:
+    x = add_and_norm(x, lambda h: self.self_attn(h, h, self_mask), self.self_attn_layer_norm, self.norm_first, self.dropout)
+    x = add_and_norm(x, lambda h: self.encoder_attn(h, memory, memory_mask), self.encoder_attn_layer_norm,
+                     self.norm_first, self.dropout)
+    return add_and_norm(x, self.ffn, self.final_layer_norm, self.norm_first, self.dropout)
+

@@ -1,0 +1,152 @@
+"""The encoder-decoder Transformer (paper section 3): embeddings, the encoder and decoder stacks, the generator.
+
+    ids (B, S) -> embed * sqrt(d_model) + PE -> dropout -> N x EncoderLayer -> memory (B, S, d)
+    ids (B, T) -> embed * sqrt(d_model) + PE -> dropout -> N x DecoderLayer(memory) -> linear -> logits (B, T, V)
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from tinygrad import Context, Device, Tensor, dtypes
+from tinygrad.nn import Embedding, LayerNorm, Linear
+from tinygrad.nn.state import get_parameters, get_state_dict
+
+from tfm.attention import causal_mask, padding_mask
+from tfm.config import TransformerConfig
+from tfm.errors import InputError
+from tfm.layers import DecoderLayer, EncoderLayer, PositionalEncoding
+
+
+def resolve_device(device: str | None) -> str:
+  """The tinygrad device a model lives on: None is tinygrad's default, a name is checked by the backend layer."""
+  return Device.DEFAULT if device is None else Device.canonicalize(device)
+
+
+class Encoder:
+  """The encoder stack: N identical layers over embedded inputs, with a final LayerNorm in pre-norm models."""
+
+  def __init__(self, config: TransformerConfig):
+    self.layers = [EncoderLayer(config) for _ in range(config.n_encoder_layers)]
+    self.layer_norm = LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.use_final_norm else None
+
+  def __call__(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    for layer in self.layers: x = layer(x, mask)
+    return x if self.layer_norm is None else self.layer_norm(x)
+
+
+class Decoder:
+  """The decoder stack: N identical layers over embedded targets, attending to the encoder output."""
+
+  def __init__(self, config: TransformerConfig):
+    self.layers = [DecoderLayer(config) for _ in range(config.n_decoder_layers)]
+    self.layer_norm = LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.use_final_norm else None
+
+  def __call__(self, x: Tensor, memory: Tensor, self_mask: Tensor | None = None, memory_mask: Tensor | None = None) -> Tensor:
+    for layer in self.layers: x = layer(x, memory, self_mask, memory_mask)
+    return x if self.layer_norm is None else self.layer_norm(x)
+
+
+class Transformer:
+  """The encoder-decoder Transformer of "Attention Is All You Need".
+
+  With `tie_embeddings` (the paper's 3.4) the source embedding, the target embedding and the generator share
+  one matrix: `src_embed`, `tgt_embed` and `generator.weight` are the same tensor.
+  """
+
+  def __init__(self, config: TransformerConfig, device: str | None = None):
+    self.config = config
+    self.device = resolve_device(device)
+    d, v = config.d_model, config.vocab_size
+    with Context(DEV=self.device):
+      self.src_embed = Embedding(v, d)
+      self.tgt_embed = self.src_embed if config.tie_embeddings else Embedding(v, d)
+      self.encoder = Encoder(config)
+      self.decoder = Decoder(config)
+      self.generator = Linear(d, v, bias=config.output_bias)
+      self._initialise()
+    self.positions = PositionalEncoding(config, self.device)
+
+  def _initialise(self) -> None:
+    """Xavier-uniform matrices and zero biases (as nn.Transformer), N(0, d^-1/2) embeddings (scaled back up by sqrt(d))."""
+    for name, p in get_state_dict(self).items():
+      if name.endswith("embed.weight"): p.replace(Tensor.normal(*p.shape, std=self.config.d_model ** -0.5))
+      elif "layer_norm" in name: continue
+      elif name.endswith(".weight"): p.replace(Tensor.glorot_uniform(*p.shape))
+      elif name.endswith(".bias"): p.replace(Tensor.zeros(*p.shape))
+    if self.config.tie_embeddings: self.generator.weight = self.src_embed.weight
+    Tensor.realize(*get_parameters(self))
+
+  # --- inputs -----------------------------------------------------------------------------------------------
+
+  def ids(self, ids: Any, name: str = "ids") -> Tensor:
+    """Check token ids (B, T) and put them on the model's device: a Tensor, a numpy array or nested lists of ints."""
+    arr = ids.numpy() if isinstance(ids, Tensor) else np.asarray(ids)
+    if arr.dtype == object or arr.dtype.kind not in "iub":
+      raise InputError(f"{name} must be integer token ids, got dtype {arr.dtype}; convert with np.asarray(..., dtype=np.int32)")
+    if arr.ndim != 2:
+      raise InputError(f"{name} must have shape (batch, length), got shape {arr.shape}; wrap a single sequence as [ids]")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+      raise InputError(f"{name} is empty (shape {arr.shape}): give at least one sequence of at least one token")
+    if arr.shape[1] > self.config.max_len:
+      raise InputError(f"{name} has length {arr.shape[1]}, longer than max_len={self.config.max_len}; "
+                       f"truncate the input or use a config with a larger max_len")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= self.config.vocab_size:
+      bad = lo if lo < 0 else hi
+      raise InputError(f"token id {bad} out of range for vocab_size={self.config.vocab_size} "
+                       f"(ids must be in [0, {self.config.vocab_size - 1}])")
+    return Tensor(arr.astype(np.int32), device=self.device)
+
+  def padding_mask(self, src_ids: Tensor) -> Tensor:
+    """(B, 1, 1, S), True at real source tokens: what every attention over the source may look at."""
+    return padding_mask(src_ids, self.config.pad_id)
+
+  # --- the forward pass -------------------------------------------------------------------------------------
+
+  def embed(self, table: Embedding, ids: Tensor, offset: int = 0) -> Tensor:
+    """3.4 + 3.5: token embedding (x sqrt(d_model) when configured) plus the positional encoding, then dropout."""
+    x = table(ids)
+    if self.config.scale_embedding: x = x * math.sqrt(self.config.d_model)
+    return (x + self.positions(ids.shape[1], offset).cast(x.dtype)).dropout(self.config.dropout)
+
+  def encode(self, src_ids: Any) -> Tensor:
+    """Source ids (B, S) -> memory (B, S, d_model)."""
+    return self.run_encoder(self.ids(src_ids, "src_ids"))
+
+  def decode(self, tgt_ids: Any, memory: Tensor, src_mask: Tensor | None = None) -> Tensor:
+    """Target ids (B, T) attending causally to themselves and to memory (B, S, d) -> logits (B, T, vocab_size).
+
+    `src_mask` (B, 1, 1, S), True at real source tokens, is `padding_mask(src_ids)`; None attends to all of memory.
+    """
+    return self.run_decoder(self.ids(tgt_ids, "tgt_ids"), memory, src_mask)
+
+  def __call__(self, src_ids: Any, tgt_ids: Any) -> Tensor:
+    """Teacher-forced forward pass: logits (B, T, vocab_size) for every target position."""
+    src, tgt = self.ids(src_ids, "src_ids"), self.ids(tgt_ids, "tgt_ids")
+    if src.shape[0] != tgt.shape[0]:
+      raise InputError(f"src_ids has batch size {src.shape[0]} but tgt_ids has {tgt.shape[0]}: give one target row per source row")
+    return self.run_decoder(tgt, self.run_encoder(src), self.padding_mask(src))
+
+  # checked-input versions of encode/decode: ids already on the device (generation and training call these)
+
+  def run_encoder(self, src: Tensor) -> Tensor:
+    with Context(DEV=self.device):
+      return self.encoder(self.embed(self.src_embed, src), self.padding_mask(src))
+
+  def run_decoder(self, tgt: Tensor, memory: Tensor, src_mask: Tensor | None) -> Tensor:
+    with Context(DEV=self.device):
+      x = self.decoder(self.embed(self.tgt_embed, tgt), memory, causal_mask(tgt.shape[1], self.device), src_mask)
+      return self.generator(x)
+
+  def parameters(self) -> list[Tensor]: return get_parameters(self)
+
+  def num_parameters(self) -> int:
+    """Distinct learned numbers (a tied matrix counts once)."""
+    return sum(p.numel() for p in {id(p): p for p in get_parameters(self)}.values())
+
+  def to_float(self, dtype=dtypes.float32) -> Transformer:
+    """Cast every weight in place (e.g. dtypes.float16) and return the model."""
+    for p in {id(p): p for p in get_parameters(self)}.values(): p.replace(p.cast(dtype).realize())
+    return self

@@ -1,0 +1,166 @@
+"""backends: the registry, the probes on this machine, and selection (with simulated probes)."""
+from __future__ import annotations
+import ctypes.util, importlib, sys, time, warnings
+import pytest
+import backends
+from backends import RUNS, COMPILE_ONLY, UNAVAILABLE, BackendInfo, BackendUnavailable
+
+probe_mod = importlib.import_module("backends.probe")     # `backends.probe` is the function
+select_mod = importlib.import_module("backends.select")   # `backends.select` is the function
+
+
+def info(name: str, status: str = UNAVAILABLE, reason: str = "", accelerator: bool = False) -> BackendInfo:
+  return BackendInfo(name, backends.lookup(name).target, status, reason=reason or ("" if status == RUNS else f"no {name} here"),
+                     accelerator=accelerator)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+  """Simulated probes: fake(CL=RUNS, ...) makes those backends run and every other one unavailable."""
+  monkeypatch.delenv("TFM_DEVICE", raising=False)
+  def install(**statuses: str) -> list[str]:
+    table = {n: info(n, statuses.get(n.replace(":", "_"), UNAVAILABLE)) for n in backends.NAMES}
+    probed: list[str] = []
+    def probe(name, timeout=None):
+      probed.append(backends.lookup(name).name)
+      return table[backends.lookup(name).name]
+    monkeypatch.setattr(select_mod, "probe", probe)
+    monkeypatch.setattr(select_mod, "available", lambda timeout=None: [probe(n) for n in backends.NAMES])
+    return probed
+  return install
+
+
+# ---------------------------------------------------------------- registry
+
+def test_registry_has_every_tinygrad_backend_with_its_target():
+  assert backends.NAMES == ("CPU", "CPU:LLVM", "CPU:X86", "CL", "CUDA", "CUDA:PTX", "NV", "METAL", "AMD", "WEBGPU", "PYTHON")
+  assert {b.name: b.target for b in backends.BACKENDS}["CUDA:PTX"] == "CUDA:PTX"
+
+
+def test_names_are_case_insensitive():
+  assert backends.lookup(" cpu:llvm ").target == "CPU:LLVM"
+
+
+def test_unknown_name_lists_the_valid_names():
+  with pytest.raises(ValueError, match="unknown backend 'VULKAN'") as e: backends.select("VULKAN")
+  assert all(n in str(e.value) for n in backends.NAMES)
+
+
+def test_device_name_is_the_bare_device_of_the_target():
+  assert info("CPU:LLVM", RUNS).device_name == "CPU" and info("CL", RUNS).device_name == "CL"
+
+
+def test_format_table_aligns_columns():
+  lines = backends.format_table([info("CPU", RUNS), info("CUDA:PTX", COMPILE_ONLY, "libcuda not found")]).splitlines()
+  assert lines[0].split(" | ")[:3] == ["name    ", "status      ", "device"]
+  assert len({ln.index("|") for ln in lines}) == 1 and lines[2].endswith("| libcuda not found")
+
+
+# ---------------------------------------------------------------- selection (simulated probes)
+
+def test_explicit_name_probes_only_that_backend(fake):
+  probed = fake(CPU=RUNS, CL=RUNS)
+  assert backends.select("cpu").name == "CPU" and probed == ["CPU"]
+
+
+def test_unusable_name_gives_reason_and_what_runs(fake):
+  fake(CPU=RUNS, PYTHON=RUNS)
+  with pytest.raises(BackendUnavailable, match=r"CUDA is unavailable here \(no CUDA here\)\. Backends that run here: CPU, PYTHON"):
+    backends.select("CUDA")
+
+
+def test_tfm_device_overrides_auto_only(fake, monkeypatch):
+  fake(CPU=RUNS, CL=RUNS)
+  monkeypatch.setenv("TFM_DEVICE", "cpu")
+  assert backends.select().name == "CPU"
+  assert backends.select("CL").name == "CL"
+
+
+def test_bad_tfm_device_is_named_in_the_error(fake, monkeypatch):
+  fake(CPU=RUNS)
+  monkeypatch.setenv("TFM_DEVICE", "GPU")
+  with pytest.raises(ValueError, match="TFM_DEVICE='GPU': unknown backend 'GPU'"): backends.select()
+
+
+@pytest.mark.parametrize("preference", ["CUDA,CL,CPU", ["cuda", "cl", "cpu"], ("CUDA", "CL", "CPU")])
+def test_priority_list_picks_the_first_that_runs(fake, preference):
+  fake(CL=RUNS, CPU=RUNS)
+  with pytest.warns(UserWarning, match=r"CUDA is unavailable here \(no CUDA here\); using CL"):
+    assert backends.select(preference).name == "CL"
+
+
+def test_priority_list_with_nothing_usable_raises(fake):
+  fake(CPU=RUNS)
+  with pytest.raises(BackendUnavailable, match="METAL is unavailable here.*CUDA is unavailable here.*run here: CPU"):
+    backends.select("METAL,CUDA")
+
+
+def test_auto_prefers_an_accelerator(fake):
+  fake(CUDA=RUNS, CL=RUNS, CPU=RUNS)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert backends.select("auto").name == "CUDA"
+
+
+def test_auto_picks_cl_then_cpu_without_accelerators(fake):
+  fake(CL=RUNS, CPU=RUNS, PYTHON=RUNS)
+  assert backends.select().name == "CL"
+
+
+def test_auto_falls_back_and_says_so(fake):
+  fake(CPU=RUNS, PYTHON=RUNS)
+  with pytest.warns(UserWarning, match=r"auto: CL is unavailable here \(no CL here\); falling back to CPU"):
+    assert backends.select().name == "CPU"
+
+
+def test_auto_with_nothing_running_shows_the_table(fake):
+  fake()
+  with pytest.raises(BackendUnavailable, match=r"no backend runs here:\nname"): backends.select()
+
+
+# ---------------------------------------------------------------- probes on this machine
+
+def test_cpu_and_cl_run_here():
+  cpu, cl = backends.probe("CPU"), backends.probe("CL")
+  assert (cpu.status, cl.status) == (RUNS, RUNS)
+  assert cpu.device.endswith("(Clang)") and cl.device.startswith("pthread") and not cl.accelerator   # PoCL: a CPU
+
+
+@pytest.mark.skipif(ctypes.util.find_library("cuda") is not None, reason="libcuda is installed here: CUDA may run")
+def test_cuda_and_metal_do_not_run_here():
+  cuda, metal = backends.probe("CUDA"), backends.probe("METAL")
+  assert cuda.status in (COMPILE_ONLY, UNAVAILABLE) and cuda.reason.startswith("libcuda not found: install the NVIDIA driver")
+  assert (metal.status, metal.reason) == (UNAVAILABLE, "needs macOS")
+
+
+def test_available_probes_every_backend_in_parallel(monkeypatch):
+  monkeypatch.setattr(probe_mod, "_results", {})
+  monkeypatch.setattr(probe_mod, "_command", lambda b: [sys.executable, "-c", "import time; time.sleep(1); print('no result')"])
+  start = time.perf_counter()
+  infos = backends.available()
+  assert [i.name for i in infos] == list(backends.NAMES) and all(i.status == UNAVAILABLE for i in infos)
+  assert time.perf_counter() - start < 6   # 11 one-second probes, serially 11 s
+
+
+def test_a_hanging_probe_is_cut_off_by_its_timeout(monkeypatch):
+  monkeypatch.setattr(probe_mod, "_results", {})
+  monkeypatch.setattr(probe_mod, "_command", lambda b: [sys.executable, "-c", "import time; time.sleep(60)"])
+  start = time.perf_counter()
+  result = backends.probe("CPU", timeout=1)
+  assert time.perf_counter() - start < 10
+  assert result.status == UNAVAILABLE and result.reason.startswith("probe timed out after 1 s")
+
+
+def test_a_crashing_probe_is_reported_not_raised(monkeypatch):
+  monkeypatch.setattr(probe_mod, "_results", {})
+  monkeypatch.setattr(probe_mod, "_command", lambda b: [sys.executable, "-c", "import os; os.abort()"])
+  assert backends.probe("CL").reason.startswith("probe crashed (exit code -6)")
+
+
+def test_use_compiles_with_the_targets_renderer():
+  from tinygrad import Device, Tensor
+  from tinygrad.renderer.llvmir import CPULLVMRenderer
+  with backends.use("CPU:LLVM") as chosen:
+    assert chosen.device_name == "CPU" and isinstance(Device[chosen.device_name].renderer, CPULLVMRenderer)
+    assert (Tensor([1.0, 2.0], device=chosen.device_name) * 3).tolist() == [3.0, 6.0]
+  assert not isinstance(Device["CPU"].renderer, CPULLVMRenderer)

@@ -1,6 +1,7 @@
 """Attention (paper section 3.2): scaled dot-product attention, multi-head attention, and the masks they use.
 
 Masks are boolean tensors broadcastable to (B, heads, T_query, T_key) where True means "may attend".
+A floating-point mask is added to the scores instead (0 attends, -inf masks), as imported PyTorch masks are.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def causal_mask(length: int, device: str | None = None) -> Tensor:
 def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
   """softmax(Q K^T / sqrt(d_k)) over the keys: (B, H, Tq, hd) x (B, H, Tk, hd) -> (B, H, Tq, Tk)."""
   scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
-  if mask is not None: scores = mask.where(scores, -math.inf)
+  if mask is not None: scores = mask.where(scores, -math.inf) if mask.dtype == dtypes.bool else scores + mask
   return scores.softmax(-1)
 
 
@@ -59,3 +60,39 @@ class MultiHeadAttention:
   def __call__(self, x: Tensor, source: Tensor, mask: Tensor | None = None) -> Tensor:
     """Queries from x (B, T, d), keys and values from source (B, S, d): self-attention when source is x."""
     return self.attend(x, *self.project_kv(source), mask)
+
+
+class KVCache:
+  """The keys and values one decoder self-attention has produced so far, so a decode step projects only its own
+  position: a preallocated (2, rows, heads, length, head_dim) buffer written one slot per step at a symbolic position."""
+
+  def __init__(self, rows: int, n_heads: int, length: int, head_dim: int, device: str, dtype=dtypes.float32):
+    # zeros, not empty: masked slots still meet the values in `weights @ v`, and 0 * garbage could be NaN
+    self.kv = Tensor.zeros(2, rows, n_heads, length, head_dim, dtype=dtype, device=device).contiguous().realize()
+
+  @property
+  def length(self) -> int: return self.kv.shape[3]
+
+  def mask(self, pos) -> Tensor:
+    """(1, 1, 1, length): the query at position pos sees slots 0..pos. Built explicitly because a top-left-aligned
+    causal mask (`is_causal`) would let that one query see slot 0 only."""
+    return (Tensor.arange(self.length) <= pos).reshape(1, 1, 1, self.length)
+
+  def update(self, k: Tensor, v: Tensor, pos, origin: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Store one step's k, v (rows, H, 1, hd) in slot pos; return every slot's keys and values (rows, H, length, hd).
+
+    With `origin` (rows,) the cached rows are gathered first: row i continues the hypothesis that row origin[i]
+    held (beam search reorders its hypotheses every step)."""
+    new = Tensor.stack(k, v).cast(self.kv.dtype)  # (2, rows, H, 1, hd)
+    if origin is None: self.kv[:, :, :, pos:pos + 1].assign(new)
+    else:
+      slot = (Tensor.arange(self.length) == pos).reshape(1, 1, 1, self.length, 1)
+      self.kv.assign(slot.where(new, self.kv[:, origin]))
+    return self.kv[0], self.kv[1]
+
+  def extend(self, length: int) -> KVCache:
+    """A longer cache holding this one's slots, for a decode that outgrows it."""
+    _, rows, n_heads, _, head_dim = self.kv.shape
+    longer = KVCache(rows, n_heads, length, head_dim, self.kv.device, self.kv.dtype)
+    longer.kv[:, :, :, :self.length].assign(self.kv).realize()
+    return longer

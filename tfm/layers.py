@@ -9,7 +9,7 @@ import numpy as np
 from tinygrad import Tensor
 from tinygrad.nn import LayerNorm, Linear
 
-from tfm.attention import MultiHeadAttention
+from tfm.attention import KVCache, MultiHeadAttention
 from tfm.config import TransformerConfig
 
 
@@ -95,6 +95,19 @@ class DecoderLayer:
   def __call__(self, x: Tensor, memory: Tensor, self_mask: Tensor | None, memory_mask: Tensor | None) -> Tensor:
     x = add_and_norm(x, lambda h: self.self_attn(h, h, self_mask), self.self_attn_layer_norm, self.norm_first, self.dropout)
     x = add_and_norm(x, lambda h: self.encoder_attn(h, memory, memory_mask), self.encoder_attn_layer_norm,
+                     self.norm_first, self.dropout)
+    return add_and_norm(x, self.ffn, self.final_layer_norm, self.norm_first, self.dropout)
+
+  def step(self, x: Tensor, cache: KVCache, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor | None, pos,
+           origin: Tensor | None = None) -> Tensor:
+    """One decode position x (N, 1, d) at position pos: self-attention over the cached slots 0..pos (this position's
+    keys and values are stored first), attention over memory's keys and values (projected once per source), the FFN."""
+    def self_attention(h: Tensor) -> Tensor:
+      a = self.self_attn
+      keys, values = cache.update(a.split_heads(a.k_proj(h)), a.split_heads(a.v_proj(h)), pos, origin)
+      return a.attend(h, keys, values, cache.mask(pos))
+    x = add_and_norm(x, self_attention, self.self_attn_layer_norm, self.norm_first, self.dropout)
+    x = add_and_norm(x, lambda h: self.encoder_attn.attend(h, *memory_kv, memory_mask), self.encoder_attn_layer_norm,
                      self.norm_first, self.dropout)
     return add_and_norm(x, self.ffn, self.final_layer_norm, self.norm_first, self.dropout)
 

@@ -5,23 +5,29 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
 import numpy as np
 from tinygrad import Context, Device, Tensor, dtypes
+from tinygrad.helpers import TRAINING
 from tinygrad.nn import Embedding, LayerNorm, Linear
 from tinygrad.nn.state import get_parameters, get_state_dict
 
-from tfm.attention import causal_mask, padding_mask
+import backends
+from tfm.attention import KVCache, causal_mask, padding_mask
 from tfm.config import TransformerConfig
 from tfm.errors import InputError
 from tfm.layers import DecoderLayer, EncoderLayer, PositionalEncoding
 
 
-def resolve_device(device: str | None) -> str:
-  """The tinygrad device a model lives on: None is tinygrad's default, a name is checked by the backend layer."""
-  return Device.DEFAULT if device is None else Device.canonicalize(device)
+def resolve_device(device: str | None) -> tuple[str, str | None]:
+  """(tensor device, tinygrad DEV target) for a device argument: None is tinygrad's default device, as it is;
+  anything else ("auto", "CL", "CPU:LLVM", ["CUDA", "CL"]) is chosen and probed by the backend layer."""
+  if device is None: return Device.DEFAULT, None
+  info = backends.select(device)
+  return info.device_name, info.target
 
 
 class Encoder:
@@ -57,9 +63,9 @@ class Transformer:
 
   def __init__(self, config: TransformerConfig, device: str | None = None):
     self.config = config
-    self.device = resolve_device(device)
+    self.device, self.target = resolve_device(device)
     d, v = config.d_model, config.vocab_size
-    with Context(DEV=self.device):
+    with self.on_device():
       self.src_embed = Embedding(v, d)
       self.tgt_embed = self.src_embed if config.tie_embeddings else Embedding(v, d)
       self.encoder = Encoder(config)
@@ -67,6 +73,11 @@ class Transformer:
       self.generator = Linear(d, v, bias=config.output_bias)
       self._initialise()
     self.positions = PositionalEncoding(config, self.device)
+
+  def on_device(self) -> contextlib.AbstractContextManager:
+    """The block in which this model's kernels are built and compiled: tinygrad picks the renderer ("CPU:LLVM"
+    rather than clang) from DEV when it compiles, so realize under this to get the backend that was asked for."""
+    return Context(DEV=self.target) if self.target else contextlib.nullcontext()
 
   def _initialise(self) -> None:
     """Xavier-uniform matrices and zero biases (as nn.Transformer), N(0, d^-1/2) embeddings (scaled back up by sqrt(d))."""
@@ -113,32 +124,59 @@ class Transformer:
 
   def encode(self, src_ids: Any) -> Tensor:
     """Source ids (B, S) -> memory (B, S, d_model)."""
-    return self.run_encoder(self.ids(src_ids, "src_ids"))
+    return self._result(lambda: self.run_encoder(self.ids(src_ids, "src_ids")))
 
   def decode(self, tgt_ids: Any, memory: Tensor, src_mask: Tensor | None = None) -> Tensor:
     """Target ids (B, T) attending causally to themselves and to memory (B, S, d) -> logits (B, T, vocab_size).
 
     `src_mask` (B, 1, 1, S), True at real source tokens, is `padding_mask(src_ids)`; None attends to all of memory.
     """
-    return self.run_decoder(self.ids(tgt_ids, "tgt_ids"), memory, src_mask)
+    return self._result(lambda: self.run_decoder(self.ids(tgt_ids, "tgt_ids"), memory, src_mask))
 
   def __call__(self, src_ids: Any, tgt_ids: Any) -> Tensor:
     """Teacher-forced forward pass: logits (B, T, vocab_size) for every target position."""
     src, tgt = self.ids(src_ids, "src_ids"), self.ids(tgt_ids, "tgt_ids")
     if src.shape[0] != tgt.shape[0]:
       raise InputError(f"src_ids has batch size {src.shape[0]} but tgt_ids has {tgt.shape[0]}: give one target row per source row")
-    return self.run_decoder(tgt, self.run_encoder(src), self.padding_mask(src))
+    return self._result(lambda: self.run_decoder(tgt, self.run_encoder(src), self.padding_mask(src)))
+
+  def _result(self, compute) -> Tensor:
+    """Run a public entry point: at inference its result is realized on this model's backend (see on_device);
+    under training it stays lazy so that backward() can reach the weights."""
+    with self.on_device():
+      out = compute()
+      return out if TRAINING else out.realize()
 
   # checked-input versions of encode/decode: ids already on the device (generation and training call these)
 
   def run_encoder(self, src: Tensor) -> Tensor:
-    with Context(DEV=self.device):
+    with self.on_device():
       return self.encoder(self.embed(self.src_embed, src), self.padding_mask(src))
 
   def run_decoder(self, tgt: Tensor, memory: Tensor, src_mask: Tensor | None) -> Tensor:
-    with Context(DEV=self.device):
+    with self.on_device():
       x = self.decoder(self.embed(self.tgt_embed, tgt), memory, causal_mask(tgt.shape[1], self.device), src_mask)
       return self.generator(x)
+
+  # incremental decoding (generation): one target position per call, earlier positions held in KV caches
+
+  def memory_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Each decoder layer's cross-attention keys and values of memory (B, S, d): projected once per source."""
+    with self.on_device():
+      return [layer.encoder_attn.project_kv(memory) for layer in self.decoder.layers]
+
+  def decode_step(self, tokens: Tensor, pos, caches: list[KVCache], memory_kv: list[tuple[Tensor, Tensor]],
+                  src_mask: Tensor | None, origin: Tensor | None = None) -> Tensor:
+    """tokens (N, 1) at target position pos (an int or a bound Variable) -> logits (N, vocab_size).
+
+    Equals the last row of `run_decoder` over the whole prefix: earlier positions come from `caches` (one KVCache per
+    decoder layer, updated here), the source from `memory_kv`. `origin` (N,) reorders cached rows first (beam search)."""
+    with self.on_device():
+      x = self.embed(self.tgt_embed, tokens, offset=pos)
+      for layer, cache, kv in zip(self.decoder.layers, caches, memory_kv, strict=True):
+        x = layer.step(x, cache, kv, src_mask, pos, origin)
+      if self.decoder.layer_norm is not None: x = self.decoder.layer_norm(x)
+      return self.generator(x)[:, 0]
 
   def parameters(self) -> list[Tensor]: return get_parameters(self)
 

@@ -1,0 +1,147 @@
+"""Write the interop fixtures under tests/fixtures/: small foreign models with non-trivial weights, their inputs, and
+the outputs PyTorch and transformers computed for them, so the tests check tfm's importers without either installed.
+
+    .venv/bin/pip install -e ".[hf]"     # torch==2.13.0 and transformers: not test dependencies, only this script needs them
+    .venv/bin/python tests/make_fixtures.py
+
+Made with torch 2.13.0+cpu, transformers 5.23.0, sentencepiece 0.2.3, safetensors 0.8.0 (each fixture also records
+the versions in its metadata). Every bias, LayerNorm gain and bias, final_logits_bias and the pad embedding row is
+random, so an importer that drops or misplaces any of them fails the tests. Shapes match the "tiny" preset
+(d_model 32, 4 heads, d_ff 64, vocab 64) and the test batch (2 sequences, source length 7, target length 5).
+
+tests/fixtures/
+  torch_<variant>.safetensors    an nn.Transformer state dict (PyTorch's names); metadata: constructor kwargs, versions
+  torch_<variant>.npz            src (2,7,32), tgt (2,5,32), masks, expected memory and decoder output
+  marian_tiny/                   a MarianMTModel checkpoint as save_pretrained writes it, plus a Marian tokenizer
+                                 (source.spm, target.spm trained here on a few lines; vocab.json)
+  marian_tiny.npz                src and tgt ids, expected encoder output and logits
+  marian_tokenizer.json          texts, the ids the transformers MarianTokenizer gives them, and its decodings
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import safetensors
+import sentencepiece
+import torch
+import transformers
+from safetensors.torch import save_file
+from transformers import MarianConfig, MarianMTModel
+from transformers import MarianTokenizer as HFMarianTokenizer
+
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+VERSIONS = {"torch": torch.__version__, "transformers": transformers.__version__,
+            "sentencepiece": sentencepiece.__version__, "safetensors": safetensors.__version__}
+D, HEADS, FF, VOCAB, B, S, T = 32, 4, 64, 64, 2, 7, 5
+TORCH_VARIANTS = {
+  "post_norm_relu": dict(num_encoder_layers=2, num_decoder_layers=2, norm_first=False, activation="relu"),
+  "pre_norm_gelu": dict(num_encoder_layers=1, num_decoder_layers=1, norm_first=True, activation="gelu", layer_norm_eps=1e-6),
+}
+PAD, EOS = VOCAB - 1, 0  # the opus-mt layout: </s> is 0, <pad> the last id and the decoder's start token
+MARIAN_SRC = np.array([[5, 9, 12, 33, EOS, PAD, PAD], [7, 8, 9, 10, 11, 40, EOS]], dtype=np.int64)
+MARIAN_TGT = np.array([[PAD, 14, 15, 16, 17], [PAD, 20, 21, 22, 23]], dtype=np.int64)
+SOURCE_LINES = ["the cat sat on the mat", "a dog ran in the park", "the bird sang a song at night",
+                "we read books in the garden", "she sells sea shells by the shore", "my friend lives in a small town",
+                "the quick brown fox jumps over the lazy dog", "they went to the market yesterday"]
+TARGET_LINES = ["die katze sass auf der matte", "ein hund lief im park", "der vogel sang ein lied in der nacht",
+                "wir lesen buecher im garten", "sie verkauft muscheln am ufer", "mein freund wohnt in einer kleinen stadt",
+                "der schnelle braune fuchs springt ueber den faulen hund", "sie gingen gestern zum markt"]
+TOKENIZER_TEXTS = ["the cat sat in the garden", "a bird sang", "Zürich ©", "", ">>de<< the dog"]
+
+
+def perturb(named: dict[str, torch.Tensor], rng: np.random.Generator) -> None:
+  """Random values everywhere, in place: matrices N(0, 0.2), biases N(0, 0.3), LayerNorm gains 1 + N(0, 0.2)."""
+  seen = set()
+  with torch.no_grad():
+    for name, p in named.items():
+      if id(p) in seen or "embed_positions" in name: continue  # a tied tensor once; the sinusoid table is not a weight
+      seen.add(id(p))
+      norm = "norm" in name
+      base, scale = (1.0 if norm and name.endswith("weight") else 0.0), (0.2 if norm or p.ndim == 2 else 0.3)
+      p.copy_(torch.from_numpy(base + scale * rng.standard_normal(tuple(p.shape))).to(p.dtype))
+
+
+def torch_fixture(variant: str, kwargs: dict, rng: np.random.Generator) -> None:
+  torch.manual_seed(0)
+  model = torch.nn.Transformer(d_model=D, nhead=HEADS, dim_feedforward=FF, dropout=0.0, batch_first=True, **kwargs).eval()
+  perturb(dict(model.named_parameters()), rng)
+  src = rng.standard_normal((B, S, D)).astype(np.float32)
+  tgt = rng.standard_normal((B, T, D)).astype(np.float32)
+  src_pad = np.array([[False] * 5 + [True] * 2, [False] * 7])  # True = pad, PyTorch's convention
+  tgt_mask = torch.nn.Transformer.generate_square_subsequent_mask(T)  # float: 0 on and below the diagonal, -inf above
+  # autograd stays on: it keeps the encoder off its inference fast path, which writes zeros at padded positions
+  memory = model.encoder(torch.from_numpy(src), src_key_padding_mask=torch.from_numpy(src_pad))
+  out = model.decoder(torch.from_numpy(tgt), memory, tgt_mask=tgt_mask, memory_key_padding_mask=torch.from_numpy(src_pad))
+  meta = {"kwargs": json.dumps({"d_model": D, "nhead": HEADS, "dim_feedforward": FF, **kwargs}), **VERSIONS}
+  save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(HERE, f"torch_{variant}.safetensors"), metadata=meta)
+  np.savez_compressed(os.path.join(HERE, f"torch_{variant}.npz"), src=src, tgt=tgt, src_key_padding_mask=src_pad,
+                      tgt_mask=tgt_mask.numpy(), memory=memory.detach().numpy(), output=out.detach().numpy())
+
+
+def train_spm(lines: list[str], vocab_size: int) -> bytes:
+  model = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size,
+                                           normalization_rule_name="identity", hard_vocab_limit=False, minloglevel=2)
+  return model.getvalue()
+
+
+def marian_tokenizer_files(folder: str) -> None:
+  """source.spm, target.spm and a joint vocab.json laid out as opus-mt's: </s> 0, <unk> 1, pieces, >>de<<, <pad> last."""
+  pieces: list[str] = []
+  for name, lines in (("source.spm", SOURCE_LINES), ("target.spm", TARGET_LINES)):
+    proto = train_spm(lines, 60)
+    with open(os.path.join(folder, name), "wb") as f: f.write(proto)
+    sp = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    pieces += [sp.id_to_piece(i) for i in range(sp.get_piece_size())
+               if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i)) and sp.id_to_piece(i) not in pieces]
+  pieces = pieces[:VOCAB - 4]  # room for </s>, <unk>, >>de<< and <pad>; pieces cut here encode as <unk>
+  vocab = {"</s>": EOS, "<unk>": 1, **{p: i + 2 for i, p in enumerate(pieces)}, ">>de<<": len(pieces) + 2, "<pad>": PAD}
+  assert len(vocab) == VOCAB and sorted(vocab.values()) == list(range(VOCAB)), "vocab.json must cover every id once"
+  with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f: json.dump(vocab, f, ensure_ascii=False, indent=1)
+  with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+    json.dump({"source_lang": "en", "target_lang": "de", "model_max_length": 64, "separate_vocabs": False}, f, indent=1)
+
+
+def marian_fixture(rng: np.random.Generator) -> None:
+  folder = os.path.join(HERE, "marian_tiny")
+  shutil.rmtree(folder, ignore_errors=True)
+  config = MarianConfig(vocab_size=VOCAB, d_model=D, encoder_layers=2, decoder_layers=2, encoder_attention_heads=HEADS,
+                        decoder_attention_heads=HEADS, encoder_ffn_dim=FF, decoder_ffn_dim=FF, max_position_embeddings=64,
+                        activation_function="swish", scale_embedding=True, pad_token_id=PAD, decoder_start_token_id=PAD,
+                        eos_token_id=EOS, forced_eos_token_id=EOS, attn_implementation="eager")
+  torch.manual_seed(0)
+  model = MarianMTModel(config).eval()
+  perturb({**dict(model.named_parameters()), "final_logits_bias": model.final_logits_bias}, rng)
+  assert model.model.shared.weight[PAD].abs().sum() > 0 and model.final_logits_bias.abs().sum() > 0
+  model.save_pretrained(folder)
+  marian_tokenizer_files(folder)
+  src, tgt = torch.from_numpy(MARIAN_SRC), torch.from_numpy(MARIAN_TGT)
+  with torch.no_grad():
+    memory = model.model.encoder(input_ids=src, attention_mask=src != PAD).last_hidden_state
+    logits = model(input_ids=src, attention_mask=src != PAD, decoder_input_ids=tgt).logits
+  np.savez_compressed(os.path.join(HERE, "marian_tiny.npz"), src=MARIAN_SRC, tgt=MARIAN_TGT, memory=memory.numpy(),
+                      logits=logits.numpy(), versions=json.dumps(VERSIONS))
+
+  tok = HFMarianTokenizer(os.path.join(folder, "source.spm"), os.path.join(folder, "target.spm"), os.path.join(folder, "vocab.json"))
+  ids = [tok(text)["input_ids"] for text in TOKENIZER_TEXTS]
+  padded = [row + [PAD] * 2 for row in ids]
+  expected = {"texts": TOKENIZER_TEXTS, "ids": ids, "decoded": [tok.decode(row, skip_special_tokens=True) for row in padded],
+              "versions": VERSIONS}
+  with open(os.path.join(HERE, "marian_tokenizer.json"), "w", encoding="utf-8") as f: json.dump(expected, f, ensure_ascii=False, indent=1)
+
+
+def main() -> None:
+  os.makedirs(HERE, exist_ok=True)
+  rng = np.random.default_rng(2024)
+  for variant, kwargs in TORCH_VARIANTS.items(): torch_fixture(variant, kwargs, rng)
+  marian_fixture(rng)
+  total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(HERE) for f in files)
+  print(f"wrote {HERE} ({total / 1024:.0f} KiB) with {', '.join(f'{k} {v}' for k, v in VERSIONS.items())}")
+
+
+if __name__ == "__main__":
+  main()

@@ -8,9 +8,10 @@ from reference import Reference
 from tinygrad import Context, Tensor
 
 import tfm
+from tfm.compare import TOLERANCE
 from tfm.layers import sinusoid_table
 
-FLOAT32_TOLERANCE = 1e-4
+FLOAT32_TOLERANCE = TOLERANCE["float32"]
 
 # each switch of the config appears at least once, without compiling every combination
 VARIANTS = {

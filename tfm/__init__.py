@@ -1,7 +1,12 @@
 """tfm: the Transformer of "Attention Is All You Need", written once on tinygrad and run on any backend it reaches."""
 from tfm.config import TransformerConfig
-from tfm.errors import ConfigError, InputError, TfmError, WeightsError
+from tfm.errors import BackendError, ConfigError, InputError, TfmError, WeightsError
 from tfm.model import Transformer
+from tfm.weights import load, save
+from tfm.interop.marian import from_pretrained
+from tfm.generate import generate  # the function; the module is importlib.import_module("tfm.generate")
+from tfm.translator import Translator
 
-__all__ = ["TransformerConfig", "Transformer", "TfmError", "ConfigError", "InputError", "WeightsError"]
+__all__ = ["TransformerConfig", "Transformer", "TfmError", "ConfigError", "InputError", "WeightsError", "BackendError",
+           "save", "load", "from_pretrained", "generate", "Translator"]
 __version__ = "0.1.0"

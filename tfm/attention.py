@@ -61,14 +61,36 @@ class MultiHeadAttention:
     """Queries from x (B, T, d), keys and values from source (B, S, d): self-attention when source is x."""
     return self.attend(x, *self.project_kv(source), mask)
 
+  def attend_step(self, x: Tensor, k: Tensor, v1: Tensor, mask: Tensor | None = None) -> Tensor:
+    """`attend` for a decode step: values v1 carry a ones column (see `attend_normalised_late`)."""
+    return self.out_proj(self.merge_heads(attend_normalised_late(self.split_heads(self.q_proj(x)), k, v1, mask)))
+
+
+def attend_normalised_late(q: Tensor, k: Tensor, v1: Tensor, mask: Tensor | None = None) -> Tensor:
+  """3.2.1 as a decode step computes it: softmax(Q K^T / sqrt(d_k)) V with the division after the weighted sum.
+
+  v1 (B, H, S, hd + 1) carries a last column of ones, so one reduction gives both sum(e * v) and sum(e): a kernel
+  fewer than normalising the weights first. Equal to `scaled_dot_product_attention(q, k, v1[..., :-1], mask)`."""
+  scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+  if mask is not None: scores = mask.where(scores, -math.inf) if mask.dtype == dtypes.bool else scores + mask
+  out = (scores - scores.max(-1, keepdim=True)).exp() @ v1
+  return out[..., :-1] / out[..., -1:]
+
+
+def with_ones(v: Tensor) -> Tensor:
+  """Values (B, H, S, hd) -> (B, H, S, hd + 1) with a last column of ones, as `attend_normalised_late` takes them."""
+  return v.pad(((0, 0), (0, 0), (0, 0), (0, 1))) + (Tensor.arange(v.shape[-1] + 1) == v.shape[-1]).cast(v.dtype)
+
 
 class KVCache:
   """The keys and values one decoder self-attention has produced so far, so a decode step projects only its own
-  position: a preallocated (2, rows, heads, length, head_dim) buffer written one slot per step at a symbolic position."""
+  position: one preallocated (2, rows, heads, length, head_dim + 1) buffer written one slot per step at a symbolic
+  position. Values carry a last column of ones for `attend_normalised_late` (the keys' extra column is unused)."""
 
   def __init__(self, rows: int, n_heads: int, length: int, head_dim: int, device: str, dtype=dtypes.float32):
     # zeros, not empty: masked slots still meet the values in `weights @ v`, and 0 * garbage could be NaN
-    self.kv = Tensor.zeros(2, rows, n_heads, length, head_dim, dtype=dtype, device=device).contiguous().realize()
+    ones = Tensor([0.0, 1.0], device=device).reshape(2, 1, 1, 1, 1) * (Tensor.arange(head_dim + 1) == head_dim)
+    self.kv = ones.expand(2, rows, n_heads, length, head_dim + 1).cast(dtype).contiguous().realize()
 
   @property
   def length(self) -> int: return self.kv.shape[3]
@@ -79,20 +101,19 @@ class KVCache:
     return (Tensor.arange(self.length) <= pos).reshape(1, 1, 1, self.length)
 
   def update(self, k: Tensor, v: Tensor, pos, origin: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Store one step's k, v (rows, H, 1, hd) in slot pos; return every slot's keys and values (rows, H, length, hd).
+    """Store one step's k, v (rows, H, 1, hd) in slot pos; return every slot's keys (rows, H, length, hd) and values
+    with their ones column (rows, H, length, hd + 1).
 
-    With `origin` (rows,) the cached rows are gathered first: row i continues the hypothesis that row origin[i]
-    held (beam search reorders its hypotheses every step)."""
-    new = Tensor.stack(k, v).cast(self.kv.dtype)  # (2, rows, H, 1, hd)
-    if origin is None: self.kv[:, :, :, pos:pos + 1].assign(new)
-    else:
-      slot = (Tensor.arange(self.length) == pos).reshape(1, 1, 1, self.length, 1)
-      self.kv.assign(slot.where(new, self.kv[:, origin]))
-    return self.kv[0], self.kv[1]
+    With `origin` (rows,) the filled slots 0..pos-1 are gathered first: row i continues the hypothesis that row
+    origin[i] held (beam search reorders its hypotheses every step)."""
+    hd = k.shape[-1]
+    if origin is not None: self.kv[:, :, :, :pos].assign(self.kv[:, origin, :, :pos])
+    self.kv[:, :, :, pos:pos + 1, :hd].assign(Tensor.stack(k, v).cast(self.kv.dtype))  # (2, rows, H, 1, hd)
+    return self.kv[0, :, :, :, :hd], self.kv[1]
 
   def extend(self, length: int) -> KVCache:
     """A longer cache holding this one's slots, for a decode that outgrows it."""
-    _, rows, n_heads, _, head_dim = self.kv.shape
-    longer = KVCache(rows, n_heads, length, head_dim, self.kv.device, self.kv.dtype)
+    _, rows, n_heads, _, width = self.kv.shape
+    longer = KVCache(rows, n_heads, length, width - 1, self.kv.device, self.kv.dtype)
     longer.kv[:, :, :, :self.length].assign(self.kv).realize()
     return longer

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -16,7 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
   add_backends(sub)
+  add_compare(sub)
   add_kernels(sub)
+  add_convert(sub)
+  add_tune(sub)
+  add_train(sub)
   return parser
 
 
@@ -34,8 +39,37 @@ def add_backends(sub) -> None:
 
 def cmd_backends(args) -> int:
   import backends
+  if not args.timeout > 0: raise TfmError(f"--timeout must be a positive number of seconds, got {args.timeout:g}; 20 is the default")
   print(backends.format_table(backends.available(timeout=args.timeout)))
   return 0
+
+
+def add_compare(sub) -> None:
+  p = _command(sub, "compare", "run one model on every backend here (encoder output, logits, greedy and beam decoding), "
+               "check each against the float64 oracle and the reference backend, and time it; exits 1 when a backend "
+               "that runs is out of tolerance or decodes differently",
+               "tfm compare\n  tfm compare --model tiny --backends CPU,CL --dtype float16 --json compare.json")
+  p.add_argument("--model", default=None, metavar="bundled|tiny|PATH|DIR",
+                 help="the bundled model, the tiny config with random weights, a tfm .safetensors file or a Marian "
+                      "checkpoint folder (default: bundled when installed, else tiny)")
+  p.add_argument("--backends", default="auto", metavar="auto|all|CPU,CL,...",
+                 help="auto: every backend but the slow Python emulator; all: every one; or a comma-separated list")
+  p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="compute dtype (default: float32)")
+  p.add_argument("--repeat", type=int, default=3, metavar="N", help="warm calls timed after the first (default: 3)")
+  p.add_argument("--json", default=None, metavar="FILE", help="also write the full report as JSON (replaced atomically)")
+  p.add_argument("--markdown", action="store_true", help="print the table as markdown (as in docs/BACKENDS.md)")
+  p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+  from tfm import compare
+  if args.model is None and not compare.BUNDLED.exists():
+    print(f"tfm compare: the bundled model is not installed ({compare.BUNDLED}); comparing the tiny config with random "
+          f"weights", file=sys.stderr)
+  report = compare.run(compare.load_subject(args.model), args.backends, args.dtype, args.repeat)
+  print(report.markdown() if args.markdown else report.table())
+  if args.json: report.write_json(args.json)
+  return 0 if report.ok else 1
 
 
 def add_kernels(sub) -> None:
@@ -51,21 +85,136 @@ def add_kernels(sub) -> None:
 
 
 def cmd_kernels(args) -> int:
-  import numpy as np
-
   from backends import kernels
+  from tfm.compare import kernel_graph
+  from tfm.config import TransformerConfig
+  rendered = kernels.render(kernel_graph(TransformerConfig.preset(args.config)), args.target, args.arch)
+  print(kernels.write_kernels(rendered, args.out, args.target, **({"arch": args.arch} if args.arch else {})))
+  return 0
+
+
+def add_convert(sub) -> None:
+  p = _command(sub, "convert", "convert a Marian (opus-mt) checkpoint folder or a torch.nn.Transformer state dict "
+               "(.pt or .safetensors) into a tfm .safetensors file, listing how every tensor was mapped",
+               "tfm convert opus-mt-en-de/ --out en-de.safetensors\n  tfm convert transformer.pt --nhead 8 --out stacks.safetensors")
+  p.add_argument("src", help="a Marian checkpoint folder (config.json + model.safetensors) or a state dict file")
+  p.add_argument("--out", required=True, help="the .safetensors file to write (replaced atomically)")
+  p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="storage dtype (default: float32)")
+  torch_args = p.add_argument_group("torch.nn.Transformer state dicts (what the state dict does not record)")
+  torch_args.add_argument("--nhead", type=int, help="number of attention heads (required for a state dict)")
+  torch_args.add_argument("--norm-first", action="store_true", help="the model was built with norm_first=True")
+  torch_args.add_argument("--activation", default="relu", choices=["relu", "gelu"], help="FFN activation (default: relu)")
+  torch_args.add_argument("--layer-norm-eps", type=float, default=1e-5, help="LayerNorm epsilon (default: 1e-5)")
+  p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args) -> int:
+  import os
+
+  from tfm import weights
+  from tfm.interop import convert_marian, convert_torch_transformer
+  if os.path.isdir(args.src):
+    if args.nhead is not None or args.norm_first:
+      raise TfmError(f"{args.src} is a Marian checkpoint folder, whose config.json sets the heads and the norm placement; "
+                     f"drop --nhead / --norm-first (they describe torch.nn.Transformer state dicts)")
+    conv, what, loader = convert_marian(args.src), "Marian checkpoint", "tfm.load"
+  else:
+    if args.nhead is None:
+      raise TfmError("a torch.nn.Transformer state dict does not record its number of heads: add --nhead N")
+    conv = convert_torch_transformer(args.src, args.nhead, args.norm_first, args.activation, args.layer_norm_eps)
+    what, loader = "torch.nn.Transformer state dict", "tfm.interop.load_stacks"
+  weights.write(args.out, conv.arrays, conv.config, conv.kind, args.dtype,
+                {"converted_from": os.path.basename(os.path.abspath(args.src))}, conv.generation_config)
+  print(f"{args.src} ({what}) -> {args.out} ({args.dtype}, {os.path.getsize(args.out):,} bytes)")
+  print(conv.summary())
+  print(f"load it with {loader}({args.out!r})")
+  return 0
+
+
+def add_tune(sub) -> None:
+  p = _command(sub, "tune", "BEAM-search the kernels of a model's forward pass once on this machine and cache them: "
+               "every later run on that backend uses the tuned kernels (TFM_TUNED=0 turns that off)",
+               "tfm tune --config base --backend CL\n  tfm tune --config model.safetensors --backend CPU --beam 2")
+  p.add_argument("--config", default="base", help="a preset (base, big, tiny) or a saved model file (default: base)")
+  p.add_argument("--backend", default="auto", help="backend to tune for, as `tfm backends` lists them (default: auto)")
+  p.add_argument("--beam", type=int, default=2, help="BEAM search width: wider searches longer (default: 2)")
+  p.add_argument("--batch", type=int, default=8, help="sequences per batch of the tuned forward pass (default: 8)")
+  p.add_argument("--length", type=int, default=64, help="source and target tokens of the tuned forward pass (default: 64)")
+  p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args) -> int:
+  import os
+
   from tfm.config import TransformerConfig
   from tfm.model import Transformer
-  # one layer of each stack is every kernel kind the model has; more layers repeat the same kernels
-  config = TransformerConfig.preset(args.config, n_encoder_layers=1, n_decoder_layers=1)
-  src, tgt = np.full((1, 8), 5), np.full((1, 8), 6)
+  from tfm.tune import tune
+  if args.beam < 1: raise TfmError(f"--beam must be at least 1, got {args.beam}; 2 is a good start")
+  if args.batch < 1 or args.length < 1: raise TfmError(f"--batch and --length must be positive, got {args.batch} and {args.length}")
+  if os.path.isfile(args.config):
+    from tfm.weights import load
+    model = load(args.config, device=args.backend)
+  else:
+    model = Transformer(TransformerConfig.preset(args.config), device=args.backend)
+  if args.length > model.config.max_len:
+    raise TfmError(f"--length {args.length} is longer than the model's max_len={model.config.max_len}; give a shorter --length")
+  print(f"tuning the forward pass of {args.config} (batch {args.batch} x {args.length} tokens) on {model.target or model.device}")
+  print(tune(model, args.batch, args.length, args.beam).summary())
+  return 0
 
-  def forward():
-    model = Transformer(config, device=None)  # built on the NULL device render() sets: nothing runs or is allocated
-    source = model.ids(src, "src")
-    return model.run_decoder(model.ids(tgt, "tgt"), model.run_encoder(source), model.padding_mask(source))
-  rendered = kernels.render(forward, args.target, args.arch)
-  print(kernels.write_kernels(rendered, args.out, args.target, **({"arch": args.arch} if args.arch else {})))
+
+def add_train(sub) -> None:
+  p = _command(sub, "train", "train a Transformer on a synthetic task (teacher forcing, label smoothing, warmup schedule, "
+               "Adam); checkpoints go to --out every --checkpoint-every steps and --resume continues exactly where a run stopped",
+               "tfm train --task reverse --config tiny --steps 300 --out runs/reverse\n"
+               "  tfm train --task dates --config small --steps 3000 --batch-size 128 --device CPU --out runs/dates\n"
+               "  tfm train --out runs/dates --resume --steps 4000")
+  p.add_argument("--task", default=None, choices=["dates", "copy", "reverse"], help="what to learn (default: dates)")
+  p.add_argument("--config", default=None, metavar="tiny|small|base|PATH.json",
+                 help="model sizes: a preset or a JSON file of TransformerConfig fields; vocab_size and the special "
+                      "ids come from the task (default: small)")
+  p.add_argument("--steps", type=int, default=None, help="total optimizer steps, counted from the start of the run (default: 1000)")
+  p.add_argument("--batch-size", type=int, default=None, help="examples per step (default: 64)")
+  p.add_argument("--device", default="auto", help="backend to train on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
+  p.add_argument("--out", default=None, help="folder for checkpoints and the trained model (model.safetensors, vocab.json)")
+  p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+  p.add_argument("--seed", type=int, default=None, help="seed of the weights, dropout and batches (default: 0)")
+  p.add_argument("--eval-every", type=int, default=None, help="steps between held-out evaluations (default: 500)")
+  p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: 500)")
+  p.add_argument("--warmup", type=int, default=None, help="warmup steps of the learning-rate schedule (default: 400)")
+  p.add_argument("--lr-scale", type=float, default=None, help="factor on the paper's learning-rate schedule (default: 1.0)")
+  p.add_argument("--eval-size", type=int, default=None, help="held-out examples per evaluation (default: 200 while training, 2000 with --evaluate)")
+  p.add_argument("--evaluate", default=None, metavar="MODEL",
+                 help="do not train: greedy-decode --eval-size held-out examples of --task with this saved model and "
+                      "print its exact match and token accuracy")
+  p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+  from tfm.train import Trainer, TrainOptions, evaluate_file
+  if args.evaluate is not None:
+    n, task = args.eval_size or 2000, args.task or "dates"
+    scores = evaluate_file(args.evaluate, task, n, device=args.device)
+    print(f"{args.evaluate}: exact match {scores['exact_match']:.4f}, token accuracy {scores['token_accuracy']:.4f} "
+          f"on {n} held-out {task} examples (greedy)")
+    return 0
+  given = {k: v for k, v in dict(batch_size=args.batch_size, seed=args.seed, eval_every=args.eval_every,
+                                 checkpoint_every=args.checkpoint_every, warmup=args.warmup, lr_scale=args.lr_scale,
+                                 eval_size=args.eval_size).items()
+           if v is not None}
+  if args.resume:
+    if args.out is None: raise TfmError("--resume continues the run in --out: give --out FOLDER")
+    fixed = [f"--{k.replace('_', '-')}" for k, v in dict(task=args.task, config=args.config, **given).items() if v is not None]
+    if fixed: raise TfmError(f"{', '.join(fixed)} cannot change on --resume (the run continues exactly); give only --steps and --device")
+    trainer = Trainer.resume(args.out, steps=args.steps, device=args.device)
+  else:
+    options = TrainOptions(**given, **({"steps": args.steps} if args.steps is not None else {}))
+    trainer = Trainer(args.task or "dates", args.config or "small", options, device=args.device, out=args.out)
+  print(f"training {trainer.task.name} on {trainer.model.device}: {trainer.model.num_parameters():,} parameters, "
+        f"steps {trainer.step} -> {trainer.options.steps}, batch {trainer.options.batch_size}", flush=True)
+  scores = trainer.run()
+  print(f"step {trainer.step}: exact match {scores['exact_match']:.4f}, token accuracy {scores['token_accuracy']:.4f} "
+        f"on {trainer.options.eval_size} held-out examples" + (f"; model in {args.out}" if args.out else ""))
   return 0
 
 
@@ -73,14 +222,25 @@ def main(argv: list[str] | None = None) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
   try:
-    return int(args.func(args) or 0)
-  except (TfmError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
+    code = int(args.func(args) or 0)
+    sys.stdout.flush()  # inside the try: a reader that went away fails here, not in the interpreter's exit flush
+    return code
+  except BrokenPipeError:
+    # the reader closed the pipe (`tfm backends | head -1`): stop quietly, as command-line tools do on SIGPIPE
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
+  except (TfmError, ValueError, OSError) as e:  # bad arguments, files, devices: the message says what to fix
     if args.debug: traceback.print_exc()
     print(f"tfm {args.command}: error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print(f"tfm {args.command}: interrupted", file=sys.stderr)
     return 130
+  except Exception as e:  # a fault of tfm or a library under it: one line, the traceback on request
+    if args.debug: traceback.print_exc()
+    print(f"tfm {args.command}: internal error: {type(e).__name__}: {e} (run `tfm --debug {args.command} ...` for the "
+          f"traceback)", file=sys.stderr)
+    return 70  # sysexits' EX_SOFTWARE: not 1, which `tfm compare` uses for a backend out of tolerance
 
 
 if __name__ == "__main__":

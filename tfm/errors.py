@@ -15,3 +15,7 @@ class InputError(TfmError):
 
 class WeightsError(TfmError):
   """A weight file or checkpoint cannot be loaded as it is."""
+
+
+class BackendError(TfmError, RuntimeError):
+  """The backend failed to compile or run a kernel; the message names the backend and what to try instead."""

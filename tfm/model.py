@@ -16,10 +16,11 @@ from tinygrad.nn import Embedding, LayerNorm, Linear
 from tinygrad.nn.state import get_parameters, get_state_dict
 
 import backends
-from tfm.attention import KVCache, causal_mask, padding_mask
+from tfm.attention import KVCache, causal_mask, padding_mask, with_ones
 from tfm.config import TransformerConfig
-from tfm.errors import InputError
-from tfm.layers import DecoderLayer, EncoderLayer, PositionalEncoding
+from tfm.errors import BackendError, InputError
+from tfm.layers import DecoderLayer, EncoderLayer, PositionalEncoding, layer_norm_one_pass
+from tfm.tune import tuned_settings
 
 
 def resolve_device(device: str | None) -> tuple[str, str | None]:
@@ -61,7 +62,8 @@ class Transformer:
   one matrix: `src_embed`, `tgt_embed` and `generator.weight` are the same tensor.
   """
 
-  def __init__(self, config: TransformerConfig, device: str | None = None):
+  def __init__(self, config: TransformerConfig, device: str | None = None, initialise: bool = True):
+    """initialise=False leaves the weights unset (lazy, never computed): for loaders that replace every one."""
     self.config = config
     self.device, self.target = resolve_device(device)
     d, v = config.d_model, config.vocab_size
@@ -71,30 +73,47 @@ class Transformer:
       self.encoder = Encoder(config)
       self.decoder = Decoder(config)
       self.generator = Linear(d, v, bias=config.output_bias)
-      self._initialise()
+      if config.tie_embeddings: self.generator.weight = self.src_embed.weight
+      if initialise: self._initialise()
     self.positions = PositionalEncoding(config, self.device)
 
   def on_device(self) -> contextlib.AbstractContextManager:
     """The block in which this model's kernels are built and compiled: tinygrad picks the renderer ("CPU:LLVM"
-    rather than clang) from DEV when it compiles, so realize under this to get the backend that was asked for."""
-    return Context(DEV=self.target) if self.target else contextlib.nullcontext()
+    rather than clang) from DEV when it compiles, so realize under this to get the backend that was asked for.
+    Kernels compiled here use the tuned ones `tfm tune` stored for this backend, when it has been tuned."""
+    settings = {**({"DEV": self.target} if self.target else {}), **tuned_settings(self.target or self.device)}
+    return Context(**settings) if settings else contextlib.nullcontext()
 
   def _initialise(self) -> None:
-    """Xavier-uniform matrices and zero biases (as nn.Transformer), N(0, d^-1/2) embeddings (scaled back up by sqrt(d))."""
+    """Xavier-uniform matrices and zero biases (as nn.Transformer), N(0, d^-1/2) embeddings (scaled back up by sqrt(d)).
+
+    Drawn on the host from a seed taken from tinygrad's RNG, so `Tensor.manual_seed` makes it repeatable: random
+    kernels for every weight shape would cost seconds of compiling per model on each backend."""
+    rng = np.random.default_rng(int(Tensor.randint(1, low=0, high=2**31 - 1, device=self.device).item()))
+    seen: set[int] = set()
     for name, p in get_state_dict(self).items():
-      if name.endswith("embed.weight"): p.replace(Tensor.normal(*p.shape, std=self.config.d_model ** -0.5))
-      elif "layer_norm" in name: continue
-      elif name.endswith(".weight"): p.replace(Tensor.glorot_uniform(*p.shape))
-      elif name.endswith(".bias"): p.replace(Tensor.zeros(*p.shape))
-    if self.config.tie_embeddings: self.generator.weight = self.src_embed.weight
+      if id(p) in seen: continue  # a tied matrix is initialised once, as the embedding it first appears as
+      seen.add(id(p))
+      if "layer_norm" in name: continue
+      if name.endswith("embed.weight"): value = rng.normal(0.0, self.config.d_model ** -0.5, p.shape)
+      elif name.endswith(".weight"): value = rng.uniform(-1, 1, p.shape) * math.sqrt(6 / (p.shape[0] + p.shape[1]))
+      else: value = np.zeros(p.shape)
+      p.replace(Tensor(value.astype(np.float32), device=self.device))
     Tensor.realize(*get_parameters(self))
 
   # --- inputs -----------------------------------------------------------------------------------------------
 
   def ids(self, ids: Any, name: str = "ids") -> Tensor:
     """Check token ids (B, T) and put them on the model's device: a Tensor, a numpy array or nested lists of ints."""
-    arr = ids.numpy() if isinstance(ids, Tensor) else np.asarray(ids)
-    if arr.dtype == object or arr.dtype.kind not in "iub":
+    return Tensor(self.check_ids(ids, name), device=self.device)
+
+  def check_ids(self, ids: Any, name: str = "ids") -> np.ndarray:
+    """`ids` checked as `ids()` checks them, as an int32 numpy array on the host (generation pads them there)."""
+    try:
+      arr = ids.numpy() if isinstance(ids, Tensor) else np.asarray(ids)
+    except ValueError:  # numpy refuses rows of different lengths
+      raise InputError(f"{name} has rows of different lengths; pad every row to the longest with pad_id={self.config.pad_id}") from None
+    if arr.dtype == object or arr.dtype.kind not in "iu":  # bools are not token ids: True would read as id 1
       raise InputError(f"{name} must be integer token ids, got dtype {arr.dtype}; convert with np.asarray(..., dtype=np.int32)")
     if arr.ndim != 2:
       raise InputError(f"{name} must have shape (batch, length), got shape {arr.shape}; wrap a single sequence as [ids]")
@@ -108,7 +127,7 @@ class Transformer:
       bad = lo if lo < 0 else hi
       raise InputError(f"token id {bad} out of range for vocab_size={self.config.vocab_size} "
                        f"(ids must be in [0, {self.config.vocab_size - 1}])")
-    return Tensor(arr.astype(np.int32), device=self.device)
+    return arr.astype(np.int32)
 
   def padding_mask(self, src_ids: Tensor) -> Tensor:
     """(B, 1, 1, S), True at real source tokens: what every attention over the source may look at."""
@@ -131,7 +150,21 @@ class Transformer:
 
     `src_mask` (B, 1, 1, S), True at real source tokens, is `padding_mask(src_ids)`; None attends to all of memory.
     """
-    return self._result(lambda: self.run_decoder(self.ids(tgt_ids, "tgt_ids"), memory, src_mask))
+    tgt = self.ids(tgt_ids, "tgt_ids")
+    self._check_memory(memory, src_mask, tgt.shape[0])
+    return self._result(lambda: self.run_decoder(tgt, memory, src_mask))
+
+  def _check_memory(self, memory: Any, src_mask: Any, batch: int) -> None:
+    """decode's memory must be encode's output for the same batch: a broadcast over a wrong batch is silent garbage."""
+    if not isinstance(memory, Tensor) or memory.ndim != 3 or memory.shape[0] != batch or memory.shape[2] != self.config.d_model:
+      got = f"shape {tuple(memory.shape)}" if isinstance(memory, Tensor) else type(memory).__name__
+      raise InputError(f"memory must be a Tensor (batch={batch}, source length, d_model={self.config.d_model}) as encode() "
+                       f"returns it for the same batch, got {got}; pass model.encode(src_ids)")
+    if src_mask is not None:
+      s = memory.shape[1]
+      if not isinstance(src_mask, Tensor) or tuple(src_mask.shape) not in ((batch, 1, 1, s), (1, 1, 1, s)):
+        got = f"shape {tuple(src_mask.shape)}" if isinstance(src_mask, Tensor) else type(src_mask).__name__
+        raise InputError(f"src_mask must be a Tensor ({batch}, 1, 1, {s}) as model.padding_mask(src_ids) returns it, got {got}")
 
   def __call__(self, src_ids: Any, tgt_ids: Any) -> Tensor:
     """Teacher-forced forward pass: logits (B, T, vocab_size) for every target position."""
@@ -145,7 +178,13 @@ class Transformer:
     under training it stays lazy so that backward() can reach the weights."""
     with self.on_device():
       out = compute()
-      return out if TRAINING else out.realize()
+      if TRAINING: return out
+      try:
+        return out.realize()
+      except Exception as e:  # a compiler or driver failure: say which backend, keep the cause for --debug
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise BackendError(f"backend {self.target or self.device} failed to run the model ({type(e).__name__}: {first}); "
+                           f"`tfm backends` lists the backends that run here: pass another as device=...") from e
 
   # checked-input versions of encode/decode: ids already on the device (generation and training call these)
 
@@ -161,9 +200,10 @@ class Transformer:
   # incremental decoding (generation): one target position per call, earlier positions held in KV caches
 
   def memory_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """Each decoder layer's cross-attention keys and values of memory (B, S, d): projected once per source."""
+    """Each decoder layer's cross-attention keys (B, H, S, hd) and values with a ones column (B, H, S, hd + 1) of
+    memory (B, S, d), as `decode_step` takes them: projected once per source."""
     with self.on_device():
-      return [layer.encoder_attn.project_kv(memory) for layer in self.decoder.layers]
+      return [(k, with_ones(v)) for k, v in (layer.encoder_attn.project_kv(memory) for layer in self.decoder.layers)]
 
   def decode_step(self, tokens: Tensor, pos, caches: list[KVCache], memory_kv: list[tuple[Tensor, Tensor]],
                   src_mask: Tensor | None, origin: Tensor | None = None) -> Tensor:
@@ -175,7 +215,7 @@ class Transformer:
       x = self.embed(self.tgt_embed, tokens, offset=pos)
       for layer, cache, kv in zip(self.decoder.layers, caches, memory_kv, strict=True):
         x = layer.step(x, cache, kv, src_mask, pos, origin)
-      if self.decoder.layer_norm is not None: x = self.decoder.layer_norm(x)
+      if self.decoder.layer_norm is not None: x = layer_norm_one_pass(self.decoder.layer_norm, x)
       return self.generator(x)[:, 0]
 
   def parameters(self) -> list[Tensor]: return get_parameters(self)

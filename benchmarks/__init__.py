@@ -1,0 +1,1 @@
+"""tfm benchmarks, side by side with PyTorch: `python -m benchmarks decode|forward|train|all [--backends CPU,CL] [--json FILE]`."""

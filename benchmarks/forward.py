@@ -1,0 +1,125 @@
+"""Forward-pass benchmark: teacher-forced logits (B, T, V) of the same weights in tfm (eager and TinyJit) on each
+backend, and in PyTorch eager, with the tfm/PyTorch time ratio and the largest logit difference between them.
+
+    python -m benchmarks forward --backends CPU,CL --config base      # batch 8 x 64 tokens, the paper's base model
+"""
+from __future__ import annotations
+
+import numpy as np
+from tinygrad import Device, GlobalCounters, Tensor, TinyJit
+from tinygrad.nn.state import get_state_dict
+
+from benchmarks.common import (Timing, add_common, config, load_average, measure, print_rows, ratio, torch_or_none,
+                               torch_thread_counts)
+from tfm.model import Transformer
+from tfm import tune
+from tfm.tune import tuned_settings
+
+COLUMNS = ["bench", "config", "shape", "backend", "mode", "first_s", "median_ms", "torch_ms", "ratio", "cpu_ms", "cpu_ratio",
+           "max_abs_diff", "kernels", "gflops", "cores", "load", "tuned"]
+
+
+def add_arguments(parser) -> None:
+  add_common(parser, config="base", batch=8, length=64, reps=5)
+
+
+def inputs(cfg, batch: int, length: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Random source and target ids (no padding), the same for every framework."""
+  rng = np.random.default_rng(seed)
+  lo = max(cfg.pad_id, cfg.bos_id, cfg.eos_id) + 1
+  return rng.integers(lo, cfg.vocab_size, (batch, length)), rng.integers(lo, cfg.vocab_size, (batch, length))
+
+
+def copy_weights(model: Transformer, arrays: dict[str, np.ndarray]) -> Transformer:
+  """Give model the weights in arrays (name -> array), so every backend and PyTorch run the same numbers."""
+  for name, t in get_state_dict(model).items(): t.replace(Tensor(arrays[name], device=model.device).realize())
+  return model
+
+
+def tuned_label(model: Transformer) -> str:
+  """'+beamN' when the model's kernels come from `tfm tune` results (see tfm.tune), else ''."""
+  beam = tuned_settings(model.target or model.device).get("BEAM")
+  return f"+beam{beam}" if beam else ""
+
+
+def counted(model: Transformer, fn) -> tuple[int, float]:
+  """Kernels launched and floating-point ops done by one call of fn."""
+  GlobalCounters.reset()
+  fn()
+  Device[model.device].synchronize()
+  return GlobalCounters.kernel_count, GlobalCounters.global_ops
+
+
+def run(args) -> list[dict]:
+  cfg = config(args.config)
+  src, tgt = inputs(cfg, args.batch, args.length)
+  shape = f"{args.batch}x{args.length}"
+  base = dict(bench="forward", config=args.config, shape=shape)
+  rows: list[dict] = []
+  arrays: dict[str, np.ndarray] | None = None
+  torch_logits, torch_ms, torch_cpu_ms = None, None, None
+  for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+    Tensor.manual_seed(0)
+    model = Transformer(cfg, device=backend)
+    if arrays is None: arrays = {k: v.numpy() for k, v in get_state_dict(model).items()}
+    else: copy_weights(model, arrays)
+    dev = Device[model.device]
+    src_t, tgt_t = model.ids(src, "src"), model.ids(tgt, "tgt")
+
+    def eager():
+      out = model(src, tgt)
+      dev.synchronize()
+      return out
+
+    forward = TinyJit(lambda s, t: model.run_decoder(t, model.run_encoder(s), model.padding_mask(s)).realize())
+
+    def jitted():
+      with model.on_device(): out = forward(src_t, tgt_t)
+      dev.synchronize()
+      return out
+
+    if torch_logits is None and (torch := torch_or_none(args)) is not None:
+      torch_rows = [torch_row(torch, model, src, tgt, args, base, n) for n in torch_thread_counts(torch)]
+      torch_logits, torch_ms = torch_rows[0].pop("logits"), min(r["median_ms"] for r in torch_rows)
+      torch_cpu_ms = min(r["cpu_ms"] for r in torch_rows)
+      for r in torch_rows: r.pop("logits", None)
+      rows += torch_rows
+      print_rows(torch_rows, COLUMNS, header=False)
+    for mode, fn in (("eager", eager), ("jit", jitted)):
+      hits, misses = tune.lookups.hits, tune.lookups.misses
+      load = load_average()
+      t: Timing = measure(fn, args.reps, warmup=2 if mode == "jit" else 1)  # the jit captures on its second call
+      kernels, ops = counted(model, fn)
+      diff = None if torch_logits is None else float(np.abs(fn().numpy() - torch_logits).max())
+      rows.append({**base, "backend": backend, "mode": mode + tuned_label(model), "first_s": t.first_s,
+                   "median_ms": t.median_s * 1e3,
+                   "torch_ms": torch_ms, "ratio": ratio(t.median_s * 1e3, torch_ms),
+                   "cpu_ms": t.cpu_s * 1e3, "cpu_ratio": ratio(t.cpu_s * 1e3, torch_cpu_ms), "max_abs_diff": diff,
+                   "kernels": kernels, "gflops": ops / t.median_s / 1e9, "cores": t.cores, "load": load})
+      if tuned_label(model):  # how many of the kernels compiled here found a tuned entry
+        rows[-1]["tuned"] = f"{tune.lookups.hits - hits}/{tune.lookups.hits + tune.lookups.misses - hits - misses}"
+      print_rows(rows[-1:], COLUMNS, header=False)
+  print("\nratio = tfm median / the faster PyTorch median, cpu_ratio = the same for CPU time per call;\n"
+        "load = 1-minute load average when the row started")
+  print_rows(rows, COLUMNS)
+  return rows
+
+
+def torch_row(torch, model: Transformer, src: np.ndarray, tgt: np.ndarray, args, base: dict, threads: int) -> dict:
+  """PyTorch eager on the same weights with `threads` intra-op threads (the cores it kept busy are in `cores`)."""
+  from benchmarks.torch_reference import TorchTransformer
+  ref = TorchTransformer.from_tfm(model)
+  s, t = torch.from_numpy(src), torch.from_numpy(tgt)
+
+  def forward():
+    with torch.inference_mode(): return ref(s, t)
+  default = torch.get_num_threads()
+  torch.set_num_threads(threads)
+  try:
+    load = load_average()
+    timing = measure(forward, args.reps, warmup=1)
+    logits = forward().numpy()
+  finally: torch.set_num_threads(default)
+  return {**base, "backend": f"torch {threads}T", "mode": "eager", "first_s": timing.first_s,
+          "median_ms": timing.median_s * 1e3, "cpu_ms": timing.cpu_s * 1e3, "cores": timing.cores, "load": load,
+          "logits": logits}

@@ -1,0 +1,99 @@
+"""Smoke tests of the benchmarks (tiny model, one repetition: no timings are asserted) and of the tuned-kernel lookup."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from tinygrad import Context, Tensor
+from tinygrad.helpers import VERSION, db_connection
+
+from benchmarks import common, report
+from benchmarks.__main__ import main as bench_main
+from tfm import tune
+from tfm.cli import main as cli_main
+
+torch = pytest.importorskip("torch")
+TINY = dict(common.CONFIGS["tiny"], n_encoder_layers=1, n_decoder_layers=1)  # every kernel kind, half the compiling
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+  """Run forward and train through the dispatcher on CPU, once, writing their JSON rows."""
+  out = tmp_path_factory.mktemp("bench")
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(common.CONFIGS, "tiny", TINY)
+    paths = {}
+    for bench in ("forward", "train"):
+      paths[bench] = out / f"{bench}.json"
+      assert bench_main(["--json", str(paths[bench]), bench, "--config", "tiny", "--backends", "CPU",
+                         "--batch", "2", "--length", "8", "--reps", "1"]) == 0
+  return {bench: json.loads(path.read_text()) for bench, path in paths.items()}, paths
+
+
+def test_forward_rows_compare_tfm_eager_and_jit_with_torch(results, capsys):
+  rows = results[0]["forward"]
+  assert [(r["backend"], r["mode"]) for r in rows if not r["backend"].startswith("torch")] == [("CPU", "eager"), ("CPU", "jit")]
+  assert any(r["backend"] == "torch 1T" for r in rows)
+  for r in rows:
+    if r["backend"] == "CPU":
+      assert r["max_abs_diff"] < 1e-4  # the same weights give the same logits in both frameworks
+      assert r["ratio"] == pytest.approx(r["median_ms"] / r["torch_ms"])
+      assert r["kernels"] > 0 and r["command"].startswith("python -m benchmarks")
+
+
+def test_train_rows_report_matching_losses(results):
+  (row,) = [r for r in results[0]["train"] if r["backend"] == "CPU"]
+  assert row["mode"] == "jit" and row["kernels"] > 0
+  assert row["max_abs_diff"] < 1e-4  # Adam steps from the same weights give the same losses
+
+
+def test_printed_table_has_the_columns(capsys):
+  common.print_rows([{"bench": "forward", "median_ms": 12.5, "ratio": None}], ["bench", "median_ms", "ratio"])
+  header, line = capsys.readouterr().out.splitlines()
+  assert header.split() == ["bench", "median_ms", "ratio"] and line.split() == ["forward", "12.5", "-"]
+
+
+def test_report_replaces_only_the_measured_section(results, tmp_path):
+  doc = tmp_path / "PERFORMANCE.md"
+  doc.write_text(f"# Performance\n\nanalysis before\n\n{report.START}\nold table\n{report.END}\n\nanalysis after\n")
+  assert report.main([str(p) for p in results[1].values()] + ["--doc", str(doc), "--date", "2026-11-22"]) == 0
+  text = doc.read_text()
+  assert "old table" not in text and "analysis before" in text and "analysis after" in text
+  assert "### forward" in text and "### train" in text and "Measured 2026-11-22" in text
+  assert text.count("| CPU | jit |") == 2 and not list(tmp_path.glob(".tmp-*"))
+
+
+def test_untuned_backend_gets_no_settings(tmp_path, monkeypatch):
+  monkeypatch.setattr("tinygrad.helpers.CACHEDB", str(tmp_path / "cache.db"))
+  assert tune.tuned_settings("CPU") == {}
+
+
+def test_tuned_backend_turns_beam_on_lookup_only(tmp_path, monkeypatch):
+  monkeypatch.setattr("tinygrad.helpers.CACHEDB", str(tmp_path / "cache.db"))
+  tune._write_marker("CPU", {"beam": 2})
+  assert tune.tuned_settings("CPU") == {"BEAM": 2, "TFM_BEAM_LOOKUP_ONLY": 1}
+  assert tune.tuned_settings("CL") == {}
+
+
+def beam_entries() -> int:
+  """BEAM results in tinygrad's cache database."""
+  try: return db_connection().execute(f"SELECT COUNT(*) FROM 'beam_search_{VERSION}'").fetchone()[0]
+  except sqlite3.OperationalError: return 0  # no search has ever been stored
+
+
+def test_lookup_only_compiles_an_untuned_kernel_without_searching():
+  tune._install_lookup_only()
+  misses, before = tune.lookups.misses, beam_entries()
+  x = Tensor(np.arange(37 * 29, dtype=np.float32).reshape(37, 29), device="CPU")
+  with Context(BEAM=2, TFM_BEAM_LOOKUP_ONLY=1):
+    total = (x * 3).sum(axis=1).numpy()
+  np.testing.assert_allclose(total, np.arange(37 * 29).reshape(37, 29).sum(1) * 3, rtol=1e-6)
+  assert tune.lookups.misses > misses
+  assert beam_entries() == before  # a search stores its result: nothing was stored, so nothing was searched
+
+
+def test_tune_rejects_a_zero_beam(capsys):
+  assert cli_main(["tune", "--config", "tiny", "--beam", "0"]) == 2
+  assert "--beam must be at least 1" in capsys.readouterr().err

@@ -1,0 +1,195 @@
+"""Every backend that runs here computes what the float64 oracle computes: the logits of a forward pass, a training
+step's loss and gradients, greedy decoding, and float16 logits where the device supports float16.
+
+Parametrised over every backend tfm knows; those that do not run here are skipped with the probe's reason. The fast
+backends use the tiny config (the numerical contract is stated on it); the Python emulator, which interprets each
+kernel element by element, a very small one. Tolerances come from tfm.compare.TOLERANCE, the one place they live.
+Each backend builds its model once (module-scoped cache): tinygrad compiles every kernel anew for each backend.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+from tinygrad import Context, Tensor
+
+import backends
+from backends.compare import dtype_unsupported
+from tfm import compare, weights
+from tfm.compare import TOLERANCE
+from tfm.generate import generate
+from tfm.reference import Reference
+
+GREEDY_LEN = 6   # greedy decoding steps: enough to pass eos-free positions through the KV cache, cheap on the emulator
+TINY = compare.tiny_subject(seed=3, dropout=0.0)
+# the emulator's subject: every kernel kind of the model, at sizes it interprets in seconds
+MICRO = dataclasses.replace(
+  compare.tiny_subject(seed=4, dropout=0.0, d_model=8, n_heads=2, d_ff=16, n_encoder_layers=1, n_decoder_layers=1,
+                       vocab_size=12, max_len=8),
+  src=np.array([[5, 6, 7, 2], [9, 10, 2, 0]], np.int32), tgt=np.array([[1, 5, 6], [1, 9, 10]], np.int32))
+
+
+PROBE_TIMEOUT = 120.0   # a loaded machine can take the default 20 s to start a probe's Python; a timeout would skip the backend
+
+
+@pytest.fixture(scope="session")
+def probed() -> dict[str, backends.BackendInfo]:
+  return {info.name: info for info in backends.available(timeout=PROBE_TIMEOUT)}
+
+
+@pytest.fixture(scope="module")
+def cache() -> dict:
+  return {}
+
+
+def subject_for(name: str) -> compare.Subject: return MICRO if name == "PYTHON" else TINY
+
+
+# CPU:X86 (the CPU device with tinygrad's own x86 code generator) compiles slowest and would add half again to this
+# module's time; `tfm compare --backends CPU:X86` checks it, and TFM_EQUIVALENCE_ALL=1 runs it here too
+OPT_IN = ("CPU:X86",)
+
+
+def running(name: str, probed) -> backends.BackendInfo:
+  if name in OPT_IN and not os.environ.get("TFM_EQUIVALENCE_ALL"):
+    pytest.skip(f"{name} is opt-in here (TFM_EQUIVALENCE_ALL=1); `tfm compare --backends {name}` checks it")
+  info = probed[name]
+  if not info.runs: pytest.skip(f"{name} does not run here ({info.status}: {info.reason})")
+  return info
+
+
+def once(cache: dict, key: tuple, compute):
+  if key not in cache: cache[key] = compute()
+  return cache[key]
+
+
+def model(cache, info, dtype="float32"):
+  def build():
+    with backends.use(info): return compare.model_on(subject_for(info.name), info.name, dtype)
+  return once(cache, ("model", info.name, dtype), build)
+
+
+# --- the oracle's side ------------------------------------------------------------------------------------------
+
+def oracle_loss(arrays: dict[str, np.ndarray], subject: compare.Subject) -> float:
+  """Mean cross-entropy of next-token prediction over the targets, in float64."""
+  logits = Reference(arrays, subject.config.to_dict()).logits(subject.src, subject.tgt[:, :-1])
+  logits = logits - logits.max(-1, keepdims=True)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  return float(-np.take_along_axis(logp, subject.tgt[:, 1:, None], -1).mean())
+
+
+def finite_difference(subject: compare.Subject, name: str, index: tuple[int, ...], eps: float = 1e-6) -> float:
+  """d loss / d weight[index] by central differences on the float64 oracle (error ~1e-9 at this eps)."""
+  arrays = {k: v.astype(np.float64) for k, v in subject.arrays.items()}
+  base = arrays[name][index]
+  arrays[name][index] = base + eps
+  up = oracle_loss(arrays, subject)
+  arrays[name][index] = base - eps
+  return (up - oracle_loss(arrays, subject)) / (2 * eps)
+
+
+def oracle_greedy(subject: compare.Subject, steps: int) -> np.ndarray:
+  """Greedy decoding with the oracle: argmax of the last position, finished rows padded, cut to the longest row."""
+  c = subject.config
+  ref = Reference(subject.arrays, c.to_dict())
+  tgt = np.full((subject.src.shape[0], 1), c.start_id)
+  done = np.zeros(subject.src.shape[0], bool)
+  for _ in range(steps):
+    best = np.where(done, c.pad_id, ref.logits(subject.src, tgt)[:, -1].argmax(-1))
+    tgt = np.concatenate([tgt, best[:, None]], 1)
+    done |= best == c.eos_id
+    if done.all(): break
+  return tgt[:, 1:]
+
+
+# --- the backend's side -----------------------------------------------------------------------------------------
+
+def training_step(cache, info):
+  """Teacher-forced logits, the loss (next-token cross-entropy) and its gradients, realized together (one compile of
+  forward and backward per backend); dropout 0, so that every backend computes the same thing."""
+  def run():
+    m, s = model(cache, info), subject_for(info.name)
+    params = weights.unique_state(m)
+    with backends.use(info), Context(TRAINING=1):
+      logits = m(s.src, s.tgt[:, :-1])
+      loss = logits.sparse_categorical_crossentropy(Tensor(s.tgt[:, 1:], device=m.device))
+      loss.backward()
+      Tensor.realize(logits, loss, *(p.grad for p in params.values()))
+    return logits.numpy(), loss.item(), {name: p.grad.numpy() for name, p in params.items()}
+  return once(cache, ("train", info.name), run)
+
+
+BACKENDS = list(backends.NAMES)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_logits_match_the_float64_oracle(name, probed, cache):
+  info = running(name, probed)
+  s = subject_for(name)
+  logits, _, _ = training_step(cache, info)
+  expected = Reference(s.arrays, s.config.to_dict()).logits(s.src, s.tgt[:, :-1])
+  assert logits.shape == expected.shape == (*s.tgt[:, :-1].shape, s.config.vocab_size)
+  assert np.abs(logits - expected).max() <= TOLERANCE["float32"]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_training_loss_matches_the_oracle(name, probed, cache):
+  info = running(name, probed)
+  _, loss, _ = training_step(cache, info)
+  assert abs(loss - oracle_loss(subject_for(name).arrays, subject_for(name))) <= TOLERANCE["float32"]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_gradients_match_finite_differences_of_the_oracle(name, probed, cache):
+  info = running(name, probed)
+  s = subject_for(name)
+  _, _, grads = training_step(cache, info)
+  rng = np.random.default_rng(0)
+  checked = 0
+  for param, grad in grads.items():
+    # the entry that matters most, and one drawn at random (often a zero: a pad row, an unused token)
+    for index in {np.unravel_index(np.abs(grad).argmax(), grad.shape), tuple(int(rng.integers(n)) for n in grad.shape)}:
+      assert abs(grad[index] - finite_difference(s, param, index)) <= TOLERANCE["float32"], (param, index)
+      checked += 1
+  assert checked >= len(grads) >= 10
+
+
+@pytest.mark.parametrize("name", [n for n in BACKENDS if n != "CPU"])
+def test_every_gradient_matches_cpu(name, probed, cache):
+  info, cpu = running(name, probed), running("CPU", probed)
+  if subject_for(name) is not TINY: pytest.skip(f"{name} runs a smaller config than CPU: checked against the oracle only")
+  _, loss, grads = training_step(cache, info)
+  _, cpu_loss, cpu_grads = training_step(cache, cpu)
+  assert abs(loss - cpu_loss) <= TOLERANCE["float32"]
+  assert grads.keys() == cpu_grads.keys()
+  for param in grads: np.testing.assert_allclose(grads[param], cpu_grads[param], rtol=0, atol=TOLERANCE["float32"], err_msg=param)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_greedy_decoding_is_the_oracles(name, probed, cache):
+  info = running(name, probed)
+  s = subject_for(name)
+  with backends.use(info): ids = generate(model(cache, info), s.src, beam_size=1, max_len=GREEDY_LEN)
+  once(cache, ("greedy", name), lambda: ids)
+  np.testing.assert_array_equal(ids, oracle_greedy(s, GREEDY_LEN))
+
+
+@pytest.mark.parametrize("name", [n for n in BACKENDS if n != "CPU"])
+def test_greedy_decoding_is_identical_to_cpus(name, probed, cache):
+  info, cpu = running(name, probed), running("CPU", probed)
+  if subject_for(name) is not TINY: pytest.skip(f"{name} runs a smaller config than CPU: checked against the oracle only")
+  ours, theirs = cache.get(("greedy", name)), cache.get(("greedy", "CPU"))
+  if ours is None or theirs is None: pytest.skip("needs the greedy decoding test to have run for both backends")
+  np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_float16_logits_match_the_oracle_where_supported(name, probed, cache):
+  info = running(name, probed)
+  if (why := dtype_unsupported(info, "float16")) is not None: pytest.skip(f"float16 unsupported on {name}: {why}")
+  s, m = subject_for(name), model(cache, info, "float16")
+  with backends.use(info): logits = m(s.src, s.tgt).numpy().astype(np.float64)
+  assert np.abs(logits - compare.oracle(s, "float16")["logits"]).max() <= TOLERANCE["float16"]

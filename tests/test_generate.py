@@ -1,0 +1,224 @@
+"""Generation: the KV-cache step against the full forward pass, greedy and beam search against an independent numpy
+reference, batching, the generation rules and settings, and the Translator."""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+from conftest import DEVICE, randomize
+from numpy_beam import beam_search as reference_beam_search
+from tinygrad import Tensor, TinyJit
+
+import tfm
+from tfm.tokenizer import CharTokenizer
+
+gen = importlib.import_module("tfm.generate")  # tfm.generate is the function
+ROWS, T_MAX = 4, 16  # the reference's forward passes always have this shape, so they compile once
+SRC = np.array([[5, 9, 12, 33, 41, 7, 8, 19, 3], [7, 8, 9, 10, 11, 0, 0, 0, 0], [60, 61, 62, 0, 0, 0, 0, 0, 0]], np.int32)
+
+
+@pytest.fixture(scope="module")
+def model() -> tfm.Transformer:
+  """Tiny, random non-trivial weights; the output bias raises eos, so that hypotheses end at different lengths, and
+  rules out pad, so that trailing pads are padding (as Marian checkpoints rule pad out)."""
+  m = randomize(tfm.Transformer(tfm.TransformerConfig.preset("tiny", output_bias=True), device=DEVICE), seed=3)
+  bias = m.generator.bias.numpy()
+  bias[m.config.eos_id] += 1.5
+  bias[m.config.pad_id] = -30.0
+  m.generator.bias.replace(Tensor(bias, device=m.device).realize())
+  return m
+
+
+@pytest.fixture(scope="module")
+def full(model):
+  """Log-probs (n, T_MAX, V) from the full, uncached forward pass of up to ROWS sources and targets (the oracle the
+  cache is checked against), padded to one shape and captured once with TinyJit, so each call costs milliseconds."""
+  def forward(src: Tensor, tgt: Tensor) -> Tensor:
+    with model.on_device(): return model.run_decoder(tgt, model.run_encoder(src), model.padding_mask(src)).log_softmax(-1).realize()
+  jitted = TinyJit(forward)
+  def logprobs(src: np.ndarray, tgt: np.ndarray) -> np.ndarray:
+    padded_src = np.full((ROWS, SRC.shape[1]), model.config.pad_id, np.int32)
+    padded_src[:len(src), :src.shape[1]] = src
+    padded_src[len(src):, 0] = 3  # unused rows need one real token, or their attention has nothing to attend to
+    padded_tgt = np.full((ROWS, T_MAX), model.config.pad_id, np.int32)
+    padded_tgt[:len(tgt), :tgt.shape[1]] = tgt
+    return jitted(Tensor(padded_src, device=model.device), Tensor(padded_tgt, device=model.device)).numpy()[:len(tgt)]
+  return logprobs
+
+
+def next_token_logprobs(full, src_row: np.ndarray):
+  """The numpy reference's oracle: prefixes (start token first) of one source -> next-token log-probs."""
+  def logprobs(prefixes: list[list[int]]) -> np.ndarray:
+    return full(np.tile(src_row, (len(prefixes), 1)), np.array(prefixes, np.int32))[:, len(prefixes[0]) - 1]
+  return logprobs
+
+
+def rows_of(ids: np.ndarray, pad_id: int) -> list[list[int]]:
+  """Each row of a padded ids array without its trailing padding."""
+  rows = ids.tolist()
+  for row in rows:
+    while row and row[-1] == pad_id: row.pop()
+  return rows
+
+
+# --- the cached step ----------------------------------------------------------------------------------------------
+
+def test_cached_step_gives_the_full_forward_log_probs(model, full):
+  rng = np.random.default_rng(0)
+  tgt = np.concatenate([np.full((3, 1), model.config.start_id), rng.integers(3, 64, (3, 11))], 1).astype(np.int32)
+  cached = gen.incremental_logprobs(model, SRC, tgt)
+  uncached = full(SRC, tgt)[:, :12]
+  assert cached.shape == (3, 12, 64)
+  assert np.abs(cached - uncached).max() <= 1e-5
+  np.testing.assert_array_equal(cached.argmax(-1), uncached.argmax(-1))
+
+
+def test_cache_mask_lets_position_pos_see_slots_up_to_pos_only():
+  mask = tfm.attention.KVCache(1, 1, 6, 2, DEVICE).mask(3).numpy()
+  np.testing.assert_array_equal(mask.reshape(-1), [True, True, True, True, False, False])
+
+
+# --- greedy ---------------------------------------------------------------------------------------------------------
+
+def test_greedy_takes_the_argmax_of_the_full_forward_pass_at_every_step(model, full):
+  ids, scores = tfm.generate(model, SRC, max_len=12, return_scores=True)
+  c = model.config
+  rows = rows_of(ids, c.pad_id)
+  lp = full(SRC, np.array([[c.start_id] + row + [c.pad_id] * (12 - len(row)) for row in rows], np.int32))
+  for i, row in enumerate(rows):
+    assert lp[i, :len(row)].argmax(-1).tolist() == row
+    assert len(row) == 12 or row[-1] == c.eos_id and c.eos_id not in row[:-1]
+    assert scores[i] == pytest.approx(lp[i, np.arange(len(row)), row].sum() / len(row), abs=1e-5)
+  assert any(c.eos_id in row for row in rows) and not all(c.eos_id in row for row in rows), "want rows ending both ways"
+
+
+def test_beam_search_with_one_beam_is_greedy(model):
+  greedy_ids, greedy_scores = gen.greedy_search(model, SRC, max_len=12, return_scores=True)
+  beam_ids, beam_scores = gen.beam_search(model, SRC, beam_size=1, max_len=12, return_scores=True)
+  np.testing.assert_array_equal(beam_ids, greedy_ids)
+  np.testing.assert_allclose(beam_scores, greedy_scores, atol=1e-6)
+
+
+# --- beam search against the numpy reference -----------------------------------------------------------------------
+
+SETTINGS = {
+  "beam4": dict(beam_size=4, max_len=10),
+  "beam3 penalty0.6 no-early-stop min_len3": dict(beam_size=3, max_len=10, length_penalty=0.6, early_stopping=False, min_len=3),
+  "beam4 penalty2 never n-best2 forced-eos suppressed": dict(beam_size=4, max_len=8, length_penalty=2.0, early_stopping="never",
+                                                              num_return=2, forced_eos_id=2, suppress_ids=(5, 6)),
+}
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_beam_search_agrees_with_the_numpy_reference(model, full, name, monkeypatch):
+  settings = dict(SETTINGS[name])
+  forced, suppress = settings.pop("forced_eos_id", None), settings.pop("suppress_ids", ())
+  if forced is not None:  # these two come from a checkpoint's generation_config only
+    monkeypatch.setattr(model, "generation_config", {"forced_eos_token_id": forced, "bad_words_ids": [[i] for i in suppress]},
+                        raising=False)
+  ids, scores = gen.beam_search(model, SRC, return_scores=True, **settings)
+  c, n = model.config, settings.get("num_return", 1)
+  expected = []
+  for i in range(len(SRC)):
+    expected += reference_beam_search(next_token_logprobs(full, SRC[i]), c.start_id, c.eos_id, forced_eos_id=forced,
+                                      suppress_ids=suppress, **settings)
+  assert ids.shape[0] == len(SRC) * n
+  assert rows_of(ids, c.pad_id) == [tokens for tokens, _ in expected]
+  np.testing.assert_allclose(scores, [score for _, score in expected], atol=1e-4)
+  ended = [c.eos_id in row for row in ids]
+  assert any(ended), "some hypothesis should end with eos"
+  if forced is not None: assert all(ended) and not np.isin(ids, suppress).any()
+  if settings.get("min_len"): assert all(row.index(c.eos_id) >= settings["min_len"] for row in rows_of(ids, c.pad_id) if c.eos_id in row)
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_rows_of_a_batch_decode_as_if_alone(model, beam_size):
+  ids, scores = tfm.generate(model, SRC, beam_size=beam_size, max_len=10, return_scores=True)
+  c = model.config
+  for i in range(len(SRC)):
+    alone_ids, alone_scores = tfm.generate(model, SRC[i:i + 1, :int((SRC[i] != c.pad_id).sum())], beam_size=beam_size,
+                                           max_len=10, return_scores=True)
+    assert rows_of(ids[i:i + 1], c.pad_id) == rows_of(alone_ids, c.pad_id)
+    assert scores[i] == pytest.approx(alone_scores[0], abs=1e-5)
+
+
+def test_outgrowing_the_first_cache_changes_nothing(model, monkeypatch):
+  before = gen.greedy_search(model, SRC, max_len=40, min_len=40)
+  monkeypatch.setattr(gen, "FIRST_CACHE_LEN", 16)  # caches of 16, then 32, then 64 slots
+  after = gen.greedy_search(model, SRC, max_len=40, min_len=40)
+  assert before.shape == (3, 40)
+  np.testing.assert_array_equal(after, before)
+
+
+# --- settings ------------------------------------------------------------------------------------------------------
+
+def test_generation_config_gives_the_defaults(model, monkeypatch):
+  monkeypatch.setattr(model, "generation_config", {"num_beams": 4, "max_length": 11}, raising=False)
+  np.testing.assert_array_equal(tfm.generate(model, SRC), gen.beam_search(model, SRC, beam_size=4, max_len=10))
+  assert gen.resolve_settings(model, np.array([5]), beam_size=2).beam_size == 2  # an argument wins
+
+
+def test_default_max_len_is_source_length_plus_50_capped_by_config(model):
+  assert gen.resolve_settings(model, np.array([3, 9])).max_len == min(9 + 50, model.config.max_len)
+  short = tfm.Transformer(model.config.replace(max_len=128), device=DEVICE, initialise=False)
+  assert gen.resolve_settings(short, np.array([3, 9])).max_len == 59
+
+
+def test_generate_sees_weights_replaced_after_a_call(model):
+  before = gen.greedy_search(model, SRC, max_len=6)
+  bias = model.generator.bias
+  original = bias.numpy()
+  favoured = np.full_like(original, -50.0)
+  favoured[7] = 50.0
+  bias.replace(Tensor(favoured, device=model.device).realize())
+  try: after = gen.greedy_search(model, SRC, max_len=6)
+  finally: bias.replace(Tensor(original, device=model.device).realize())
+  assert (after == 7).all() and not (before == 7).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+  (dict(max_len=65), "max_len=65"),
+  (dict(max_len=0), "max_len=0"),
+  (dict(beam_size=0), "beam_size=0"),
+  (dict(beam_size=2, num_return=3), "num_return=3"),
+  (dict(min_len=-1), "min_len=-1"),
+  (dict(beam_size=2, early_stopping="sometimes"), "early_stopping"),
+  (dict(length_penalty=float("nan")), "length_penalty"),
+])
+def test_bad_settings_are_rejected_with_the_fix(model, kwargs, match):
+  with pytest.raises(tfm.InputError, match=match): tfm.generate(model, SRC, **kwargs)
+
+
+@pytest.mark.parametrize("src, match", [
+  (np.array([[5, 6], [0, 0]]), "row 1 holds only pad"),
+  (np.array([[5.0, 6.0]]), "integer token ids"),
+  (np.array([[5, 64]]), "token id 64 out of range"),
+  (np.array([5, 6]), "shape"),
+])
+def test_bad_sources_are_rejected_with_the_fix(model, src, match):
+  with pytest.raises(tfm.InputError, match=match): tfm.generate(model, src)
+
+
+def test_a_model_is_required():
+  with pytest.raises(tfm.InputError, match="tfm.Transformer"): tfm.generate("model", SRC)
+
+
+# --- Translator ----------------------------------------------------------------------------------------------------
+
+def test_translator_batches_texts_and_decodes_what_generate_produces(model):
+  tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678")
+  translator = tfm.Translator(model, tokenizer)
+  texts = ["hello", "ab", "tinygrad"]
+  out, scores = translator.translate(texts, beam_size=4, max_len=10, return_scores=True)
+  src = np.zeros((3, 9), np.int32)
+  for i, ids in enumerate(tokenizer.encode(texts)): src[i, :len(ids)] = ids
+  ids, expected_scores = tfm.generate(model, src, beam_size=4, max_len=10, return_scores=True)
+  assert out == tokenizer.decode(ids.tolist())
+  np.testing.assert_allclose(scores, expected_scores, atol=1e-6)
+  assert translator.translate(["ab"], max_len=10) == tokenizer.decode(tfm.generate(model, src[1:2, :3], max_len=10).tolist())
+
+
+def test_translator_rejects_a_tokenizer_that_does_not_fit_the_model(model):
+  too_many = CharTokenizer("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!?.,;:-+")  # 73 ids
+  with pytest.raises(tfm.InputError, match="vocab_size=73 exceeds the model's vocab_size=64"): tfm.Translator(model, too_many)

@@ -1,0 +1,166 @@
+"""Training: a tiny model learns to reverse strings, runs resume exactly and repeat under a seed, a step agrees on
+CPU and OpenCL, and the bundled dates model is as accurate as documented."""
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tinygrad import Tensor
+
+import backends
+import tfm
+from tfm import cli
+from tfm.config import PRESETS
+from tfm.errors import ConfigError, InputError, WeightsError
+from tfm.tasks import get_task
+from tfm.tokenizer import CharTokenizer
+from tfm.train import Trainer, TrainOptions, encode_batch, evaluate, noam_lr, resolve_config
+
+ASSETS = Path(tfm.__file__).parent / "assets"
+# one set of options for every tiny run, so every trainer reuses the same compiled step
+STEPS = 400
+TINY = {**{k: v for k, v in PRESETS["tiny"].items() if k != "vocab_size"}, "dropout": 0.0}  # a step's loss can be recomputed
+OPTIONS = TrainOptions(steps=STEPS, batch_size=32, warmup=100, lr_scale=0.3, eval_every=STEPS, eval_size=100, checkpoint_every=STEPS)
+
+
+def smoothed_floor(vocab_size: int, eps: float) -> float:
+  """The least label-smoothed cross entropy any model can reach: the entropy of the smoothed target distribution."""
+  p_true, p_other = 1 - eps + eps / vocab_size, eps / vocab_size
+  return -(p_true * math.log(p_true) + (vocab_size - 1) * p_other * math.log(p_other))
+
+
+@pytest.fixture(scope="module")
+def learned():
+  trainer = Trainer("reverse", TINY, OPTIONS, device="CPU", progress=False)
+  return trainer, trainer.run()
+
+
+def test_tiny_model_learns_reverse(learned):
+  trainer, scores = learned
+  # Why 1.2: a model that ignores the source can at best predict the marginal of each target position, ten equally
+  # likely letters (+ eos): about ln(10) = 2.3 nats per letter, ~2.1 with eos and smoothing (runs that fail to learn
+  # plateau there). The floor with smoothing 0.1 over 13 tokens is 0.54. Below 1.2 the model reads the source.
+  floor = smoothed_floor(trainer.tokenizer.vocab_size, OPTIONS.label_smoothing)
+  assert 0.5 < floor < 0.6
+  assert np.mean(trainer.losses[:10]) > 2.0
+  assert np.mean(trainer.losses[-20:]) < 1.2
+  # and it reverses strings it never saw in training (greedy decoding, held-out split)
+  assert scores["exact_match"] > 0.5 and scores["token_accuracy"] > 0.8
+
+
+def test_the_reported_loss_is_the_one_before_the_update():
+  trainer = Trainer("reverse", TINY, OPTIONS, device="CPU", progress=False)
+  for _ in range(3): trainer.train_step()  # past the jit's capture: the step now replays
+  state = trainer.rng.bit_generator.state
+  batch = [Tensor(a, device="CPU") for a in trainer.next_batch()]
+  trainer.rng.bit_generator.state = state  # train_step draws this same batch
+  before = trainer.loss(*batch).item()
+  reported = trainer.train_step()
+  after = trainer.loss(*batch).item()
+  assert reported == pytest.approx(before, abs=1e-5)
+  assert after < before - 1e-3
+
+
+def _weights(trainer: Trainer) -> dict[str, np.ndarray]:
+  return {k: v.numpy() for k, v in tfm.weights.unique_state(trainer.model).items()}
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+  straight = Trainer("reverse", "tiny", TrainOptions(**{**OPTIONS.__dict__, "steps": 8}), device="CPU",
+                     out=str(tmp_path / "a"), progress=False)
+  straight.run()
+  first = Trainer("reverse", "tiny", TrainOptions(**{**OPTIONS.__dict__, "steps": 4}), device="CPU",
+                  out=str(tmp_path / "b"), progress=False)
+  first.run()
+  assert (tmp_path / "b" / "latest").read_text().strip() == "step-00000004"
+  resumed = Trainer.resume(str(tmp_path / "b"), steps=8, device="CPU", progress=False)
+  assert resumed.step == 4
+  resumed.run()
+  assert resumed.losses == straight.losses  # the same floats, step by step (tiny has dropout 0.1: the RNG resumes too)
+  for name, value in _weights(straight).items(): np.testing.assert_array_equal(_weights(resumed)[name], value, err_msg=name)
+  # one checkpoint is kept, and the finished run leaves a loadable model and its vocabulary
+  assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["latest", "model.safetensors", "step-00000008", "vocab.json"]
+  model = tfm.load(tmp_path / "b" / "model.safetensors", device="CPU")
+  np.testing.assert_array_equal(model.generator.weight.numpy(), straight.model.generator.weight.numpy())
+  assert CharTokenizer.load(tmp_path / "b" / "vocab.json").chars == straight.tokenizer.chars
+
+
+def test_a_seed_gives_the_same_run():
+  runs = []
+  for seed in (5, 5, 6):
+    trainer = Trainer("reverse", TINY, TrainOptions(**{**OPTIONS.__dict__, "seed": seed}), device="CPU", progress=False)
+    for _ in range(3): trainer.train_step()
+    runs.append(trainer.losses)
+  assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_a_training_step_agrees_on_cpu_and_cl():
+  if not backends.probe("CL").runs: pytest.skip(f"OpenCL does not run here: {backends.probe('CL').reason}")
+  trainers = {dev: Trainer("reverse", TINY, OPTIONS, device=dev, progress=False) for dev in ("CPU", "CL")}
+  reference = _weights(trainers["CPU"])
+  tfm.weights.assign(tfm.weights.unique_state(trainers["CL"].model), reference, "CPU weights")
+  batch = trainers["CPU"].next_batch()
+  results = {}
+  for dev, trainer in trainers.items():
+    params = tfm.weights.unique_state(trainer.model)
+    loss = trainer.loss(*(Tensor(a, device=trainer.model.device) for a in batch))
+    grads = loss.gradient(*params.values())
+    results[dev] = loss.item(), {name: g.numpy() for name, g in zip(params, grads)}
+  (cpu_loss, cpu_grads), (cl_loss, cl_grads) = results["CPU"], results["CL"]
+  assert abs(cpu_loss - cl_loss) < 1e-5 and cpu_loss > 1.0
+  for name, g in cpu_grads.items():
+    assert np.abs(g).max() > 0 or "bias" in name, name
+    np.testing.assert_allclose(cl_grads[name], g, atol=1e-5, rtol=1e-4, err_msg=name)
+
+
+def test_bundled_model_is_accurate_on_held_out_dates():
+  model = tfm.load(ASSETS / "dates.safetensors", device="CPU")
+  tokenizer = CharTokenizer.load(ASSETS / "dates.vocab.json")
+  task = get_task("dates")
+  assert tokenizer.chars == task.tokenizer.chars
+  pairs = task.examples(200, "test", seed=1)
+  assert evaluate(model, tokenizer, pairs)["exact_match"] >= 0.98
+
+
+# --- the pieces ---
+
+def test_noam_schedule():
+  d, warmup = 64, 100
+  assert noam_lr(1, d, warmup) == pytest.approx(d ** -0.5 * warmup ** -1.5)
+  assert noam_lr(warmup, d, warmup) == pytest.approx(d ** -0.5 * warmup ** -0.5)  # the peak
+  assert noam_lr(50, d, warmup) == pytest.approx(noam_lr(warmup, d, warmup) / 2)  # linear rise
+  assert noam_lr(4 * warmup, d, warmup) == pytest.approx(noam_lr(warmup, d, warmup) / 2)  # inverse square root decay
+  assert noam_lr(7, d, warmup, scale=0.5) == pytest.approx(noam_lr(7, d, warmup) / 2)
+
+
+def test_teacher_forcing_batch():
+  tok = CharTokenizer("abc")
+  src, tgt_in, labels = encode_batch(tok, [("ab", "ba"), ("c", "c")], 4, 3)
+  np.testing.assert_array_equal(src, [[3, 4, 2, 0], [5, 2, 0, 0]])
+  np.testing.assert_array_equal(labels, [[4, 3, 2], [5, 2, 0]])  # target + eos, pad after
+  np.testing.assert_array_equal(tgt_in, [[1, 4, 3], [1, 5, 0]])  # bos + target shifted right
+  with pytest.raises(InputError, match="longer than 4 -> 3"): encode_batch(tok, [("abcabc", "a")], 4, 3)
+
+
+def test_config_takes_the_task_vocabulary(tmp_path):
+  tok = get_task("dates").tokenizer
+  cfg = resolve_config("small", tok)
+  assert (cfg.vocab_size, cfg.pad_id, cfg.bos_id, cfg.eos_id) == (tok.vocab_size, 0, 1, 2)
+  (tmp_path / "c.json").write_text(json.dumps({"d_model": 32, "n_heads": 2, "d_ff": 64}))
+  assert resolve_config(str(tmp_path / "c.json"), tok).d_model == 32
+  (tmp_path / "v.json").write_text(json.dumps({"vocab_size": 999}))
+  with pytest.raises(ConfigError, match="vocab_size=999.*needs vocab_size=53"): resolve_config(str(tmp_path / "v.json"), tok)
+  with pytest.raises(ConfigError, match="neither a preset"): resolve_config("huge", tok)
+
+
+def test_bad_options_are_named():
+  with pytest.raises(ConfigError, match="batch_size=0"): TrainOptions(batch_size=0)
+  with pytest.raises(ConfigError, match="clip_norm"): TrainOptions(clip_norm=-1.0)
+  with pytest.raises(ConfigError, match="max_len=8 is shorter"): Trainer("reverse", {"d_model": 8, "n_heads": 2, "max_len": 8})
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path):
+  with pytest.raises(WeightsError, match="no checkpoint in"): Trainer.resume(str(tmp_path))
+  assert cli.main(["train", "--resume", "--out", str(tmp_path), "--task", "copy"]) == 2

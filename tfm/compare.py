@@ -1,0 +1,301 @@
+"""`tfm compare`: the same inputs through one Transformer on every backend, checked against the float64 oracle.
+
+Each backend that runs here gets the model's weights and the same source batch, and computes
+  encoder   memory (B, S, d_model)                  max abs error vs the oracle (tfm/reference.py) <= TOLERANCE[dtype]
+  logits    teacher-forced logits (B, T, vocab)     max abs error vs the oracle <= TOLERANCE[dtype]
+            (for float16 the oracle takes the weights rounded to float16, as the backend holds them)
+  greedy    greedy decoding: token ids              identical to the reference backend's
+  beam      beam search (beam 4): token ids         identical to the reference backend's
+Timing: "first call" sums the first call of each of the four (tinygrad compiles every kernel then); "median latency"
+is the greedy decoding of the batch, the translation itself, over REPEAT warm calls; tokens/s counts the tokens it
+generates (up to eos) per second. Backends that cannot run are compile-checked (their kernels rendered, CUDA compiled
+to PTX) or listed as unavailable with the reason; the Python emulator is left out of "auto" (it takes minutes).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tinygrad import Context, Tensor, dtypes
+
+import backends
+from backends.compare import PASS, Run, compare, failed
+from backends.registry import BackendInfo
+from tfm import weights
+from tfm.config import TransformerConfig
+from tfm.errors import InputError, TfmError
+from tfm.generate import generate
+from tfm.model import Transformer
+from tfm.reference import Reference
+
+# max abs error vs the float64 oracle that a running backend may show: the numerical contract (docs/BACKENDS.md)
+TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
+SAMPLES = ("3rd of March, 2021", "2021년 3월 3일", "Wednesday, March 3, 2021")
+BEAM_SIZE = 4
+REPEAT = 3
+NEW_TOKENS = 16   # decoding budget beyond the source length (the bundled model's outputs are shorter than its inputs)
+ASSETS = Path(__file__).parent / "assets"
+BUNDLED = ASSETS / "dates.safetensors"   # its character vocabulary beside it: dates.vocab.json
+SLOW = {"PYTHON": "the Python emulator takes minutes even on small models: ask for it with --backends PYTHON or all"}
+COLUMNS = ("backend", "status", "max abs err vs oracle", "vs reference backend", "outputs identical",
+           "first call (compile) s", "median latency ms", "tokens/s", "note")
+LEGEND = """\
+- max abs err vs oracle: the largest |difference| over the encoder output and the logits, against the float64 oracle
+  (tfm/reference.py); a backend passes within the tolerance.
+- vs reference backend: the same against the reference backend's outputs.
+- outputs identical: greedy and beam-search token ids equal to the reference backend's (required to pass).
+- first call (compile) s: the first call of the four checks together; tinygrad compiles each kernel on first use
+  (compiled binaries are cached on disk, so a second run on the same machine compiles less).
+- median latency ms: greedy decoding of the whole batch, median of the warm calls; tokens/s: the tokens it generated
+  (each row up to its eos) per second.
+- compile-checked: the model's kernels rendered for the backend (CUDA also compiled to PTX by NVRTC); nothing ran."""
+
+
+@dataclass(frozen=True)
+class Subject:
+  """The model under comparison, held on the host: its config, float32 weights by checkpoint name, and the inputs."""
+  name: str
+  config: TransformerConfig
+  arrays: dict[str, np.ndarray]
+  src: np.ndarray                   # (B, S) source ids, pad-padded
+  tgt: np.ndarray                   # (B, T) teacher-forced targets, starting with the decoder start id
+  texts: tuple[str, ...] = ()       # the sources as text, when the model came with a tokenizer
+  tokenizer: Any = None
+
+  @property
+  def max_len(self) -> int: return min(self.config.max_len, self.src.shape[1] + NEW_TOKENS)
+
+
+# --- what to compare ---------------------------------------------------------------------------------------------
+
+def _inputs(config: TransformerConfig, tokenizer: Any, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+  """The sample sentences when the tokenizer knows their characters, else seeded random ids; random targets."""
+  rng = np.random.default_rng(seed)
+  texts, rows = [], []
+  for text in SAMPLES if tokenizer is not None else ():
+    try: ids = tokenizer.encode([text])[0]
+    except InputError: continue   # a character the model's vocabulary lacks: leave that sample out
+    if len(ids) <= config.max_len: texts.append(text); rows.append(ids)
+  first = min(3, config.vocab_size - 1)   # ids below are specials in the bundled vocabularies
+  if not rows:
+    lengths = [min(n, config.max_len) for n in (7, 5, 6)]
+    rows = [list(rng.integers(first, config.vocab_size, n)) for n in lengths]
+  src = np.full((len(rows), max(map(len, rows))), config.pad_id, np.int32)
+  for i, row in enumerate(rows): src[i, :len(row)] = row
+  tgt = rng.integers(first, config.vocab_size, (len(rows), min(6, config.max_len))).astype(np.int32)
+  tgt[:, 0] = config.start_id
+  return src, tgt, tuple(texts)
+
+
+def random_arrays(config: TransformerConfig, seed: int = 0) -> dict[str, np.ndarray]:
+  """Seeded random weights under the model's checkpoint names: every bias, gain and the pad row non-trivial, so
+  that a backend dropping any of them shows in its output."""
+  with Context(DEV="NULL"): model = Transformer(config, device=None, initialise=False)   # the names and shapes only
+  rng = np.random.default_rng(seed)
+  out = {}
+  for name, t in weights.unique_state(model).items():
+    gain = "layer_norm" in name and name.endswith(".weight")
+    out[name] = ((1.0 if gain else 0.0) + (0.2 if "layer_norm" in name else 0.3) * rng.standard_normal(t.shape)).astype(np.float32)
+  return out
+
+
+def tiny_subject(seed: int = 0, **overrides: Any) -> Subject:
+  """The tiny preset with random weights (overrides change the config, e.g. d_model=16 for the Python emulator)."""
+  config = TransformerConfig.preset("tiny", **overrides)
+  src, tgt, _ = _inputs(config, None, seed)
+  return Subject(f"tiny config, random weights (seed {seed})", config, random_arrays(config, seed), src, tgt)
+
+
+def load_subject(model: str | None = None) -> Subject:
+  """The model to compare: "bundled" (tfm/assets), "tiny" (random weights), a tfm .safetensors file or a Marian folder.
+
+  None means the bundled model when it is installed, else the tiny one (tfm compare says so on stderr).
+  """
+  from tfm.tokenizer import CharTokenizer, MarianTokenizer
+  if model is None: model = "bundled" if BUNDLED.exists() else "tiny"
+  if model == "tiny": return tiny_subject()
+  if model == "bundled":
+    if not BUNDLED.exists():
+      raise TfmError(f"the bundled model is not installed ({BUNDLED} is missing): reinstall tfm, or compare "
+                     f"another model with --model tiny | PATH.safetensors | MARIAN_DIR")
+    model = str(BUNDLED)
+  path = Path(model)
+  if path.is_dir():
+    from tfm.interop import convert_marian
+    conv = convert_marian(path)
+    tokenizer = MarianTokenizer.from_dir(path) if (path / "source.spm").exists() else None
+    config, arrays, name = conv.config, conv.arrays, f"Marian checkpoint {path}"
+  elif path.is_file():
+    wf = weights.read(path)
+    if wf.kind != "transformer":
+      raise TfmError(f"{path} holds {wf.kind} (encoder and decoder stacks without embeddings), not a Transformer: "
+                     f"tfm compare needs a whole model (token ids in, logits out)")
+    vocab = next((v for v in (path.with_suffix(".vocab.json"), path.parent / "vocab.json") if v.exists()), None)
+    tokenizer = CharTokenizer.load(vocab) if vocab is not None else None
+    config, arrays = wf.config, wf.arrays
+    name = f"bundled model ({path.name})" if path == BUNDLED else str(path)
+  else:
+    raise TfmError(f"--model {model!r}: no such file or folder; give 'bundled', 'tiny', a tfm .safetensors file "
+                   f"or a Marian checkpoint folder")
+  src, tgt, texts = _inputs(config, tokenizer, seed=0)
+  return Subject(name, config, arrays, src, tgt, texts, tokenizer)
+
+
+def oracle(subject: Subject, dtype: str = "float32") -> dict[str, np.ndarray]:
+  """The float64 oracle's encoder output and logits for the subject's inputs, from the weights as a backend holds them
+  in `dtype` (rounded to float16 for float16: the tolerance then measures the backend's arithmetic alone)."""
+  arrays = subject.arrays if dtype == "float32" else {k: v.astype(np.float16) for k, v in subject.arrays.items()}
+  ref = Reference(arrays, subject.config.to_dict())
+  return {"encoder": ref.encode(subject.src), "logits": ref.logits(subject.src, subject.tgt)}
+
+
+# --- running on a backend -----------------------------------------------------------------------------------------
+
+def model_on(subject: Subject, device: str, dtype: str = "float32") -> Transformer:
+  """The subject's model on a backend, its weights copied in (then cast, for float16)."""
+  model = Transformer(subject.config, device=device, initialise=False)
+  weights.assign(weights.unique_state(model), subject.arrays, subject.name)
+  return model if dtype == "float32" else model.to_float(dtypes.float16)
+
+
+def steps(subject: Subject, dtype: str) -> Callable[[BackendInfo], dict[str, Callable[[], dict[str, np.ndarray]]]]:
+  """For backends.compare: build the model on a backend and return its four checks, each giving numpy outputs."""
+  def build(info: BackendInfo):
+    model = model_on(subject, info.name, dtype)
+    src, tgt, max_len = subject.src, subject.tgt, subject.max_len
+    return {
+      "encoder": lambda: {"encoder": model.encode(src).numpy().astype(np.float32)},
+      "logits": lambda: {"logits": model(src, tgt).numpy().astype(np.float32)},
+      "greedy": lambda: {"greedy": generate(model, src, beam_size=1, max_len=max_len)},
+      "beam": lambda: {"beam": generate(model, src, beam_size=BEAM_SIZE, max_len=max_len)},
+    }
+  return build
+
+
+def kernel_graph(config: TransformerConfig, dtype: str = "float32", src_len: int = 8, tgt_len: int = 8) -> Callable[[], Tensor]:
+  """A forward pass of `config` with one layer per stack, every kernel kind the model has (more layers repeat them),
+  built on the default device: backends.kernels.render and compile checks run it on the NULL device."""
+  config = config.replace(n_encoder_layers=1, n_decoder_layers=1)
+  token, half = min(5, config.vocab_size - 1), dtype == "float16"
+  src, tgt = np.full((1, src_len), token), np.full((1, tgt_len), token)
+
+  def forward() -> Tensor:
+    model = Transformer(config, device=None, initialise=False)   # on NULL nothing runs and nothing is allocated
+    for p in weights.unique_state(model).values(): p.replace(Tensor.empty(*p.shape, dtype=dtypes.float16 if half else p.dtype))
+    source = model.ids(src, "src")
+    return model.run_decoder(model.ids(tgt, "tgt"), model.run_encoder(source), model.padding_mask(source))
+  return forward
+
+
+def select_backends(spec: str = "auto") -> tuple[list[BackendInfo], dict[str, str]]:
+  """The backends to compare and those left out with why: "auto" (all but the emulator), "all", or "CPU,CL,...". """
+  if not isinstance(spec, str) or not spec.strip():
+    raise InputError(f"--backends {spec!r}: give auto, all or a comma-separated list such as CPU,CL")
+  key = spec.strip().lower()
+  if key in ("auto", "all"): return backends.available(), dict(SLOW) if key == "auto" else {}
+  try: names = [backends.lookup(name).name for name in spec.split(",")]
+  except ValueError as e: raise InputError(f"--backends {spec!r}: {e}") from None
+  return [backends.probe(name) for name in dict.fromkeys(names)], {}
+
+
+# --- the report ---------------------------------------------------------------------------------------------------
+
+def generated_tokens(ids: np.ndarray, config: TransformerConfig) -> int:
+  """Tokens produced by decoding: each row up to and including its eos (pad after it is not generated)."""
+  ids = np.asarray(ids)
+  is_eos = ids == config.eos_id
+  return int(np.where(is_eos.any(1), is_eos.argmax(1) + 1, ids.shape[1]).sum())
+
+
+@dataclass
+class Report:
+  """The comparison's result: one Run per backend, plus what was compared and how."""
+  subject: Subject
+  dtype: str
+  runs: list[Run]
+  date: str = field(default_factory=lambda: datetime.date.today().isoformat())
+
+  @property
+  def tolerance(self) -> float: return TOLERANCE[self.dtype]
+
+  @property
+  def ok(self) -> bool: return not failed(self.runs)
+
+  @property
+  def reference(self) -> Run | None: return next((r for r in self.runs if r.is_reference), None)
+
+  def translations(self) -> list[str]:
+    """The reference backend's greedy outputs as text (when the model has a tokenizer)."""
+    ref = self.reference
+    if ref is None or self.subject.tokenizer is None or "greedy" not in ref.outputs: return []
+    return self.subject.tokenizer.decode(ref.outputs["greedy"].tolist())
+
+  def row(self, run: Run) -> list[str]:
+    def num(x: float | None, fmt: str) -> str: return "-" if x is None else format(x, fmt)
+    greedy = run.timings.get("greedy")
+    latency = greedy.median_s if greedy else None
+    tokens = generated_tokens(run.outputs["greedy"], self.subject.config) if "greedy" in run.outputs else 0
+    same = "reference" if run.is_reference else {None: "-", True: "yes", False: "NO"}[run.all_identical]
+    vs_ref = "reference" if run.is_reference else num(run.max_vs_reference, ".1e")
+    return [run.backend.name, run.status, num(run.max_error, ".1e"), vs_ref, same, num(run.first_s, ".1f"),
+            num(None if latency is None else latency * 1e3, ".1f"), num(tokens / latency if latency else None, ".0f"), run.note]
+
+  def header(self) -> str:
+    s = self.subject
+    inputs = f"{len(s.texts)} sample sentences" if s.texts else f"{s.src.shape[0]} random sources"
+    return (f"model: {s.name}; {self.dtype}, tolerance {self.tolerance:g} (max abs error vs the float64 oracle); "
+            f"{inputs} (batch {s.src.shape[0]} x {s.src.shape[1]}), greedy and beam {BEAM_SIZE}, up to {s.max_len} tokens")
+
+  def summary(self) -> str:
+    bad = failed(self.runs)
+    if bad: return "FAILED: " + "; ".join(f"{r.backend.name}: {r.status} ({r.note})" for r in bad)
+    ran = [r.backend.name for r in self.runs if r.status == PASS]
+    if not ran: return "no backend ran: nothing was compared (see the notes)"
+    return f"ok: {len(ran)} backends ran ({', '.join(ran)}), each within tolerance and with identical outputs"
+
+  def table(self) -> str:
+    """Aligned plain text, one backend a line."""
+    rows = [list(COLUMNS)] + [self.row(r) for r in self.runs]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(COLUMNS) - 1)]
+    lines = [" | ".join([*(r[c].ljust(widths[c]) for c in range(len(widths))), r[-1]]).rstrip() for r in rows]
+    return "\n".join([self.header(), *self.examples(), "", *lines, "", self.summary()])
+
+  def examples(self) -> list[str]:
+    """'source' -> 'reference backend's greedy output', one line per sample sentence."""
+    return [f"  {src!r} -> {out!r}" for src, out in zip(self.subject.texts, self.translations())]
+
+  def markdown(self) -> str:
+    """A markdown table, with the legend that says what each column measures."""
+    def cell(text: str) -> str: return text.replace("|", "\\|")
+    lines = [f"| {' | '.join(COLUMNS)} |", "|" + "---|" * len(COLUMNS)]
+    lines += [f"| {' | '.join(cell(c) for c in self.row(r))} |" for r in self.runs]
+    return "\n".join([self.header(), *self.examples(), "", *lines, "", self.summary(), "", LEGEND])
+
+  def to_dict(self) -> dict[str, Any]:
+    s = self.subject
+    return {"date": self.date, "model": s.name, "config": s.config.to_dict(), "dtype": self.dtype, "tolerance": self.tolerance,
+            "inputs": {"texts": list(s.texts), "src": s.src.tolist(), "tgt": s.tgt.tolist(), "max_len": s.max_len,
+                       "beam_size": BEAM_SIZE},
+            "translations": self.translations(), "ok": self.ok, "runs": [r.to_dict() for r in self.runs]}
+
+  def write_json(self, path: str | os.PathLike) -> None:
+    """The report as JSON, written atomically."""
+    text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False, allow_nan=False)
+    def write(tmp: str) -> None: Path(tmp).write_text(text + "\n", encoding="utf-8")
+    weights.atomic_write(path, write)
+
+
+def run(subject: Subject, backend_spec: str = "auto", dtype: str = "float32", repeat: int = REPEAT,
+        progress: bool | None = None, reference: str = "CPU") -> Report:
+  """Compare the subject on the selected backends; `reference` is the backend the others' ids must equal."""
+  if dtype not in TOLERANCE: raise InputError(f"dtype={dtype!r} is not supported; choose one of {', '.join(TOLERANCE)}")
+  infos, skip = select_backends(backend_spec)
+  runs = compare(steps(subject, dtype), infos, expected=oracle(subject, dtype), tolerance=TOLERANCE[dtype], reference=reference,
+                 repeat=repeat, dtype=dtype, graph=kernel_graph(subject.config, dtype), skip=skip, progress=progress)
+  return Report(subject, dtype, runs)

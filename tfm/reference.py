@@ -1,0 +1,113 @@
+"""An independent float64 numpy Transformer: the oracle every backend is checked against.
+
+Written from the paper (and the config's documented switches), not from tfm's tinygrad code. It reads weights
+by their checkpoint names from a plain dict of numpy arrays, so it shares nothing with tfm but the names: keep it
+that way (numpy only, no tinygrad, no other tfm module). It ships in the package so that `tfm compare` can check
+backends against it at run time; the tests import it from here too.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _sinusoids(length: int, d: int, layout: str) -> np.ndarray:
+  table = np.zeros((length, d))
+  for pos in range(length):
+    for i in range(d // 2):
+      angle = pos / 10000 ** (2 * i / d)
+      if layout == "interleaved": table[pos, 2 * i], table[pos, 2 * i + 1] = math.sin(angle), math.cos(angle)
+      else: table[pos, i], table[pos, d // 2 + i] = math.sin(angle), math.cos(angle)
+  return table
+
+
+def _layer_norm(x, w, b, eps):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def _activation(x, name):
+  if name == "relu": return np.maximum(x, 0)
+  if name == "gelu": return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+  return x / (1 + np.exp(-x))  # swish
+
+
+def _softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  e = np.exp(x)
+  return e / e.sum(-1, keepdims=True)
+
+
+class Reference:
+  """Forward pass of the encoder-decoder in float64. `weights` maps checkpoint names to arrays; `cfg` is a dict."""
+
+  def __init__(self, weights: dict[str, np.ndarray], cfg: dict):
+    self.w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+    self.cfg = cfg
+
+  def _linear(self, x, name):
+    y = x @ self.w[f"{name}.weight"].T
+    return y + self.w[f"{name}.bias"] if f"{name}.bias" in self.w else y
+
+  def _norm(self, x, name):
+    return _layer_norm(x, self.w[f"{name}.weight"], self.w[f"{name}.bias"], self.cfg["layer_norm_eps"])
+
+  def _mha(self, name, xq, xkv, allowed):
+    """allowed: bool (B, Tq, Tk), True where query may attend to key."""
+    h = self.cfg["n_heads"]
+    b, tq, d = xq.shape
+    tk, dk = xkv.shape[1], d // h
+    q = self._linear(xq, f"{name}.q_proj").reshape(b, tq, h, dk).transpose(0, 2, 1, 3)
+    k = self._linear(xkv, f"{name}.k_proj").reshape(b, tk, h, dk).transpose(0, 2, 1, 3)
+    v = self._linear(xkv, f"{name}.v_proj").reshape(b, tk, h, dk).transpose(0, 2, 1, 3)
+    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(dk)
+    scores = np.where(allowed[:, None], scores, -np.inf)
+    out = (_softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(b, tq, d)
+    return self._linear(out, f"{name}.out_proj")
+
+  def _sublayer(self, x, fn, norm_name):
+    if self.cfg["norm_first"]: return x + fn(self._norm(x, norm_name))
+    return self._norm(x + fn(x), norm_name)
+
+  def _ffn(self, name, x):
+    return self._linear(_activation(self._linear(x, f"{name}.fc1"), self.cfg["activation"]), f"{name}.fc2")
+
+  def _embed(self, table_name, ids):
+    d = self.cfg["d_model"]
+    x = self.w[table_name][ids]
+    if self.cfg["scale_embedding"]: x = x * math.sqrt(d)
+    return x + _sinusoids(ids.shape[1], d, self.cfg["positional"])[None]
+
+  def _final_norm(self):
+    return self.cfg["norm_first"] if self.cfg.get("final_norm") is None else self.cfg["final_norm"]
+
+  def encode(self, src):
+    src = np.asarray(src)
+    keep = src != self.cfg["pad_id"]
+    allowed = np.broadcast_to(keep[:, None, :], (src.shape[0], src.shape[1], src.shape[1]))
+    x = self._embed("src_embed.weight", src)
+    for i in range(self.cfg["n_encoder_layers"]):
+      p = f"encoder.layers.{i}"
+      x = self._sublayer(x, lambda h, p=p: self._mha(f"{p}.self_attn", h, h, allowed), f"{p}.self_attn_layer_norm")
+      x = self._sublayer(x, lambda h, p=p: self._ffn(f"{p}.ffn", h), f"{p}.final_layer_norm")
+    return self._norm(x, "encoder.layer_norm") if self._final_norm() else x
+
+  def logits(self, src, tgt):
+    src, tgt = np.asarray(src), np.asarray(tgt)
+    memory = self.encode(src)
+    b, t = tgt.shape
+    causal = np.broadcast_to(np.tril(np.ones((t, t), dtype=bool)), (b, t, t))
+    cross = np.broadcast_to((src != self.cfg["pad_id"])[:, None, :], (b, t, src.shape[1]))
+    table = "src_embed.weight" if self.cfg["tie_embeddings"] else "tgt_embed.weight"
+    x = self._embed(table, tgt)
+    for i in range(self.cfg["n_decoder_layers"]):
+      p = f"decoder.layers.{i}"
+      x = self._sublayer(x, lambda h, p=p: self._mha(f"{p}.self_attn", h, h, causal), f"{p}.self_attn_layer_norm")
+      x = self._sublayer(x, lambda h, p=p: self._mha(f"{p}.encoder_attn", h, memory, cross), f"{p}.encoder_attn_layer_norm")
+      x = self._sublayer(x, lambda h, p=p: self._ffn(f"{p}.ffn", h), f"{p}.final_layer_norm")
+    if self._final_norm(): x = self._norm(x, "decoder.layer_norm")
+    out_w = self.w["src_embed.weight"] if self.cfg["tie_embeddings"] else self.w["generator.weight"]
+    y = x @ out_w.T
+    return y + self.w["generator.bias"] if "generator.bias" in self.w else y

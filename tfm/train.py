@@ -1,0 +1,311 @@
+"""Training (paper section 5): teacher forcing, label smoothing, the warmup schedule, Adam, checkpoints that resume exactly.
+
+One jitted step does forward, backward and the Adam update; the loss it reports is the one before the update.
+A run in `out/` keeps its checkpoints in `out/step-NNNNNNNN/` (model, optimizer, step, every RNG) with `out/latest`
+naming the newest, and leaves the trained model in `out/model.safetensors` with its vocabulary in `out/vocab.json`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+from tinygrad import Context, Tensor, TinyJit, dtypes
+from tinygrad.helpers import tqdm
+from tinygrad.nn.optim import Adam
+
+from tfm import weights
+from tfm.config import PRESETS, TransformerConfig
+from tfm.errors import ConfigError, InputError, WeightsError
+from tfm.generate import greedy_search
+from tfm.model import Transformer
+from tfm.tasks import Task, get_task
+from tfm.tokenizer import CharTokenizer
+
+# sizes for `--config NAME` beyond the model presets; vocab_size and the special ids always come from the task
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+  **PRESETS,
+  # the bundled dates model: small enough to train in half an hour on two CPU cores and to ship in the package
+  "small": dict(d_model=64, n_heads=4, d_ff=256, n_encoder_layers=3, n_decoder_layers=2, dropout=0.0, max_len=48),
+}
+
+
+def resolve_config(spec: str | dict | TransformerConfig, tokenizer: CharTokenizer) -> TransformerConfig:
+  """A preset name, a JSON file, a dict or a config, with the vocabulary size and special ids of the tokenizer."""
+  vocab = dict(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+  if isinstance(spec, TransformerConfig): fields = spec.to_dict()
+  elif isinstance(spec, dict): fields = dict(spec)
+  elif spec in TRAIN_PRESETS: fields = {**TransformerConfig().to_dict(), **TRAIN_PRESETS[spec], **vocab}
+  elif spec.endswith(".json"):
+    try:
+      with open(spec, encoding="utf-8") as f: fields = json.load(f)
+    except json.JSONDecodeError as e: raise ConfigError(f"config file {spec} is not valid JSON: {e}") from None
+    if not isinstance(fields, dict): raise ConfigError(f"config file {spec} must hold a JSON object of TransformerConfig fields")
+  else:
+    raise ConfigError(f"--config {spec!r} is neither a preset ({', '.join(TRAIN_PRESETS)}) nor a .json file of config fields")
+  for name, value in vocab.items():
+    if fields.setdefault(name, value) != value:
+      raise ConfigError(f"config has {name}={fields[name]} but the task's vocabulary needs {name}={value}; "
+                        f"leave {name} out of the config and it is filled in")
+  return TransformerConfig.from_dict(fields)
+
+
+def noam_lr(step: int, d_model: int, warmup: int, scale: float = 1.0) -> float:
+  """5.3 lrate = scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), for steps counted from 1."""
+  return scale * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
+
+
+def encode_batch(tokenizer: CharTokenizer, pairs: list[tuple[str, str]], src_len: int, tgt_len: int) -> tuple[np.ndarray, ...]:
+  """(source, target) texts -> padded src (B, src_len), decoder input bos + target (B, tgt_len), labels target + eos.
+
+  Fixed widths keep every batch the same shape, so the jitted step replays instead of recompiling.
+  """
+  src = np.full((len(pairs), src_len), tokenizer.pad_id, np.int32)
+  tgt_in, labels = src[:, :tgt_len].copy(), src[:, :tgt_len].copy()
+  for i, (s, t) in zip(range(len(pairs)), zip(tokenizer.encode([p[0] for p in pairs]), tokenizer.encode([p[1] for p in pairs]))):
+    if len(s) > src_len or len(t) > tgt_len:
+      raise InputError(f"example {pairs[i]!r} is {len(s)} -> {len(t)} tokens with eos, longer than {src_len} -> {tgt_len}")
+    src[i, :len(s)], labels[i, :len(t)] = s, t
+    tgt_in[i, :len(t)] = [tokenizer.bos_id] + t[:-1]
+  return src, tgt_in, labels
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------------
+
+def evaluate(model: Transformer, tokenizer: CharTokenizer, pairs: list[tuple[str, str]], batch_size: int = 500) -> dict[str, float]:
+  """Greedy-decode every source; exact match (whole target right) and token accuracy (target positions incl. eos)."""
+  if not pairs: raise InputError("evaluate needs at least one (source, target) pair")
+  width, src_len = max(len(t) for _, t in pairs) + 1, max(len(s) for s, _ in pairs) + 1
+  rows = min(batch_size, len(pairs))
+  exact = correct = total = 0
+  for start in range(0, len(pairs), rows):
+    chunk = pairs[start:start + rows]
+    # the last chunk is topped up to `rows` so every chunk reuses the same compiled decode step
+    src, _, labels = encode_batch(tokenizer, chunk + chunk[:1] * (rows - len(chunk)), src_len, width)
+    ids = greedy_search(model, src, max_len=width)[:len(chunk)]
+    pred = np.full(labels.shape, tokenizer.pad_id, np.int32)
+    pred[:, :ids.shape[1]] = ids
+    labels = labels[:len(chunk)]
+    real = labels != tokenizer.pad_id
+    correct += int(((pred == labels) & real).sum())
+    total += int(real.sum())
+    exact += sum(o == t for o, (_, t) in zip(tokenizer.decode(pred), chunk))
+  return {"exact_match": exact / len(pairs), "token_accuracy": correct / total}
+
+
+def evaluate_file(path: str | os.PathLike, task: str = "dates", n: int = 2000, seed: int = 0,
+                  device: str | None = None) -> dict[str, float]:
+  """Greedy exact match and token accuracy of a saved model on n held-out examples of its task (the task's vocabulary)."""
+  model, tokenizer = weights.load(path, device=device), get_task(task).tokenizer
+  if model.config.vocab_size != tokenizer.vocab_size:
+    raise ConfigError(f"{os.fspath(path)} has vocab_size={model.config.vocab_size}, the {task} task's vocabulary has "
+                      f"{tokenizer.vocab_size}: was it trained on another task?")
+  return evaluate(model, tokenizer, get_task(task).examples(n, "test", seed))
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainOptions:
+  """How to train: the schedule, batches, evaluation and checkpoints (everything but the model's sizes)."""
+  steps: int = 1000
+  batch_size: int = 64
+  warmup: int = 400
+  lr_scale: float = 1.0
+  label_smoothing: float = 0.1
+  clip_norm: float | None = 1.0
+  seed: int = 0
+  eval_every: int = 500
+  eval_size: int = 200
+  checkpoint_every: int = 500
+
+  def __post_init__(self):
+    for name in ("steps", "batch_size", "warmup", "eval_every", "eval_size", "checkpoint_every"):
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name}={value!r} must be a positive integer")
+    if not self.lr_scale > 0: raise ConfigError(f"lr_scale={self.lr_scale!r} must be > 0")
+    if not 0.0 <= self.label_smoothing < 1.0: raise ConfigError(f"label_smoothing={self.label_smoothing!r} must be in [0, 1)")
+    if self.clip_norm is not None and not self.clip_norm > 0:
+      raise ConfigError(f"clip_norm={self.clip_norm!r} must be > 0, or None for no clipping")
+
+
+def _unique(tensors: list[Tensor]) -> list[Tensor]: return list({id(t): t for t in tensors}.values())
+
+
+class Trainer:
+  """Trains a Transformer on a task: `run()` goes to `options.steps`, checkpointing into `out` when it is given."""
+
+  def __init__(self, task: Task | str, config: str | dict | TransformerConfig = "small", options: TrainOptions | None = None,
+               device: str | None = None, out: str | None = None, progress: bool | None = None):
+    self.task = get_task(task) if isinstance(task, str) else task
+    self.tokenizer = self.task.tokenizer
+    self.options = options or TrainOptions()
+    self.out, self.progress = out, progress
+    self.config = resolve_config(config, self.tokenizer)
+    self.src_len, self.tgt_len = self.task.max_source_len + 1, self.task.max_target_len + 1
+    if max(self.src_len, self.tgt_len) > self.config.max_len:
+      raise ConfigError(f"max_len={self.config.max_len} is shorter than the task's sequences "
+                        f"({self.src_len} source, {self.tgt_len} target tokens with eos); raise max_len")
+    Tensor.manual_seed(self.options.seed)
+    self.rng = np.random.default_rng(self.options.seed)
+    self.model = Transformer(self.config, device=device)
+    self.params = _unique(self.model.parameters())
+    self.opt = Adam(self.params, lr=0.0, b1=0.9, b2=0.98, eps=1e-9)
+    self.step = self.tokens = 0
+    self.losses: list[float] = []  # the loss of every step so far, before that step's update
+    self._jit_step = TinyJit(self._train_step)
+    self.eval_pairs = self.task.examples(self.options.eval_size, "test", seed=0)
+
+  def loss(self, src: Tensor, tgt_in: Tensor, labels: Tensor) -> Tensor:
+    """5.4 label-smoothed cross entropy of the teacher-forced logits, averaged over the real (non-pad) target tokens."""
+    logits = self.model.run_decoder(tgt_in, self.model.run_encoder(src), self.model.padding_mask(src))
+    return logits.sparse_categorical_crossentropy(labels, ignore_index=self.config.pad_id,
+                                                  label_smoothing=self.options.label_smoothing)
+
+  def _train_step(self, src: Tensor, tgt_in: Tensor, labels: Tensor) -> Tensor:
+    with self.model.on_device(), Context(TRAINING=1):
+      self.opt.zero_grad()
+      loss = self.loss(src, tgt_in, labels)
+      loss.backward()
+      if self.options.clip_norm is not None:
+        # one small reduction per tensor: fused into one, the kernel's name outgrows what OpenCL compilers accept
+        norm = Tensor.stack(*[p.grad.float().square().sum().contiguous() for p in self.params]).sum().sqrt()
+        scale = (self.options.clip_norm / (norm + 1e-6)).minimum(1.0)
+        for p in self.params: p.grad = p.grad * scale.cast(p.grad.dtype)
+      # the loss is realized with the update, so it is the loss of the weights the batch saw
+      Tensor.realize(loss, *self.opt.schedule_step())
+    return loss
+
+  def lr(self, step: int) -> float: return noam_lr(step, self.config.d_model, self.options.warmup, self.options.lr_scale)
+
+  def next_batch(self) -> tuple[np.ndarray, ...]:
+    """The next training batch (src, decoder input, labels), drawn from the trainer's seeded generator."""
+    pairs = [self.task.sample(self.rng, "train") for _ in range(self.options.batch_size)]
+    return encode_batch(self.tokenizer, pairs, self.src_len, self.tgt_len)
+
+  def train_step(self) -> float:
+    """One optimizer step on a fresh batch; the loss before the update."""
+    batch = self.next_batch()
+    self.tokens += int(sum((a != self.config.pad_id).sum() for a in (batch[0], batch[2])))
+    self.step += 1
+    # the learning rate lives in a device buffer the captured step reads, so it is updated in place
+    self.opt.lr.assign(Tensor([self.lr(self.step)], device=self.opt.lr.device, dtype=self.opt.lr.dtype)).realize()
+    loss = self._jit_step(*(Tensor(a, device=self.model.device) for a in batch)).item()
+    self.losses.append(loss)
+    return loss
+
+  def evaluate(self, pairs: list[tuple[str, str]] | None = None) -> dict[str, float]:
+    return evaluate(self.model, self.tokenizer, self.eval_pairs if pairs is None else pairs)
+
+  # --- checkpoints ---
+
+  def state_metadata(self) -> dict[str, str]:
+    rng = {"seed": Tensor._seed,
+           "device_seeds": {d: t.numpy().tolist() for d, t in Tensor._device_seeds.items()},
+           "device_counters": {d: t.numpy().tolist() for d, t in Tensor._device_rng_counters.items()},
+           "batches": self.rng.bit_generator.state}
+    return {"step": str(self.step), "task": self.task.name, "options": json.dumps(dataclasses.asdict(self.options)),
+            "rng": json.dumps(rng), "losses": json.dumps(self.losses)}
+
+  def save_checkpoint(self) -> str:
+    """Write out/step-N/ (model + optimizer + step + RNG) and point out/latest at it; older checkpoints are removed."""
+    if self.out is None: raise ConfigError("this trainer has no output folder; pass out=... to save checkpoints")
+    os.makedirs(self.out, exist_ok=True)
+    name = f"step-{self.step:08d}"
+    final = os.path.join(self.out, name)
+    tmp = tempfile.mkdtemp(dir=self.out, prefix=".tmp-")
+    try:
+      weights.save(self.model, os.path.join(tmp, "model.safetensors"))
+      opt_state = {"b1_t": self.opt.b1_t, "b2_t": self.opt.b2_t,
+                   **{f"m.{i}": t for i, t in enumerate(self.opt.m)}, **{f"v.{i}": t for i, t in enumerate(self.opt.v)}}
+      save_file({k: t.numpy() for k, t in opt_state.items()}, os.path.join(tmp, "optimizer.safetensors"),
+                metadata=self.state_metadata())
+      self.tokenizer.save(os.path.join(tmp, "vocab.json"))
+      if os.path.exists(final): shutil.rmtree(final)
+      os.replace(tmp, final)
+    except BaseException:
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise
+    previous = self.latest_checkpoint(self.out)
+    weights.atomic_write(os.path.join(self.out, "latest"), lambda p: Path(p).write_text(name + "\n"))
+    if previous is not None and os.path.basename(previous) != name: shutil.rmtree(previous, ignore_errors=True)
+    return final
+
+  @staticmethod
+  def latest_checkpoint(out: str) -> str | None:
+    try:
+      with open(os.path.join(out, "latest")) as f: name = f.read().strip()
+    except FileNotFoundError: return None
+    return os.path.join(out, name)
+
+  def load_checkpoint(self, path: str) -> None:
+    """Restore model, optimizer, step and RNG from a checkpoint folder, so the run goes on as if never stopped."""
+    opt_path = os.path.join(path, "optimizer.safetensors")
+    if not os.path.exists(opt_path): raise WeightsError(f"{path} is not a checkpoint (no optimizer.safetensors)")
+    with safe_open(opt_path, "np") as f: meta = f.metadata()
+    if meta.get("task") != self.task.name:
+      raise ConfigError(f"checkpoint {path} trains task {meta.get('task')!r}, not {self.task.name!r}; resume with --task {meta.get('task')}")
+    weights.load_into(self.model, os.path.join(path, "model.safetensors"))
+    arrays = load_file(opt_path)
+    for k, t in {"b1_t": self.opt.b1_t, "b2_t": self.opt.b2_t, **{f"m.{i}": t for i, t in enumerate(self.opt.m)},
+                 **{f"v.{i}": t for i, t in enumerate(self.opt.v)}}.items():
+      t.assign(Tensor(arrays[k], device=t.device, dtype=t.dtype)).realize()
+    self.step, self.losses = int(meta["step"]), json.loads(meta["losses"])
+    rng = json.loads(meta["rng"])
+    Tensor._seed = rng["seed"]
+    for d, v in rng["device_seeds"].items(): Tensor._device_seeds[d] = Tensor(v, device=d, dtype=dtypes.uint32).realize()
+    for d, v in rng["device_counters"].items(): Tensor._device_rng_counters[d] = Tensor(v, device=d, dtype=dtypes.uint32).realize()
+    self.rng.bit_generator.state = rng["batches"]
+
+  @classmethod
+  def resume(cls, out: str, steps: int | None = None, device: str | None = None, progress: bool | None = None) -> Trainer:
+    """A trainer restored from the newest checkpoint in `out`, to run on to `steps` (default: the run's own total)."""
+    path = cls.latest_checkpoint(out)
+    if path is None: raise WeightsError(f"no checkpoint in {out} (no {os.path.join(out, 'latest')}); start a run without --resume")
+    with safe_open(os.path.join(path, "optimizer.safetensors"), "np") as f: meta = f.metadata()
+    options = TrainOptions(**json.loads(meta["options"]))
+    if steps is not None: options = dataclasses.replace(options, steps=steps)
+    config = weights.read(os.path.join(path, "model.safetensors")).config
+    trainer = cls(meta["task"], config, options, device=device, out=out, progress=progress)
+    trainer.load_checkpoint(path)
+    return trainer
+
+  # --- the loop ---
+
+  def run(self) -> dict[str, float]:
+    """Train to options.steps with periodic evaluation and checkpoints; save the model; the final evaluation."""
+    o = self.options
+    show = self.progress if self.progress is not None else sys.stderr.isatty()
+    bar = tqdm(total=o.steps, desc="train", disable=not show)
+    bar.update(self.step)
+    t0, tokens0, first = time.perf_counter(), self.tokens, self.step
+    while self.step < o.steps:
+      loss = self.train_step()
+      rate = (self.tokens - tokens0) / (time.perf_counter() - t0)
+      bar.set_description(f"loss {loss:.3f} lr {self.lr(self.step):.2e} {rate:,.0f} tok/s")
+      bar.update(1)
+      if self.step % o.eval_every == 0 or self.step == o.steps:
+        scores, recent = self.evaluate(), self.losses[max(first, self.step - o.eval_every):]
+        line = (f"step {self.step}: loss {sum(recent) / len(recent):.4f} (mean since last report)  lr {self.lr(self.step):.2e}  "
+                f"{rate:,.0f} tok/s  exact {scores['exact_match']:.4f}  token acc {scores['token_accuracy']:.4f}  "
+                f"({time.perf_counter() - t0:.0f} s)")
+        if show: tqdm.write(line)
+        else: print(line, file=sys.stderr, flush=True)
+      if self.out is not None and (self.step % o.checkpoint_every == 0 or self.step == o.steps): self.save_checkpoint()
+    bar.update(0, close=True)
+    if self.out is not None:
+      weights.save(self.model, os.path.join(self.out, "model.safetensors"))
+      self.tokenizer.save(os.path.join(self.out, "vocab.json"))
+    return self.evaluate()

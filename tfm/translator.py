@@ -1,0 +1,115 @@
+"""Translator: text in, text out, with a model, the tokenizer of its vocabulary, and tfm.generate.
+
+    tr = tfm.Translator.bundled()                       # the model that ships with tfm (dates -> ISO dates)
+    tr.translate(["3rd of March, 2021"])                # -> ["2021-03-03"]
+    tr = tfm.Translator.load("opus-mt-en-de/")          # a Marian checkpoint folder, with its SentencePiece vocabulary
+    texts, scores = tr.translate(["Hello"], beam_size=4, return_scores=True)
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+from tinygrad import Tensor
+from tinygrad.nn.state import get_state_dict
+
+from tfm.errors import InputError, WeightsError
+from tfm.generate import generate
+from tfm.model import Transformer, resolve_device
+
+ASSETS = os.path.join(os.path.dirname(__file__), "assets")
+BUNDLED_MODEL, BUNDLED_VOCAB = os.path.join(ASSETS, "dates.safetensors"), os.path.join(ASSETS, "dates.vocab.json")
+# tinygrad's settings (Context, DEV) and JIT caches are process-wide, and generation sessions are kept per model:
+# translations from several threads run one at a time, whichever Translator they use
+LOCK = threading.RLock()
+
+
+def moved(model: Transformer, device: str | None) -> Transformer:
+  """model itself if it is on `device` (None: where it is), else a copy of it there (weights, generation settings)."""
+  if device is None or resolve_device(device)[0] == model.device: return model
+  copy = Transformer(model.config, device=device, initialise=False)
+  state = get_state_dict(model)
+  for name, t in get_state_dict(copy).items(): t.replace(Tensor(state[name].numpy(), device=copy.device).realize())
+  if hasattr(model, "generation_config"): copy.generation_config = model.generation_config
+  return copy
+
+
+class Translator:
+  """A Transformer and the tokenizer of its vocabulary: `translate(texts)` encodes, generates and decodes a batch.
+
+  The tokenizer speaks tfm.tokenizer's interface: encode(texts) -> id lists ending with eos, decode(ids) -> texts.
+  `device` runs the model there (a copy of it when it lives elsewhere); None keeps it where it is.
+  Thread-safe by serialising: `translate` holds the module's LOCK, so calls from several threads run one after another
+  (tinygrad's state is process-wide); other tfm calls made from other threads at the same time should hold LOCK too.
+  """
+
+  def __init__(self, model: Transformer, tokenizer: Any, device: str | None = None):
+    if not isinstance(model, Transformer): raise InputError(f"model must be a tfm.Transformer, got {type(model).__name__}")
+    for method in ("encode", "decode"):
+      if not callable(getattr(tokenizer, method, None)):
+        raise InputError(f"tokenizer has no {method}() method; give a tfm.tokenizer tokenizer (CharTokenizer, MarianTokenizer)")
+    c = model.config
+    if getattr(tokenizer, "vocab_size", c.vocab_size) > c.vocab_size:
+      raise InputError(f"the tokenizer's vocab_size={tokenizer.vocab_size} exceeds the model's vocab_size={c.vocab_size}: "
+                       f"use the vocabulary the model was trained with")
+    for name in ("pad_id", "eos_id"):
+      if getattr(tokenizer, name, getattr(c, name)) != getattr(c, name):
+        raise InputError(f"the tokenizer's {name}={getattr(tokenizer, name)} differs from the model's {name}={getattr(c, name)}: "
+                         f"use the vocabulary the model was trained with")
+    self.model, self.tokenizer = moved(model, device), tokenizer
+
+  def translate(self, texts: Sequence[str], beam_size: int | None = None, max_len: int | None = None,
+                return_scores: bool = False) -> list[str] | tuple[list[str], list[float]]:
+    """Translate a batch of texts (padded to the longest); beam_size and max_len as in tfm.generate."""
+    if isinstance(texts, str): raise InputError("translate takes a list of texts; wrap a single text as [text]")
+    try:
+      texts = list(texts)
+    except TypeError:
+      raise InputError(f"translate takes a list of texts, got {type(texts).__name__}") from None
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+      raise InputError(f"text {bad} is {type(texts[bad]).__name__}, not str; give texts as str (bytes: .decode('utf-8'))")
+    if not texts: return ([], []) if return_scores else []
+    with LOCK: return self._translate(texts, beam_size, max_len, return_scores)
+
+  def _translate(self, texts: list[str], beam_size: int | None, max_len: int | None, return_scores: bool):
+    """translate() for checked, non-empty texts; the caller holds LOCK."""
+    ids = self.tokenizer.encode(texts)
+    longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+    if len(ids[longest]) > self.model.config.max_len:
+      raise InputError(f"text {longest} is {len(ids[longest])} tokens long, more than the model's max_len="
+                       f"{self.model.config.max_len}; split it into shorter texts")
+    src = np.full((len(ids), len(ids[longest])), self.model.config.pad_id, np.int32)
+    for i, row in enumerate(ids): src[i, :len(row)] = row
+    out, scores = generate(self.model, src, max_len=max_len, beam_size=beam_size, return_scores=True)
+    decoded = self.tokenizer.decode(out.tolist())
+    return (decoded, [float(s) for s in scores]) if return_scores else decoded
+
+  @classmethod
+  def load(cls, path: str | os.PathLike, device: str | None = None) -> Translator:
+    """A Marian checkpoint folder (config.json, model.safetensors, source.spm, target.spm, vocab.json), or a tfm
+    weight file with its character vocabulary beside it (NAME.vocab.json or vocab.json, as training writes it)."""
+    from tfm.interop.marian import from_pretrained
+    from tfm.tokenizer import CharTokenizer, MarianTokenizer
+    from tfm.weights import load
+    path = os.fspath(path)
+    if os.path.isdir(path): return cls(from_pretrained(path, device=device), MarianTokenizer.from_dir(path))
+    if not os.path.isfile(path):
+      raise WeightsError(f"{path} does not exist; give a Marian checkpoint folder or a .safetensors file written by tfm")
+    stem = os.path.splitext(path)[0]
+    vocab = next((v for v in (stem + ".vocab.json", os.path.join(os.path.dirname(path), "vocab.json")) if os.path.isfile(v)), None)
+    if vocab is None:
+      raise WeightsError(f"no vocabulary found for {path}: expected {os.path.basename(stem)}.vocab.json or vocab.json beside it")
+    return cls(load(path, device=device), CharTokenizer.load(vocab))
+
+  @classmethod
+  def bundled(cls, device: str | None = None) -> Translator:
+    """The model that ships with tfm: trained on the dates task (tfm.tasks), loaded from tfm/assets."""
+    missing = [os.path.basename(p) for p in (BUNDLED_MODEL, BUNDLED_VOCAB) if not os.path.isfile(p)]
+    if missing:
+      raise WeightsError(f"the bundled model is missing from this installation ({', '.join(missing)} not in {ASSETS}); "
+                         f"train it with `tfm train` and copy model.safetensors and vocab.json there as {', '.join(missing)}, "
+                         f"or pass --model PATH")
+    return cls.load(BUNDLED_MODEL, device=device)

@@ -4,8 +4,13 @@
 setup:
 	@scripts/setup
 
+SAMPLES = "3rd of March, 2021" "2021년 3월 3일" "Wednesday, March 3, 2021"
+
+# translate a few dates with the bundled model, then compare it on every backend here (the tiny model until it ships)
 demo: setup
-	.venv/bin/python scripts/demo.py
+	@if [ -f tfm/assets/dates.safetensors ]; then .venv/bin/tfm translate $(SAMPLES); \
+	else echo "demo: the bundled model (tfm/assets/dates.safetensors) is not installed yet: no translation"; fi
+	.venv/bin/tfm compare
 
 test: setup
 	.venv/bin/python -m pytest -q

@@ -115,7 +115,8 @@ def compile_check(info: BackendInfo, graph: Graph) -> str:
   arch = target.split(":")[2] if target and target.count(":") >= 2 else None
   if (language := KERNEL_LANGUAGE.get(info.name)) is not None:
     rendered = kernels.render(graph, language, arch)
-    if language != "cuda": return f"{len(rendered)} kernels rendered as {language.upper()} for {arch}"
+    # PTX is what tinygrad compiles to for CUDA:PTX; the driver assembles it when it loads a kernel
+    if language != "cuda": return f"{len(rendered)} kernels compiled to PTX for {arch} (the driver assembles PTX at load)"
     compiled = kernels.compile_cuda(rendered, arch or "sm_80")
     return f"{len(compiled)} kernels rendered as CUDA C, compiled to PTX for {arch} by NVRTC {'.'.join(map(str, kernels.nvrtc_version()))}"
   if target is None: raise ValueError(f"{info.name} has no compile-only target")

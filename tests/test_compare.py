@@ -31,7 +31,7 @@ def cpu_and(probed, *names) -> list[backends.BackendInfo]:
 
 
 def doubling(info: backends.BackendInfo):
-  """A tiny computation with a float and an integer output; CL's float output is off by 1e-3 when asked to be."""
+  """A tiny computation with a float output and an integer one."""
   def step():
     y = (Tensor(X, device=info.device_name) * 2).numpy()
     return {"y": y, "ids": y.argmax(1).astype(np.int32)}

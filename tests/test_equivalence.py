@@ -47,7 +47,7 @@ def cache() -> dict:
 def subject_for(name: str) -> compare.Subject: return MICRO if name == "PYTHON" else TINY
 
 
-# CPU:X86 (the CPU device with tinygrad's own x86 code generator) compiles slowest and would add half again to this
+# CPU:X86 (the CPU device with tinygrad's own x86 code generator) compiles slowest and would add about 40% to this
 # module's time; `tfm compare --backends CPU:X86` checks it, and TFM_EQUIVALENCE_ALL=1 runs it here too
 OPT_IN = ("CPU:X86",)
 
@@ -91,18 +91,26 @@ def finite_difference(subject: compare.Subject, name: str, index: tuple[int, ...
   return (up - oracle_loss(arrays, subject)) / (2 * eps)
 
 
-def oracle_greedy(subject: compare.Subject, steps: int) -> np.ndarray:
-  """Greedy decoding with the oracle: argmax of the last position, finished rows padded, cut to the longest row."""
+def oracle_greedy(subject: compare.Subject, steps: int) -> tuple[np.ndarray, np.ndarray]:
+  """Greedy decoding with the oracle: ids (argmax of the last position, finished rows padded, cut to the longest row)
+  and scores (mean log-probability of each row's tokens, eos counted), as tfm.generate returns them."""
   c = subject.config
   ref = Reference(subject.arrays, c.to_dict())
-  tgt = np.full((subject.src.shape[0], 1), c.start_id)
-  done = np.zeros(subject.src.shape[0], bool)
+  rows = subject.src.shape[0]
+  tgt, done = np.full((rows, 1), c.start_id), np.zeros(rows, bool)
+  total, length = np.zeros(rows), np.zeros(rows)
   for _ in range(steps):
-    best = np.where(done, c.pad_id, ref.logits(subject.src, tgt)[:, -1].argmax(-1))
+    logits = ref.logits(subject.src, tgt)[:, -1]
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    best = logits.argmax(-1)
+    total += np.where(done, 0.0, logp[np.arange(rows), best])
+    length += ~done
+    best = np.where(done, c.pad_id, best)
     tgt = np.concatenate([tgt, best[:, None]], 1)
     done |= best == c.eos_id
     if done.all(): break
-  return tgt[:, 1:]
+  return tgt[:, 1:], total / length
 
 
 # --- the backend's side -----------------------------------------------------------------------------------------
@@ -168,22 +176,27 @@ def test_every_gradient_matches_cpu(name, probed, cache):
   for param in grads: np.testing.assert_allclose(grads[param], cpu_grads[param], rtol=0, atol=TOLERANCE["float32"], err_msg=param)
 
 
+def greedy(cache, info) -> tuple[np.ndarray, np.ndarray]:
+  def run():
+    with backends.use(info):
+      return generate(model(cache, info), subject_for(info.name).src, beam_size=1, max_len=GREEDY_LEN, return_scores=True)
+  return once(cache, ("greedy", info.name), run)
+
+
 @pytest.mark.parametrize("name", BACKENDS)
 def test_greedy_decoding_is_the_oracles(name, probed, cache):
   info = running(name, probed)
-  s = subject_for(name)
-  with backends.use(info): ids = generate(model(cache, info), s.src, beam_size=1, max_len=GREEDY_LEN)
-  once(cache, ("greedy", name), lambda: ids)
-  np.testing.assert_array_equal(ids, oracle_greedy(s, GREEDY_LEN))
+  (ids, scores), (expected_ids, expected_scores) = greedy(cache, info), oracle_greedy(subject_for(name), GREEDY_LEN)
+  np.testing.assert_array_equal(ids, expected_ids)
+  # the scores sum every step's log-probability: a KV-cache slip that leaves the argmax alone still shows here
+  np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=TOLERANCE["float32"])
 
 
 @pytest.mark.parametrize("name", [n for n in BACKENDS if n != "CPU"])
 def test_greedy_decoding_is_identical_to_cpus(name, probed, cache):
   info, cpu = running(name, probed), running("CPU", probed)
   if subject_for(name) is not TINY: pytest.skip(f"{name} runs a smaller config than CPU: checked against the oracle only")
-  ours, theirs = cache.get(("greedy", name)), cache.get(("greedy", "CPU"))
-  if ours is None or theirs is None: pytest.skip("needs the greedy decoding test to have run for both backends")
-  np.testing.assert_array_equal(ours, theirs)
+  np.testing.assert_array_equal(greedy(cache, info)[0], greedy(cache, cpu)[0])
 
 
 @pytest.mark.parametrize("name", BACKENDS)

@@ -11,6 +11,8 @@ from numpy_beam import beam_search as reference_beam_search
 from tinygrad import Tensor, TinyJit
 
 import tfm
+from tfm import translator as translator_module
+from tfm.cli import main
 from tfm.tokenizer import CharTokenizer
 
 gen = importlib.import_module("tfm.generate")  # tfm.generate is the function
@@ -155,8 +157,18 @@ def test_outgrowing_the_first_cache_changes_nothing(model, monkeypatch):
 
 def test_generation_config_gives_the_defaults(model, monkeypatch):
   monkeypatch.setattr(model, "generation_config", {"num_beams": 4, "max_length": 11}, raising=False)
-  np.testing.assert_array_equal(tfm.generate(model, SRC), gen.beam_search(model, SRC, beam_size=4, max_len=10))
+  # keys it leaves out take Hugging Face's defaults (early_stopping False), as an imported checkpoint would decode there
+  np.testing.assert_array_equal(tfm.generate(model, SRC), gen.beam_search(model, SRC, beam_size=4, max_len=10, early_stopping=False))
   assert gen.resolve_settings(model, np.array([5]), beam_size=2).beam_size == 2  # an argument wins
+
+
+def test_generation_config_keys_map_to_settings(model, monkeypatch):
+  monkeypatch.setattr(model, "generation_config", {"num_beams": 6, "max_length": 512, "min_length": 3, "length_penalty": 0.6,
+                                                   "bad_words_ids": [[63], [4, 5]], "forced_eos_token_id": 2,
+                                                   "decoder_start_token_id": 7, "no_repeat_ngram_size": 3}, raising=False)
+  with pytest.warns(UserWarning, match="no_repeat_ngram_size=3"): s = gen.resolve_settings(model, np.array([5]))
+  assert (s.beam_size, s.max_len, s.min_len, s.length_penalty, s.early_stopping) == (6, 64, 2, 0.6, False)
+  assert (s.suppress_ids, s.forced_eos_id, s.start_id) == ((63,), 2, 7)
 
 
 def test_default_max_len_is_source_length_plus_50_capped_by_config(model):
@@ -206,8 +218,10 @@ def test_a_model_is_required():
 
 # --- Translator ----------------------------------------------------------------------------------------------------
 
+CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678"  # 61 characters + 3 specials: the model's 64 ids
+
 def test_translator_batches_texts_and_decodes_what_generate_produces(model):
-  tokenizer = CharTokenizer("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678")
+  tokenizer = CharTokenizer(CHARS)
   translator = tfm.Translator(model, tokenizer)
   texts = ["hello", "ab", "tinygrad"]
   out, scores = translator.translate(texts, beam_size=4, max_len=10, return_scores=True)
@@ -219,6 +233,83 @@ def test_translator_batches_texts_and_decodes_what_generate_produces(model):
   assert translator.translate(["ab"], max_len=10) == tokenizer.decode(tfm.generate(model, src[1:2, :3], max_len=10).tolist())
 
 
+def test_translator_refuses_a_text_longer_than_the_model_takes(model):
+  translator = tfm.Translator(model, CharTokenizer("ab"))
+  with pytest.raises(tfm.InputError, match="text 1 is 65 tokens long, more than the model's max_len=64"):
+    translator.translate(["ab", "a" * 64])
+
+
+def test_translate_command_prints_one_line_per_text(model, tmp_path, capsys):
+  tokenizer = CharTokenizer(CHARS)
+  tfm.save(model, tmp_path / "m.safetensors")
+  tokenizer.save(tmp_path / "m.vocab.json")
+  assert main(["translate", "--model", str(tmp_path / "m.safetensors"), "--device", DEVICE, "--beam", "2", "--max-len", "6",
+               "abc", "jihgfe"]) == 0
+  expected = tfm.Translator(model, tokenizer).translate(["abc", "jihgfe"], beam_size=2, max_len=6)
+  assert capsys.readouterr().out.splitlines() == expected
+
+
+def test_bundled_translator_says_when_its_files_are_missing(monkeypatch, tmp_path):
+  monkeypatch.setattr(translator_module, "BUNDLED_MODEL", str(tmp_path / "dates.safetensors"))
+  with pytest.raises(tfm.WeightsError, match="bundled model is missing"): tfm.Translator.bundled()
+
+
 def test_translator_rejects_a_tokenizer_that_does_not_fit_the_model(model):
   too_many = CharTokenizer("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!?.,;:-+")  # 73 ids
   with pytest.raises(tfm.InputError, match="vocab_size=73 exceeds the model's vocab_size=64"): tfm.Translator(model, too_many)
+
+
+# --- Hugging Face parity ---------------------------------------------------------------------------------------------
+
+MARIAN_SRC = np.array([[5, 9, 12, 33, 0, 63, 63], [7, 8, 9, 10, 11, 40, 0], [20, 21, 0, 63, 63, 63, 63]])  # eos 0, pad 63
+
+
+@pytest.fixture(scope="module")
+def marian(tmp_path_factory):
+  """A random Marian checkpoint (opus-mt layout: pad 63 starts the decoder and is never generated, eos 0 is forced at
+  the last step), as transformers and as tfm.from_pretrained load it. Its weights are scaled so that hypotheses end at
+  different lengths and greedy and beam search disagree, as a trained model's would."""
+  torch = pytest.importorskip("torch", reason="PyTorch not installed")
+  transformers = pytest.importorskip("transformers", reason="transformers not installed")
+  config = transformers.MarianConfig(vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                                     decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+                                     pad_token_id=63, eos_token_id=0, decoder_start_token_id=63, forced_eos_token_id=0,
+                                     activation_function="swish", dropout=0.0)
+  torch.manual_seed(0)
+  theirs = transformers.MarianMTModel(config).eval()
+  with torch.no_grad():
+    for name, p in theirs.named_parameters():
+      if "embed_positions" in name: continue  # the fixed sinusoid table
+      if "layer_norm" in name and name.endswith("weight"): p.copy_(1 + 0.2 * torch.randn_like(p))
+      else: p.copy_(torch.randn_like(p) * (1.0 if "shared" in name or "embed" in name else 0.3 if p.ndim == 2 else 0.2))
+    theirs.final_logits_bias.zero_()
+    theirs.final_logits_bias[0, 0] = 1.0  # eos
+  theirs.generation_config.bad_words_ids = [[63]]
+  folder = tmp_path_factory.mktemp("marian")
+  theirs.save_pretrained(folder, safe_serialization=True)
+  return torch, theirs, tfm.from_pretrained(folder, device=DEVICE)
+
+
+@pytest.mark.parametrize("settings", [dict(num_beams=1), dict(num_beams=4), dict(num_beams=4, early_stopping=True, length_penalty=0.6),
+                                      dict(num_beams=4, num_return_sequences=2, length_penalty=2.0)], ids=str)
+def test_marian_generates_what_transformers_generates(marian, settings):
+  torch, theirs, ours = marian
+  with torch.no_grad():
+    out = theirs.generate(torch.from_numpy(MARIAN_SRC), attention_mask=torch.from_numpy(MARIAN_SRC != 63), max_length=16,
+                          output_scores=True, return_dict_in_generate=True, **settings)
+  ids, scores = tfm.generate(ours, MARIAN_SRC, max_len=15, beam_size=settings["num_beams"], return_scores=True,
+                             early_stopping=settings.get("early_stopping"), length_penalty=settings.get("length_penalty"),
+                             num_return=settings.get("num_return_sequences"))
+  expected = rows_of(out.sequences.numpy()[:, 1:], 63)
+  assert rows_of(ids, 63) == expected
+  if settings.get("length_penalty", 1.0) <= 1.0:  # a larger penalty favours running to max_len
+    assert len({len(row) for row in expected}) > 1, "hypotheses should end at different lengths"
+  if settings["num_beams"] > 1: np.testing.assert_allclose(scores, out.sequences_scores.numpy(), atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:Using the model-agnostic default")  # theirs, about the default tested here
+def test_marian_decodes_with_its_generation_config_by_default(marian):
+  torch, theirs, ours = marian
+  with torch.no_grad():
+    expected = theirs.generate(torch.from_numpy(MARIAN_SRC), attention_mask=torch.from_numpy(MARIAN_SRC != 63), num_beams=3)
+  assert rows_of(tfm.generate(ours, MARIAN_SRC, beam_size=3), 63) == rows_of(expected.numpy()[:, 1:], 63)

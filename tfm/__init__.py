@@ -6,7 +6,10 @@ from tfm.weights import load, save
 from tfm.interop.marian import from_pretrained
 from tfm.generate import generate  # the function; the module is importlib.import_module("tfm.generate")
 from tfm.translator import Translator
+from tfm.tasks import get_task
+from tfm.tokenizer import CharTokenizer
+from tfm.train import Trainer, TrainOptions
 
 __all__ = ["TransformerConfig", "Transformer", "TfmError", "ConfigError", "InputError", "WeightsError", "BackendError",
-           "save", "load", "from_pretrained", "generate", "Translator"]
+           "save", "load", "from_pretrained", "generate", "Translator", "get_task", "CharTokenizer", "Trainer", "TrainOptions"]
 __version__ = "0.1.0"

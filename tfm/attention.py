@@ -73,7 +73,8 @@ def attend_normalised_late(q: Tensor, k: Tensor, v1: Tensor, mask: Tensor | None
   fewer than normalising the weights first. Equal to `scaled_dot_product_attention(q, k, v1[..., :-1], mask)`."""
   scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
   if mask is not None: scores = mask.where(scores, -math.inf) if mask.dtype == dtypes.bool else scores + mask
-  out = (scores - scores.max(-1, keepdim=True)).exp() @ v1
+  # the exponentials get their own kernel: fused into the weighted sum, each would be recomputed per value column
+  out = (scores - scores.max(-1, keepdim=True)).exp().contiguous() @ v1
   return out[..., :-1] / out[..., -1:]
 
 
@@ -88,9 +89,10 @@ class KVCache:
   position. Values carry a last column of ones for `attend_normalised_late` (the keys' extra column is unused)."""
 
   def __init__(self, rows: int, n_heads: int, length: int, head_dim: int, device: str, dtype=dtypes.float32):
-    # zeros, not empty: masked slots still meet the values in `weights @ v`, and 0 * garbage could be NaN
-    ones = Tensor([0.0, 1.0], device=device).reshape(2, 1, 1, 1, 1) * (Tensor.arange(head_dim + 1) == head_dim)
-    self.kv = ones.expand(2, rows, n_heads, length, head_dim + 1).cast(dtype).contiguous().realize()
+    # zeros, not empty: masked slots still meet the values in `weights @ v`, and 0 * garbage could be NaN;
+    # the last column is 1 for values (see attend_normalised_late) and 0 for keys
+    last_column = Tensor([0.0, 1.0], device=device).reshape(2, 1, 1, 1, 1) * (Tensor.arange(head_dim + 1) == head_dim)
+    self.kv = last_column.expand(2, rows, n_heads, length, head_dim + 1).cast(dtype).contiguous().realize()
 
   @property
   def length(self) -> int: return self.kv.shape[3]
@@ -110,10 +112,3 @@ class KVCache:
     if origin is not None: self.kv[:, :, :, :pos].assign(self.kv[:, origin, :, :pos])
     self.kv[:, :, :, pos:pos + 1, :hd].assign(Tensor.stack(k, v).cast(self.kv.dtype))  # (2, rows, H, 1, hd)
     return self.kv[0, :, :, :, :hd], self.kv[1]
-
-  def extend(self, length: int) -> KVCache:
-    """A longer cache holding this one's slots, for a decode that outgrows it."""
-    _, rows, n_heads, _, width = self.kv.shape
-    longer = KVCache(rows, n_heads, length, width - 1, self.kv.device, self.kv.dtype)
-    longer.kv[:, :, :, :self.length].assign(self.kv).realize()
-    return longer

@@ -18,10 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
   add_backends(sub)
   add_compare(sub)
+  add_translate(sub)
   add_kernels(sub)
   add_convert(sub)
   add_tune(sub)
   add_train(sub)
+  add_attention(sub)
   return parser
 
 
@@ -70,6 +72,34 @@ def cmd_compare(args) -> int:
   print(report.markdown() if args.markdown else report.table())
   if args.json: report.write_json(args.json)
   return 0 if report.ok else 1
+
+
+def add_translate(sub) -> None:
+  p = _command(sub, "translate", "translate texts with the bundled model, a tfm .safetensors file or a Marian checkpoint "
+               "folder: greedy decoding, or beam search with --beam; one line out per text",
+               "tfm translate \"3rd of March, 2021\" \"July 4, 1976\"\n"
+               "  tfm translate --model opus-mt-en-de/ --beam 4 --scores \"How are you?\"")
+  p.add_argument("texts", nargs="+", metavar="TEXT", help="texts to translate, batched together")
+  p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",
+                 help="the bundled dates model, a tfm .safetensors file (its NAME.vocab.json or vocab.json beside it) or a "
+                      "Marian checkpoint folder (default: bundled)")
+  p.add_argument("--beam", type=int, default=None, metavar="N",
+                 help="beam size; 1 is greedy (default: the model's generation settings, else 1)")
+  p.add_argument("--max-len", type=int, default=None, metavar="N",
+                 help="most tokens generated per text (default: the model's setting, else source length + 50, at most its max_len)")
+  p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
+  p.add_argument("--scores", action="store_true", help="print each translation's score (log-prob / length) before it, tab-separated")
+  p.set_defaults(func=cmd_translate)
+
+
+def cmd_translate(args) -> int:
+  from tfm.translator import Translator
+  if args.beam is not None and args.beam < 1: raise TfmError(f"--beam must be at least 1 (1 is greedy), got {args.beam}")
+  if args.max_len is not None and args.max_len < 1: raise TfmError(f"--max-len must be at least 1, got {args.max_len}")
+  translator = Translator.bundled(args.device) if args.model == "bundled" else Translator.load(args.model, args.device)
+  texts, scores = translator.translate(args.texts, beam_size=args.beam, max_len=args.max_len, return_scores=True)
+  for text, score in zip(texts, scores): print(f"{score:.4f}\t{text}" if args.scores else text)
+  return 0
 
 
 def add_kernels(sub) -> None:
@@ -215,6 +245,35 @@ def cmd_train(args) -> int:
   scores = trainer.run()
   print(f"step {trainer.step}: exact match {scores['exact_match']:.4f}, token accuracy {scores['token_accuracy']:.4f} "
         f"on {trainer.options.eval_size} held-out examples" + (f"; model in {args.out}" if args.out else ""))
+  return 0
+
+
+def add_attention(sub) -> None:
+  p = _command(sub, "attention", "translate one text and draw its cross-attention as a PNG: source tokens across, output "
+               "tokens down, the layer's mean over heads and one panel per head (needs matplotlib: pip install 'tfm[viz]')",
+               "tfm attention \"3rd of March, 2021\" --out map.png\n"
+               "  tfm attention \"12.10.2030\" --layer 0 --model runs/dates/model.safetensors --out layer0.png")
+  p.add_argument("text", metavar="TEXT", help="the text to translate")
+  p.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write (replaced atomically)")
+  p.add_argument("--layer", type=int, default=-1, metavar="N",
+                 help="decoder layer, counted from 0 as in decoder.layers.N; -1 is the last (default: -1)")
+  p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",
+                 help="the bundled dates model, a tfm .safetensors file (its NAME.vocab.json or vocab.json beside it) or a "
+                      "Marian checkpoint folder (default: bundled)")
+  p.add_argument("--beam", type=int, default=None, metavar="N", help="beam size of the translation; 1 is greedy (default: the model's setting, else 1)")
+  p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
+  p.set_defaults(func=cmd_attention)
+
+
+def cmd_attention(args) -> int:
+  from tfm.attention_map import cross_attention, plot
+  from tfm.translator import Translator
+  if args.beam is not None and args.beam < 1: raise TfmError(f"--beam must be at least 1 (1 is greedy), got {args.beam}")
+  translator = Translator.bundled(args.device) if args.model == "bundled" else Translator.load(args.model, args.device)
+  amap = cross_attention(translator, args.text, beam_size=args.beam)
+  plot(amap, args.out, layer=args.layer)
+  print(f"{amap.text!r} -> {amap.translation!r}: cross-attention of decoder layer {args.layer % amap.weights.shape[0]} "
+        f"written to {args.out}")
   return 0
 
 

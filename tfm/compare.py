@@ -257,7 +257,7 @@ class Report:
     if bad: return "FAILED: " + "; ".join(f"{r.backend.name}: {r.status} ({r.note})" for r in bad)
     ran = [r.backend.name for r in self.runs if r.status == PASS]
     if not ran: return "no backend ran: nothing was compared (see the notes)"
-    return f"ok: {len(ran)} backends ran ({', '.join(ran)}), each within tolerance and with identical outputs"
+    return f"ok: ran on {', '.join(ran)}: within tolerance, with identical outputs"
 
   def table(self) -> str:
     """Aligned plain text, one backend a line."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from tfm.model import Transformer
 
 SOURCE_BUCKET = 8      # sources are padded to a multiple of this, so nearby lengths share one compiled step
 FIRST_CACHE_LEN = 64   # caches start this long and double when a decode outgrows them
-CHECK_EVERY = 4        # greedy decoding reads "all rows finished?" back every this many steps
+CHECK_EVERY = 4        # greedy decoding asks "all rows finished?" every this many steps (every step where that is free)
 SESSIONS_PER_MODEL = 4
 
 
@@ -56,20 +57,37 @@ class GenerationSettings:
   start_id: int = 1
 
 
+# what Hugging Face's GenerationConfig assumes for keys a generation_config.json leaves out
+HF_DEFAULTS = {"max_new_tokens": 20, "min_length": 0, "num_beams": 1, "length_penalty": 1.0, "early_stopping": False,
+               "num_return_sequences": 1}
+# settings that change greedy or beam results and that tfm does not implement, with their no-op values
+UNSUPPORTED = {"do_sample": False, "num_beam_groups": 1, "diversity_penalty": 0.0, "repetition_penalty": 1.0,
+               "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "renormalize_logits": False,
+               "exponential_decay_length_penalty": None, "forced_bos_token_id": None, "begin_suppress_tokens": None,
+               "sequence_bias": None, "force_words_ids": None, "constraints": None}
+
+
 def _from_generation_config(model: Transformer) -> dict[str, Any]:
-  """Defaults from `model.generation_config` (a dict in Hugging Face's generation_config.json keys), translated."""
-  gc = getattr(model, "generation_config", None) or {}
-  out: dict[str, Any] = {}
-  if gc.get("num_beams") is not None: out["beam_size"] = int(gc["num_beams"])
-  if gc.get("max_new_tokens") is not None: out["max_len"] = int(gc["max_new_tokens"])
-  elif gc.get("max_length") is not None: out["max_len"] = int(gc["max_length"]) - 1  # theirs counts the start token
-  if gc.get("min_new_tokens") is not None: out["min_len"] = int(gc["min_new_tokens"])
-  elif gc.get("min_length") is not None: out["min_len"] = max(0, int(gc["min_length"]) - 1)
-  for key, name in (("length_penalty", "length_penalty"), ("early_stopping", "early_stopping"),
-                    ("num_return_sequences", "num_return"), ("forced_eos_token_id", "forced_eos_id"),
-                    ("decoder_start_token_id", "start_id")):
-    if gc.get(key) is not None: out[name] = gc[key]
-  single = [ids[0] for ids in (gc.get("bad_words_ids") or []) if len(ids) == 1]
+  """Defaults from `model.generation_config`: a dict in Hugging Face's generation_config.json keys, which an imported
+  checkpoint carries (tfm.from_pretrained sets it). Keys it leaves out take Hugging Face's defaults, so the model
+  decodes as it does there; a model without one gets tfm's defaults."""
+  gc = getattr(model, "generation_config", None)
+  if gc is None: return {}
+  ignored = [f"{k}={gc[k]!r}" for k, off in UNSUPPORTED.items() if gc.get(k) not in (None, off)]
+  if ignored: warnings.warn(f"the model's generation_config sets {', '.join(ignored)}, which tfm.generate does not implement: "
+                            f"decoding without them", stacklevel=4)
+  gc = {k: v for k, v in gc.items() if v is not None}
+  if "max_length" in gc: gc.setdefault("max_new_tokens", int(gc["max_length"]) - 1)  # theirs counts the start token
+  gc = {**HF_DEFAULTS, **gc}
+  out: dict[str, Any] = {"beam_size": int(gc["num_beams"]), "length_penalty": float(gc["length_penalty"]),
+                         "early_stopping": gc["early_stopping"], "num_return": int(gc["num_return_sequences"])}
+  out["max_len"] = int(gc["max_new_tokens"])
+  out["min_len"] = int(gc["min_new_tokens"]) if "min_new_tokens" in gc else max(0, int(gc["min_length"]) - 1)
+  if "forced_eos_token_id" in gc:  # an id, or a list of them (tfm forces the first)
+    forced = gc["forced_eos_token_id"]
+    out["forced_eos_id"] = int(forced[0] if isinstance(forced, (list, tuple)) else forced)
+  if "decoder_start_token_id" in gc: out["start_id"] = int(gc["decoder_start_token_id"])
+  single = [ids[0] for ids in gc.get("bad_words_ids") or [] if len(ids) == 1]
   out["suppress_ids"] = tuple(sorted(set(single) | set(gc.get("suppress_tokens") or [])))
   return out
 
@@ -79,6 +97,7 @@ def resolve_settings(model: Transformer, src_lengths: np.ndarray, **given: Any) 
   config = model.config
   values: dict[str, Any] = {"start_id": config.start_id}
   values.update(_from_generation_config(model))
+  if "max_len" in values: values["max_len"] = min(values["max_len"], config.max_len)  # the decoder has no more positions
   values.update({k: v for k, v in given.items() if v is not None})
   # the paper's output budget (section 6.1): input length + 50
   values.setdefault("max_len", min(int(src_lengths.max()) + 50, config.max_len))
@@ -311,8 +330,17 @@ def _top(x: np.ndarray, k: int) -> np.ndarray:
   return np.take_along_axis(part, order, 1)
 
 
+def _all_ended(steps: Steps, pos: int, eos: int) -> bool:
+  """Has every row of a greedy decode produced eos by position pos? Asked every step where the device memory is host
+  memory (a look, no copy), every CHECK_EVERY steps elsewhere (a copy and a sync)."""
+  if (trace := _host_view(steps.trace)) is None:
+    if (pos + 1) % CHECK_EVERY: return False
+    trace = _download(steps.trace)
+  return bool((trace[0, :, 1:pos + 2] == eos).any(1).all())
+
+
 def _greedy(session: Session, s: GenerationSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Greedy decoding with its state on the device; the host asks every CHECK_EVERY steps whether all rows are done."""
+  """Greedy decoding with its state on the device; the host only asks now and then whether all rows are done."""
   eos, pad = session.model.config.eos_id, session.model.config.pad_id
   steps, done_at = None, s.max_len
   for pos in range(s.max_len):
@@ -323,7 +351,7 @@ def _greedy(session: Session, s: GenerationSettings) -> tuple[np.ndarray, np.nda
         start[0, :, 0] = s.start_id
         _upload(steps.trace, start)
     steps.greedy(pos)
-    if (pos + 1) % CHECK_EVERY == 0 and (_download(steps.trace)[0, :, 1:pos + 2] == eos).any(1).all():
+    if _all_ended(steps, pos, eos):
       done_at = pos + 1
       break
   trace = _download(steps.trace)[:, :, 1:done_at + 1]

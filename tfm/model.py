@@ -31,6 +31,16 @@ def resolve_device(device: str | None) -> tuple[str, str | None]:
   return info.device_name, info.target
 
 
+_draws: list = [None, 0]  # [tinygrad's RNG state the count belongs to, models initialised under it]
+
+
+def _init_rng() -> np.random.Generator:
+  """A host generator for the next model's initial weights: fixed by Tensor.manual_seed, different for each model."""
+  if _draws[0] is not Tensor._device_rng_counters: _draws[:] = [Tensor._device_rng_counters, 0]  # manual_seed ran
+  _draws[1] += 1
+  return np.random.default_rng([Tensor._seed, _draws[1]])
+
+
 class Encoder:
   """The encoder stack: N identical layers over embedded inputs, with a final LayerNorm in pre-norm models."""
 
@@ -87,9 +97,9 @@ class Transformer:
   def _initialise(self) -> None:
     """Xavier-uniform matrices and zero biases (as nn.Transformer), N(0, d^-1/2) embeddings (scaled back up by sqrt(d)).
 
-    Drawn on the host from a seed taken from tinygrad's RNG, so `Tensor.manual_seed` makes it repeatable: random
-    kernels for every weight shape would cost seconds of compiling per model on each backend."""
-    rng = np.random.default_rng(int(Tensor.randint(1, low=0, high=2**31 - 1, device=self.device).item()))
+    Drawn on the host (random kernels for every weight shape would cost seconds of compiling per model on each
+    backend), following tinygrad's seed, so `Tensor.manual_seed` makes it repeatable."""
+    rng = _init_rng()
     seen: set[int] = set()
     for name, p in get_state_dict(self).items():
       if id(p) in seen: continue  # a tied matrix is initialised once, as the embedding it first appears as
@@ -125,7 +135,7 @@ class Transformer:
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi >= self.config.vocab_size:
       bad = lo if lo < 0 else hi
-      raise InputError(f"token id {bad} out of range for vocab_size={self.config.vocab_size} "
+      raise InputError(f"{name}: token id {bad} out of range for vocab_size={self.config.vocab_size} "
                        f"(ids must be in [0, {self.config.vocab_size - 1}])")
     return arr.astype(np.int32)
 

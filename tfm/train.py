@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
@@ -79,6 +78,12 @@ def encode_batch(tokenizer: CharTokenizer, pairs: list[tuple[str, str]], src_len
     src[i, :len(s)], labels[i, :len(t)] = s, t
     tgt_in[i, :len(t)] = [tokenizer.bos_id] + t[:-1]
   return src, tgt_in, labels
+
+
+def loss(model: Transformer, src: Tensor, tgt_in: Tensor, labels: Tensor, label_smoothing: float = 0.1) -> Tensor:
+  """5.4 label-smoothed cross entropy of the teacher-forced logits, averaged over the real (non-pad) target tokens."""
+  logits = model.run_decoder(tgt_in, model.run_encoder(src), model.padding_mask(src))
+  return logits.sparse_categorical_crossentropy(labels, ignore_index=model.config.pad_id, label_smoothing=label_smoothing)
 
 
 # --- evaluation ---------------------------------------------------------------------------------------------------
@@ -169,10 +174,8 @@ class Trainer:
     self.eval_pairs = self.task.examples(self.options.eval_size, "test", seed=0)
 
   def loss(self, src: Tensor, tgt_in: Tensor, labels: Tensor) -> Tensor:
-    """5.4 label-smoothed cross entropy of the teacher-forced logits, averaged over the real (non-pad) target tokens."""
-    logits = self.model.run_decoder(tgt_in, self.model.run_encoder(src), self.model.padding_mask(src))
-    return logits.sparse_categorical_crossentropy(labels, ignore_index=self.config.pad_id,
-                                                  label_smoothing=self.options.label_smoothing)
+    """The training loss of this trainer's model on a batch (dropout only under Context(TRAINING=1))."""
+    return loss(self.model, src, tgt_in, labels, self.options.label_smoothing)
 
   def _train_step(self, src: Tensor, tgt_in: Tensor, labels: Tensor) -> Tensor:
     with self.model.on_device(), Context(TRAINING=1):

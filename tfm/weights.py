@@ -7,13 +7,16 @@ A tfm weight file (format version 1) holds
   metadata  tfm.format_version = "1", tfm.kind = "transformer" (or "stacks": encoder and decoder stacks alone, as
             imported from torch.nn.Transformer), tfm.config = the TransformerConfig as JSON, tfm.dtype = the storage
             dtype of every tensor (float32, float16 or bfloat16), optionally tfm.generation_config (JSON: the
-            decoding defaults a checkpoint came with, `model.generation_config`), and any str -> str entries the caller adds
+            decoding defaults a checkpoint came with, `model.generation_config`), and any str -> str entries the caller adds;
+            tfm.sha256, the checksum of every tensor's stored bytes and every other metadata entry, lets a load refuse a
+            file damaged after it was written (files without it load unchecked)
 
 numpy has no bfloat16: bfloat16 tensors are written through safetensors' TensorSpec as genuine BF16 (the upper 16 bits
 of each float32, rounded to nearest even) and read back with safetensors.deserialize, widened exactly to float32.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -36,6 +39,7 @@ KINDS = ("transformer", "stacks")
 STORAGE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # tfm.dtype -> safetensors dtype code
 MODEL_DTYPES = {"float32": dtypes.float32, "float16": dtypes.float16, "bfloat16": dtypes.bfloat16}
 SHOWN = 5  # names listed in an error before "and N more"
+CHECKSUM = "tfm.sha256"
 
 
 # --- files ------------------------------------------------------------------------------------------------------
@@ -73,6 +77,32 @@ def _widen_bfloat16(bits: np.ndarray) -> np.ndarray:
   return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
+def checksum(stored: dict[str, np.ndarray], metadata: dict[str, str]) -> str:
+  """sha256 of the metadata (but the checksum) and each tensor's name, dtype, shape and stored bytes (BF16 as uint16)."""
+  h = hashlib.sha256(json.dumps(sorted((k, v) for k, v in metadata.items() if k != CHECKSUM)).encode())
+  for name in sorted(stored):
+    a = np.ascontiguousarray(stored[name])
+    h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+    h.update(a.reshape(-1).view(np.uint8))
+  return h.hexdigest()
+
+
+def _duplicate_names(path: str) -> list[str]:
+  """Names a safetensors header lists twice: JSON keeps the last silently, so such a file is ambiguous."""
+  with open(path, "rb") as f:
+    n = int.from_bytes(f.read(8), "little")
+    if n > os.path.getsize(path) - 8: return []  # safetensors reports the bad length
+    raw = f.read(n)
+  dups: list[str] = []
+  def pairs(items: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in items]
+    dups.extend(k for i, k in enumerate(keys) if k in keys[:i])
+    return dict(items)
+  try: json.loads(raw, object_pairs_hook=pairs)
+  except ValueError: return []  # not JSON: safetensors reports it
+  return dups
+
+
 def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict[str, str], dtype: str) -> None:
   """Store float arrays as one safetensors file in the storage dtype, atomically."""
   if dtype not in STORAGE_CODES:
@@ -89,6 +119,7 @@ def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadat
       raise WeightsError(f"tensor {name} has values up to {np.abs(arr).max():.3g}, beyond what {dtype} holds; "
                          f"save as dtype='float32'" + (" or 'bfloat16'" if dtype == "float16" else ""))
   # TensorSpec names the dtype itself, so the uint16 bit patterns go in as real BF16 tensors
+  metadata = {**metadata, CHECKSUM: checksum(stored, metadata)}
   specs = {name: TensorSpec(dtype="bfloat16" if dtype == "bfloat16" else a.dtype.name, shape=a.shape,
                             data_ptr=a.ctypes.data, data_len=a.nbytes) for name, a in stored.items()}
   atomic_write(path, lambda tmp: serialize_file(specs, tmp, metadata=metadata))
@@ -101,6 +132,8 @@ def read_arrays(path: str | os.PathLike, what: str = "weight file") -> tuple[dic
     raise WeightsError(f"{path} is a directory, not a {what}; give the path of a .safetensors file")
   if not os.path.exists(path): raise WeightsError(f"{what} {path} does not exist; check the path")
   try:
+    if dups := _duplicate_names(path):
+      raise WeightsError(f"{path}: the header lists {_names(dups)} more than once; the file is damaged, write it again")
     with safe_open(path, framework="numpy") as f:
       metadata = f.metadata() or {}
       codes = {name: f.get_slice(name).get_dtype() for name in f.keys()}
@@ -108,13 +141,19 @@ def read_arrays(path: str | os.PathLike, what: str = "weight file") -> tuple[dic
       if bad:
         name = sorted(bad)[0]
         raise WeightsError(f"{path}: tensor {name} has dtype {bad[name]}; weights must be F32, F16 or BF16 floats")
-      arrays = {n: f.get_tensor(n).astype(np.float32) for n, c in codes.items() if c != "BF16"}
-    if len(arrays) < len(codes):  # the numpy binding cannot build bfloat16 arrays: take BF16 tensors' raw bytes instead
+      stored = {n: f.get_tensor(n) for n, c in codes.items() if c != "BF16"}
+    if len(stored) < len(codes):  # the numpy binding cannot build bfloat16 arrays: take BF16 tensors' raw bytes instead
       for name, view in deserialize(Path(path).read_bytes()):
-        if view["dtype"] == "BF16": arrays[name] = _widen_bfloat16(np.frombuffer(view["data"], np.uint16).reshape(view["shape"]))
+        if view["dtype"] == "BF16": stored[name] = np.frombuffer(view["data"], np.uint16).reshape(view["shape"])
   except SafetensorError as e:
     raise WeightsError(f"{path} is not a readable safetensors {what} ({e}): the file is truncated or of another "
                        f"format; write it again (tfm.save, tfm convert)") from None
+  except OSError as e:
+    raise WeightsError(f"cannot read {what} {path}: {e.strerror or e}; check its permissions") from None
+  if CHECKSUM in metadata and metadata[CHECKSUM] != checksum(stored, metadata):
+    raise WeightsError(f"{path}: its contents do not match the checksum ({CHECKSUM}) written with them: the file was "
+                       f"damaged after it was written; write it again or restore a copy")
+  arrays = {n: _widen_bfloat16(a) if codes[n] == "BF16" else a.astype(np.float32, copy=False) for n, a in stored.items()}
   return metadata, arrays, codes
 
 

@@ -2,7 +2,7 @@
 
 A hanging or crashing driver takes down only its subprocess. `available()` probes every backend at once, one thread
 per subprocess, so it costs about the slowest probe; results are cached for the life of the process.
-`main(NAME)` is the subprocess itself: it prints one line, `TFM_PROBE {json}`.
+Timeouts default to 60 s ($TFM_PROBE_TIMEOUT). `main(NAME)` is the subprocess itself: it prints one line, `TFM_PROBE {json}`.
 """
 from __future__ import annotations
 import json, os, platform, shutil, subprocess, sys
@@ -11,7 +11,9 @@ from pathlib import Path
 from backends.kernels import NVRTC_PIP, nvidia_lib_dir
 from backends.registry import BACKENDS, COMPILE_ONLY, RUNS, UNAVAILABLE, Backend, BackendInfo, lookup
 
-TIMEOUT = 20.0
+# generous: a probe is one import and one tiny kernel (1-2 s idle), but a machine busy compiling can take far longer,
+# and a probe that times out marks a working backend unavailable for the whole process. TFM_PROBE_TIMEOUT overrides.
+TIMEOUT = float(os.environ.get("TFM_PROBE_TIMEOUT", "60"))
 _MARK = "TFM_PROBE "
 _results: dict[str, BackendInfo] = {}
 

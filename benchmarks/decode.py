@@ -1,25 +1,31 @@
 """Decode benchmark: per-token latency and tokens/s of greedy and beam-4 generation (batch 1 and 8) with tfm's
 KV-cache step on each backend, next to PyTorch eager with KV caches on the same weights.
 
-    python -m benchmarks decode --backends CPU,CL --configs tiny,small
+    python -m benchmarks decode --backends CPU,CL --configs tiny,small,bundled --json decode.json
 
 Every run generates exactly --tokens tokens per hypothesis (eos is masked until then, so both sides do the same work).
 per_token_ms is the median time of one whole `generate` call (encoder included) divided by the tokens generated per
 row; first_s is the first call (capture, scheduling, kernel compiles); kernels is the launches per decode step.
+tfm's and PyTorch's timed calls alternate, so that the load of other processes weighs on both alike.
 The PyTorch side caches self-attention keys/values (concatenated per step, as Hugging Face's DynamicCache does) and
 the cross-attention keys/values of the source (computed once).
 """
 from __future__ import annotations
 
 import math
+import os
+import statistics
+import time
 
 import numpy as np
 from tinygrad import Device, GlobalCounters, Tensor
 from tinygrad.nn.state import get_state_dict
 
-from benchmarks.common import config, load_average, measure, print_rows, ratio, torch_or_none, torch_thread_counts
+from benchmarks.common import config, load_average, print_rows, ratio, torch_or_none, torch_thread_counts
 from tfm.generate import generate
 from tfm.model import Transformer
+from tfm.translator import BUNDLED_MODEL
+from tfm.weights import load
 
 COLUMNS = ["bench", "config", "backend", "search", "batch", "tokens", "first_s", "per_token_ms", "tokens_per_s",
            "kernels", "torch_ms", "ratio", "same_ids", "load"]
@@ -27,12 +33,13 @@ COLUMNS = ["bench", "config", "backend", "search", "batch", "tokens", "first_s",
 
 def add_arguments(parser) -> None:
   parser.add_argument("--backends", default="CPU", help="comma-separated tinygrad backends (default: CPU)")
-  parser.add_argument("--configs", default="tiny,small", help="model sizes from benchmarks.common (default: tiny,small)")
+  parser.add_argument("--configs", default="tiny,small,bundled",
+                      help="model sizes from benchmarks.common, or bundled: the trained dates model (default: tiny,small,bundled)")
   parser.add_argument("--batches", default="1,8", help="sources per generate call (default: 1,8)")
   parser.add_argument("--beams", default="1,4", help="beam sizes; 1 is greedy (default: 1,4)")
   parser.add_argument("--src-len", type=int, default=16, help="tokens per source (default: 16)")
   parser.add_argument("--tokens", type=int, default=32, help="tokens generated per hypothesis (default: 32)")
-  parser.add_argument("--reps", type=int, default=5, help="timed repetitions after warm-up; the median is reported (default: 5)")
+  parser.add_argument("--reps", type=int, default=7, help="timed repetitions after warm-up; the median is reported (default: 7)")
   parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch side even when torch is installed")
 
 
@@ -101,39 +108,61 @@ def kernels_per_step(model: Transformer, src: np.ndarray, beam: int, tokens: int
   return (count(tokens) - count(1)) / (tokens - 1)
 
 
+def interleaved(fns: list, reps: int) -> tuple[list[float], list[float]]:
+  """First-call seconds and median seconds of each function, their timed calls interleaved rep by rep, so that the
+  load other processes put on the machine (it changes by the minute) weighs on all of them alike."""
+  first = []
+  for fn in fns:
+    t0 = time.perf_counter()
+    fn()
+    first.append(time.perf_counter() - t0)
+  for fn in fns: fn()  # warm-up
+  times: list[list[float]] = [[] for _ in fns]
+  for _ in range(max(1, reps)):
+    for fn, out in zip(fns, times):
+      t0 = time.perf_counter()
+      fn()
+      out.append(time.perf_counter() - t0)
+  return first, [statistics.median(t) for t in times]
+
+
 def run(args) -> list[dict]:
   torch = torch_or_none(args)
   rows: list[dict] = []
   print_rows([], COLUMNS)
   for name in [x.strip() for x in args.configs.split(",") if x.strip()]:
-    cfg = config(name)
-    rng = np.random.default_rng(0)
-    lo = max(cfg.pad_id, cfg.bos_id, cfg.eos_id) + 1
+    if name == "bundled" and not os.path.exists(BUNDLED_MODEL):
+      print(f"the bundled model is not installed ({BUNDLED_MODEL}): skipping it")
+      continue
     arrays = None
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-      Tensor.manual_seed(0)
-      model = Transformer(cfg, device=backend)
-      if arrays is None: arrays = {k: v.numpy() for k, v in get_state_dict(model).items()}
-      else:  # the same weights on every backend
-        for key, t in get_state_dict(model).items(): t.replace(Tensor(arrays[key], device=model.device).realize())
+      if name == "bundled": model = load(BUNDLED_MODEL, device=backend)
+      else:
+        Tensor.manual_seed(0)
+        model = Transformer(config(name), device=backend)
+        if arrays is None: arrays = {k: v.numpy() for k, v in get_state_dict(model).items()}
+        else:  # the same weights on every backend
+          for key, t in get_state_dict(model).items(): t.replace(Tensor(arrays[key], device=model.device).realize())
+      cfg, rng = model.config, np.random.default_rng(0)
+      lo = max(cfg.pad_id, cfg.bos_id, cfg.eos_id) + 1
       reference = torch_decoder(torch, model) if torch is not None else None
       for beam in _ints(args.beams):
         for batch in _ints(args.batches):
-          src = rng.integers(lo, cfg.vocab_size, (batch, args.src_len))
-          n = args.tokens
+          src, n = rng.integers(lo, cfg.vocab_size, (batch, args.src_len)), args.tokens
           def ours(): return generate(model, src, max_len=n, min_len=n, beam_size=beam)
-          timing = measure(ours, args.reps)
-          row = dict(bench="decode", config=name, backend=backend, search="greedy" if beam == 1 else f"beam{beam}",
-                     batch=batch, tokens=n, first_s=timing.first_s, per_token_ms=timing.median_s / n * 1e3,
-                     tokens_per_s=batch * n / timing.median_s, kernels=kernels_per_step(model, src, beam, n),
-                     load=load_average())
-          if reference is not None:
-            best = None
+          fns = [ours]
+          if reference is not None:  # PyTorch with its default threads and with one: the faster is compared
             for threads in torch_thread_counts(torch):
-              torch.set_num_threads(threads)
-              t = measure(lambda: reference(src, n, beam), args.reps)
-              best = t if best is None or t.median_s < best.median_s else best
-            row["torch_ms"] = best.median_s / n * 1e3
+              def theirs(threads=threads):
+                torch.set_num_threads(threads)
+                return reference(src, n, beam)
+              fns.append(theirs)
+          first, medians = interleaved(fns, args.reps)
+          row = dict(bench="decode", config=name, backend=backend, search="greedy" if beam == 1 else f"beam{beam}",
+                     batch=batch, tokens=n, first_s=first[0], per_token_ms=medians[0] / n * 1e3,
+                     tokens_per_s=batch * n / medians[0], kernels=kernels_per_step(model, src, beam, n), load=load_average())
+          if reference is not None:
+            row["torch_ms"] = min(medians[1:]) / n * 1e3
             row["ratio"] = ratio(row["per_token_ms"], row["torch_ms"])
             if beam == 1: row["same_ids"] = bool(np.array_equal(ours(), reference(src, n, beam)))
           rows.append(row)

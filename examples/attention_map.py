@@ -14,12 +14,13 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument("text", help="the text to translate")
 parser.add_argument("--out", default="attention.png", help="the PNG to write (default: attention.png)")
 parser.add_argument("--layer", type=int, default=-1, help="decoder layer, from 0; -1 is the last (default: -1)")
+parser.add_argument("--max-len", type=int, default=None, help="most tokens to generate (default: the model's setting)")
 parser.add_argument("--model", default=None, help="a tfm .safetensors file with its vocab beside it (default: the bundled model)")
 args = parser.parse_args()
 
 try:
   translator = tfm.Translator.load(args.model) if args.model else tfm.Translator.bundled()
-  amap = cross_attention(translator, args.text)
+  amap = cross_attention(translator, args.text, max_len=args.max_len)
   plot(amap, args.out, layer=args.layer)
 except tfm.TfmError as e:
   sys.exit(f"attention_map.py: {e}")

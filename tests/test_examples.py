@@ -99,8 +99,8 @@ def test_cross_attention_labels_the_translation_it_decoded(toy):
   amap = cross_attention(translator, "abcd", max_len=5)
   assert amap.source == ["a", "b", "c", "d", "</s>"]
   assert amap.translation == translator.translate(["abcd"], max_len=5)[0]
-  # one row per output token: the translation's characters, then eos unless the budget ran out first
-  assert "".join(t for t in amap.output if t != "</s>") == amap.translation
+  # one row per output token: the translation's characters, the specials it decodes to nothing named as such
+  assert "".join(t for t in amap.output if t not in ("<pad>", "<s>", "</s>")) == amap.translation
   assert amap.weights.shape[2:] == (len(amap.output), len(amap.source))
   np.testing.assert_allclose(amap.weights.sum(-1), 1.0, atol=1e-5)
 
@@ -145,7 +145,7 @@ def test_translate_example_writes_iso_dates():
 
 def test_attention_map_example_prints_where_each_output_token_looked(toy, tmp_path):
   _, path = toy
-  result = run_example("attention_map.py", "abcd", "--model", str(path), "--out", str(tmp_path / "map.png"))
+  result = run_example("attention_map.py", "abcd", "--model", str(path), "--max-len", "6", "--out", str(tmp_path / "map.png"))
   assert result.returncode == 0, result.stderr
   assert (tmp_path / "map.png").read_bytes()[:8] == PNG
   looked = re.findall(r"^\s+'(.+?)' <- '(.+?)' \((\d\.\d\d)\)$", result.stdout, re.M)

@@ -3,6 +3,8 @@ reference, batching, the generation rules and settings, and the Translator."""
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,12 +147,14 @@ def test_rows_of_a_batch_decode_as_if_alone(model, beam_size):
     assert scores[i] == pytest.approx(alone_scores[0], abs=1e-5)
 
 
-def test_outgrowing_the_first_cache_changes_nothing(model, monkeypatch):
-  before = gen.greedy_search(model, SRC, max_len=40, min_len=40)
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_outgrowing_the_first_cache_changes_nothing(model, monkeypatch, beam_size):
+  before = tfm.generate(model, SRC, beam_size=beam_size, max_len=40, min_len=40, return_scores=True)
   monkeypatch.setattr(gen, "FIRST_CACHE_LEN", 16)  # caches of 16, then 32, then 64 slots
-  after = gen.greedy_search(model, SRC, max_len=40, min_len=40)
-  assert before.shape == (3, 40)
-  np.testing.assert_array_equal(after, before)
+  after = tfm.generate(model, SRC, beam_size=beam_size, max_len=40, min_len=40, return_scores=True)
+  assert before[0].shape == (3, 40)
+  np.testing.assert_array_equal(after[0], before[0])
+  np.testing.assert_allclose(after[1], before[1], atol=1e-6)
 
 
 # --- settings ------------------------------------------------------------------------------------------------------
@@ -249,6 +253,12 @@ def test_translate_command_prints_one_line_per_text(model, tmp_path, capsys):
   assert capsys.readouterr().out.splitlines() == expected
 
 
+@pytest.mark.skipif(not Path(translator_module.BUNDLED_MODEL).exists(), reason="the bundled model is not installed")
+def test_bundled_translator_writes_dates_in_iso_form():
+  translator = tfm.Translator.bundled(device=DEVICE)
+  assert translator.translate(["3rd of March, 2021", "July 4, 1976"]) == ["2021-03-03", "1976-07-04"]
+
+
 def test_bundled_translator_says_when_its_files_are_missing(monkeypatch, tmp_path):
   monkeypatch.setattr(translator_module, "BUNDLED_MODEL", str(tmp_path / "dates.safetensors"))
   with pytest.raises(tfm.WeightsError, match="bundled model is missing"): tfm.Translator.bundled()
@@ -313,3 +323,17 @@ def test_marian_decodes_with_its_generation_config_by_default(marian):
   with torch.no_grad():
     expected = theirs.generate(torch.from_numpy(MARIAN_SRC), attention_mask=torch.from_numpy(MARIAN_SRC != 63), num_beams=3)
   assert rows_of(tfm.generate(ours, MARIAN_SRC, beam_size=3), 63) == rows_of(expected.numpy()[:, 1:], 63)
+
+
+# --- the decode benchmark (a smoke test: no timing is asserted) -----------------------------------------------------
+
+def test_decode_benchmark_rows(tmp_path):
+  pytest.importorskip("torch", reason="PyTorch not installed")
+  from benchmarks.__main__ import main as bench_main
+  out = tmp_path / "decode.json"
+  assert bench_main(["decode", "--configs", "tiny", "--backends", DEVICE, "--batches", "2", "--beams", "1", "--tokens", "4",
+                     "--reps", "1", "--json", str(out)]) == 0
+  (row,) = json.loads(out.read_text())
+  assert (row["search"], row["batch"], row["tokens"]) == ("greedy", 2, 4)
+  assert row["same_ids"] is True  # greedy ids equal PyTorch's on the same weights
+  assert row["kernels"] > 0 and row["ratio"] == pytest.approx(row["per_token_ms"] / row["torch_ms"])

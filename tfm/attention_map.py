@@ -79,10 +79,11 @@ def attention_of(model: Transformer, src_ids, out_ids) -> np.ndarray:
 
 
 def _token_text(tokenizer, i: int) -> str:
-  """A token id as the axis label shows it: its text, or the name of a special token."""
-  if i == tokenizer.eos_id: return "</s>"
+  """A token id as the axis label shows it: its text, or the name of a special token (which decodes to nothing)."""
   pieces = getattr(tokenizer, "pieces", None)  # a Marian vocabulary: the SentencePiece piece itself
   if pieces is not None: return pieces[i]
+  specials = {tokenizer.eos_id: "</s>", tokenizer.pad_id: "<pad>", getattr(tokenizer, "bos_id", None): "<s>"}
+  if i in specials: return specials[i]
   text = tokenizer.decode([[i]])[0]
   return "␣" if text == " " else text
 

@@ -35,7 +35,9 @@ def _command(sub, name: str, help: str, example: str) -> argparse.ArgumentParser
 def add_backends(sub) -> None:
   p = _command(sub, "backends", "list every tinygrad backend: runs here, compile-only, or unavailable (with the fix)",
                "tfm backends --timeout 30")
-  p.add_argument("--timeout", type=float, default=20.0, help="seconds each probe may take (default: 20)")
+  from backends.probe import TIMEOUT
+  p.add_argument("--timeout", type=float, default=TIMEOUT, help=f"seconds each probe may take (default: {TIMEOUT:g}, "
+                 "or $TFM_PROBE_TIMEOUT)")
   p.set_defaults(func=cmd_backends)
 
 

@@ -2,7 +2,10 @@
 
 The encoder runs once per batch and each decoder layer's cross-attention keys and values are projected once per
 source; decoder self-attention keys and values live in per-layer caches, so a step costs one target position. The
-step is captured once with TinyJit over a bound symbolic position and replayed for every position.
+step is captured once with TinyJit over a bound symbolic position and replayed for every position. Greedy decoding
+keeps its state on the device; beam search reads each step's log-probs back and keeps the hypotheses on the host.
+Rows of a batch finish independently: a finished row is padded out (its result is frozen) and decoding stops when
+every row has finished.
 
 Conventions follow Hugging Face `generate` where they apply, so imported Marian models translate as they do there:
 - ids: a numpy int32 array (B * num_return, T) without the decoder start token, with eos where one was produced,
@@ -18,13 +21,14 @@ Conventions follow Hugging Face `generate` where they apply, so imported Marian 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from tinygrad import Tensor, TinyJit, UOp, dtypes
@@ -179,7 +183,7 @@ class Session:
       self.rules = _device_buffer((c.max_len,), dtypes.int32, dev)
       self.bias = _device_buffer((2, c.vocab_size), dtypes.float32, dev)
     self.steps: dict[int, Steps] = {}
-    self.prefill = CompiledStep(self._prefill)
+    self.prefill = CompiledStep(self._prefill, None, lambda: self.model.on_device())
 
   @property
   def model(self) -> Transformer:
@@ -220,7 +224,8 @@ class Steps:
       # ids are stored as float32 (exact below 2**24) so one kernel writes both
       self.trace = _device_buffer((2, n, length + 1), dtypes.float32, session.device)
     pos = UOp.variable("pos", 0, length - 1)
-    self.greedy, self.beam = CompiledStep(self._greedy_step, pos), CompiledStep(self._beam_step, pos)
+    def on_device(): return session.model.on_device()
+    self.greedy, self.beam = CompiledStep(self._greedy_step, pos, on_device), CompiledStep(self._beam_step, pos, on_device)
 
   def take_over(self, shorter: Steps) -> None:
     """Copy a shorter cache's slots (and greedy trace) in, to continue its decode."""
@@ -264,31 +269,36 @@ class CompiledStep:
   launching its kernels directly: tinygrad's own replay spends tens of microseconds of Python per kernel, which on a
   CPU is most of a small model's decode step. Same programs, same buffers, same launch sizes."""
 
-  def __init__(self, fn, variable: UOp | None = None):
-    self.jit, self.variable = TinyJit(fn), variable
-    self.launches: list[tuple[Any, list, Any]] | None = None
+  def __init__(self, fn, variable: UOp | None, on_device: Callable[[], contextlib.AbstractContextManager]):
+    # on_device: the model's compile context (its renderer, its tuned kernels); TinyJit compiles what it captured
+    # after fn returns, so the whole call runs inside it
+    self.jit, self.variable, self.on_device = TinyJit(fn), variable, on_device
+    self.launches: list[tuple[Any, list, Any, Any]] | None = None
 
   def __call__(self, value: int | None = None) -> None:
     if self.jit.captured is not None and self.launches is None: self.launches = self._launches()
     if not self.launches or DEBUG >= 2 or PROFILE:  # capturing, a kind of call this cannot launch, or debug output wanted
-      self.jit(*([] if self.variable is None else [self.variable.bind(value)]))
+      with self.on_device(): self.jit(*([] if self.variable is None else [self.variable.bind(value)]))
       return
     var_vals = {} if self.variable is None else {self.variable.expr: value}
-    for runtime, bufs, info in self.launches:
-      global_size, local_size = info.launch_dims(var_vals)
-      runtime(*bufs, global_size=global_size, local_size=local_size, vals=info.vals(var_vals))
+    for runtime, bufs, dims, info in self.launches:
+      global_size, local_size = dims or info.launch_dims(var_vals)
+      runtime(*bufs, global_size=global_size, local_size=local_size, vals=info.vals(var_vals) if info.vars else ())
     GlobalCounters.kernel_count += len(self.launches)
 
-  def _launches(self) -> list[tuple[Any, list, Any]]:
-    """(program, device buffers, launch info) per captured kernel, resolved as tinygrad's exec_kernel resolves them;
-    empty when the capture holds anything else (copies, multi-device kernels): then TinyJit replays it."""
+  def _launches(self) -> list[tuple[Any, list, Any, Any]]:
+    """(program, device buffers, launch sizes unless they are symbolic, launch info) per captured kernel, resolved as
+    tinygrad's exec_kernel resolves them; empty when the capture holds anything else (copies, multi-device kernels):
+    then TinyJit replays it."""
     launches = []
     for call in self.jit.captured.linear.src:
       ast = call.src[0]
       if ast.op is not Ops.PROGRAM or not isinstance(device := call.src[1].device, str): return []
       lanes = list(unwrap_multi(call, [resolve_params(call, ())[i] for i in ast.arg.globals]))
       if len(lanes) != 1 or lanes[0][1]: return []
-      launches.append((get_runtime(device, ast), [b.ensure_allocated().get_buf(device) for b in lanes[0][0]], ast.arg))
+      sizes = (ast.arg.global_size, ast.arg.local_size or ())
+      dims = ast.arg.launch_dims({}) if all(isinstance(x, int) for x in sizes[0] + sizes[1]) else None
+      launches.append((get_runtime(device, ast), [b.ensure_allocated().get_buf(device) for b in lanes[0][0]], dims, ast.arg))
     return launches
 
 
@@ -364,8 +374,8 @@ def _greedy(session: Session, s: GenerationSettings) -> tuple[np.ndarray, np.nda
 
 
 def _beam_search(session: Session, s: GenerationSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Beam search: the device computes each step's log-probs, the host keeps the hypotheses (float32, as the
-  reference implementation does, so that the same log-probs select the same hypotheses)."""
+  """Beam search: the device computes each step's log-probs, the host keeps the hypotheses, in float32 sums and
+  Hugging Face's order of operations, so that the same log-probs select the same hypotheses as there."""
   c = session.model.config
   b, k, vocab, max_len = session.rows, s.beam_size, c.vocab_size, s.max_len
   cands = 2 * k  # enough that k continue even when k of them end in eos
@@ -421,6 +431,7 @@ def _beam_search(session: Session, s: GenerationSettings) -> tuple[np.ndarray, n
 
 
 def _rules(s: GenerationSettings, config) -> tuple[np.ndarray, np.ndarray]:
+  """The contents of Session.rules and Session.bias for settings s."""
   rules = np.zeros(config.max_len, np.int32)
   rules[:s.min_len] = 1
   bias = np.zeros((2, config.vocab_size), np.float32)
@@ -494,9 +505,10 @@ def generate(model: Transformer, src_ids: Any, max_len: int | None = None, beam_
              num_return: int | None = None, return_scores: bool = False):
   """Translate a batch of sources (B, S), pad-padded to a common length: ids (B * num_return, T) [and scores].
 
-  Arguments left as None take the model's `generation_config` value, else the default: beam_size 1 (greedy),
-  max_len = longest source + 50 (at most config.max_len), length_penalty 1.0, early_stopping True, min_len 0,
-  num_return 1. The module doc gives the conventions for ids, scores and lengths.
+  Arguments left as None take tfm's defaults: beam_size 1 (greedy), max_len = longest source + 50 (at most
+  config.max_len), length_penalty 1.0, early_stopping True, min_len 0, num_return 1; or, for a model that carries a
+  `generation_config` dict (an imported checkpoint), that dict's values with Hugging Face's defaults for the keys it
+  leaves out. The module doc gives the conventions for ids, scores and lengths.
   """
   return _search(model, src_ids, "auto", return_scores, max_len=max_len, beam_size=beam_size, length_penalty=length_penalty,
                  early_stopping=early_stopping, min_len=min_len, num_return=num_return)

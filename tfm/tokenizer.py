@@ -67,8 +67,10 @@ class CharTokenizer:
     """Write the vocabulary as JSON, atomically (a temp file in the same folder renamed into place)."""
     path = os.fspath(path)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".json")
+    umask = os.umask(0o022); os.umask(umask)
     try:
       with os.fdopen(fd, "w", encoding="utf-8") as f: json.dump(self.to_dict(), f, ensure_ascii=False, indent=1)
+      os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; the vocabulary gets the permissions open() gives
       os.replace(tmp, path)
     except BaseException:
       if os.path.exists(tmp): os.unlink(tmp)

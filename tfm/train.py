@@ -3,6 +3,12 @@
 One jitted step does forward, backward and the Adam update; the loss it reports is the one before the update.
 A run in `out/` keeps its checkpoints in `out/step-NNNNNNNN/` (model, optimizer, step, every RNG) with `out/latest`
 naming the newest, and leaves the trained model in `out/model.safetensors` with its vocabulary in `out/vocab.json`.
+
+The bundled model (tfm/assets/README.md has the details) was trained and checked with
+
+    tfm train --task dates --config small --steps 3000 --batch-size 128 --lr-scale 0.5 --device CPU --out runs/dates
+    tfm train --task dates --evaluate tfm/assets/dates.safetensors --eval-size 2000 --device CPU
+    -> exact match 0.9980, token accuracy 0.9998 on 2000 held-out dates (greedy, CPU)
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from tfm.tokenizer import CharTokenizer
 # sizes for `--config NAME` beyond the model presets; vocab_size and the special ids always come from the task
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
   **PRESETS,
-  # the bundled dates model: small enough to train in half an hour on two CPU cores and to ship in the package
+  # the bundled dates model (tfm/assets/README.md): 287k parameters, 1.2 MB, ~0.85 s a step of 128 on one CPU core
   "small": dict(d_model=64, n_heads=4, d_ff=256, n_encoder_layers=3, n_decoder_layers=2, dropout=0.0, max_len=48),
 }
 
@@ -229,7 +235,9 @@ class Trainer:
     name = f"step-{self.step:08d}"
     final = os.path.join(self.out, name)
     tmp = tempfile.mkdtemp(dir=self.out, prefix=".tmp-")
+    umask = os.umask(0o022); os.umask(umask)
     try:
+      os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes the folder private; a checkpoint gets the permissions mkdir gives
       weights.save(self.model, os.path.join(tmp, "model.safetensors"))
       opt_state = {"b1_t": self.opt.b1_t, "b2_t": self.opt.b2_t,
                    **{f"m.{i}": t for i, t in enumerate(self.opt.m)}, **{f"v.{i}": t for i, t in enumerate(self.opt.v)}}

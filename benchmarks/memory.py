@@ -1,5 +1,6 @@
 """Load-memory benchmark: the peak resident memory `tfm.load` adds while loading a saved model, as a multiple of the
-model's weight bytes (each measured in a fresh process, so nothing else the benchmark did is counted).
+model's weight bytes (each measured in a fresh process, so nothing else the benchmark did is counted). Linux only:
+it reads the process's memory from /proc.
 
     python -m benchmarks memory --backends CPU --config base
 """
@@ -15,20 +16,24 @@ from benchmarks.common import config, load_average, print_rows
 
 COLUMNS = ["bench", "config", "backend", "weights_mb", "peak_mb", "peak_ratio", "load_s", "load"]
 
-# runs in a fresh interpreter: RSS before loading (imports and the device already up), then the peak during the load
+# runs in a fresh interpreter: RSS before loading (imports and the device already up), then the peak during the load.
+# The peak is the kernel's high-water mark of this process's memory, reset just before the load (clear_refs 5):
+# getrusage's ru_maxrss would not do, since a child inherits its parent's maximum across fork and exec, and the
+# parent here has just built and saved the model.
 PROBE = """
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
 import tfm
 from tinygrad import Tensor
-def rss_mb():
-  with open("/proc/self/statm") as f: return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def status_mb(field):
+  with open("/proc/self/status") as f: return next(int(l.split()[1]) for l in f if l.startswith(field + ":")) / 1024
 Tensor(np.zeros(4, np.float32), device=sys.argv[2]).realize()
-before = rss_mb()
+with open("/proc/self/clear_refs", "w") as f: f.write("5")
+before = status_mb("VmRSS")
 t0 = time.perf_counter()
 model = tfm.load(sys.argv[1], device=sys.argv[2])
 seconds = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak = status_mb("VmHWM")
 weights = sum(p.nbytes() for p in {id(p): p for p in model.parameters()}.values()) / 2**20
 print(json.dumps({"before_mb": before, "peak_mb": peak - before, "weights_mb": weights, "load_s": seconds}))
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -214,3 +215,30 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tiny_model, saved, 
 def test_written_file_gets_ordinary_permissions(saved):
   umask = os.umask(0o022); os.umask(umask)
   assert os.stat(saved).st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_load_holds_one_tensor_of_the_file_in_memory_at_a_time(tmp_path):
+  # a model whose weights dwarf everything else a load allocates on the host; the device copies are not host arrays
+  config = tfm.TransformerConfig.preset("tiny", d_model=128, d_ff=1024, vocab_size=1024)
+  path = tmp_path / "wide.safetensors"
+  tfm.save(tfm.Transformer(config, device=DEVICE), path)
+  arrays = weights.read(path).arrays
+  total, largest = sum(a.nbytes for a in arrays.values()), max(a.nbytes for a in arrays.values())
+  model = tfm.Transformer(config, device=DEVICE, initialise=False)   # building it costs the same whatever the weights
+  tracemalloc.start()
+  try:
+    weights.load_into(model, path)
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert largest < total / 4
+  assert peak < 2 * largest + total / 8, (peak, largest, total)   # all at once would be >= total
+
+
+def test_a_file_replaced_after_it_was_checked_is_refused_not_read_half_new(tiny_model, tmp_path):
+  path, other = tmp_path / "m.safetensors", tmp_path / "other.safetensors"
+  tfm.save(tiny_model, path)
+  wf = weights.read(path)
+  tfm.save(tiny_model, other, metadata={"another": "file"})
+  os.replace(other, path)
+  with pytest.raises(tfm.WeightsError, match="changed while it was being read; load it again"): wf.arrays["src_embed.weight"]

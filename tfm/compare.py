@@ -138,7 +138,7 @@ def load_subject(model: str | None = None) -> Subject:
                      f"tfm compare needs a whole model (token ids in, logits out)")
     vocab = next((v for v in (path.with_suffix(".vocab.json"), path.parent / "vocab.json") if v.exists()), None)
     tokenizer = CharTokenizer.load(vocab) if vocab is not None else None
-    config, arrays = wf.config, wf.arrays
+    config, arrays = wf.config, dict(wf.arrays)   # held: every backend and the oracle take the same numbers
     name = f"bundled model ({path.name})" if path == BUNDLED else str(path)
   else:
     raise TfmError(f"--model {model!r}: no such file or folder; give 'bundled', 'tiny', a tfm .safetensors file "

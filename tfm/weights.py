@@ -12,21 +12,24 @@ A tfm weight file (format version 1) holds
             file damaged after it was written (files without it load unchecked)
 
 numpy has no bfloat16: bfloat16 tensors are written through safetensors' TensorSpec as genuine BF16 (the upper 16 bits
-of each float32, rounded to nearest even) and read back with safetensors.deserialize, widened exactly to float32.
+of each float32, rounded to nearest even) and read back as their uint16 bit patterns, widened exactly to float32.
+
+Reading never holds a whole file in memory: safetensors checks the header, then each tensor is read from the file when
+it is asked for (`StoredArrays`), so `load` peaks at the model's weights plus its largest tensor.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
-from safetensors import SafetensorError, TensorSpec, deserialize, safe_open, serialize_file
-from tinygrad import Tensor, dtypes
+from safetensors import SafetensorError, TensorSpec, safe_open, serialize_file
+from tinygrad import Device, Tensor, dtypes
 from tinygrad.dtype import DType
 from tinygrad.nn.state import get_state_dict
 
@@ -77,7 +80,7 @@ def _widen_bfloat16(bits: np.ndarray) -> np.ndarray:
   return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
-def checksum(stored: dict[str, np.ndarray], metadata: dict[str, str]) -> str:
+def checksum(stored: Mapping[str, np.ndarray], metadata: dict[str, str]) -> str:
   """sha256 of the metadata (but the checksum) and each tensor's name, dtype, shape and stored bytes (BF16 as uint16)."""
   h = hashlib.sha256(json.dumps(sorted((k, v) for k, v in metadata.items() if k != CHECKSUM)).encode())
   for name in sorted(stored):
@@ -87,20 +90,59 @@ def checksum(stored: dict[str, np.ndarray], metadata: dict[str, str]) -> str:
   return h.hexdigest()
 
 
-def _duplicate_names(path: str) -> list[str]:
-  """Names a safetensors header lists twice: JSON keeps the last silently, so such a file is ambiguous."""
-  with open(path, "rb") as f:
-    n = int.from_bytes(f.read(8), "little")
-    if n > os.path.getsize(path) - 8: return []  # safetensors reports the bad length
-    raw = f.read(n)
+def _header(f) -> tuple[dict[str, Any], list[str]]:
+  """The JSON header of a safetensors file open at its start, and the names it lists twice (JSON keeps the last
+  silently, so such a file is ambiguous); ({}, []) when the header is unreadable, which safetensors then reports."""
+  n = int.from_bytes(f.read(8), "little")
+  if n > os.fstat(f.fileno()).st_size - 8: return {}, []
   dups: list[str] = []
   def pairs(items: list[tuple[str, Any]]) -> dict:
     keys = [k for k, _ in items]
     dups.extend(k for i, k in enumerate(keys) if k in keys[:i])
     return dict(items)
-  try: json.loads(raw, object_pairs_hook=pairs)
-  except ValueError: return []  # not JSON: safetensors reports it
-  return dups
+  try: header = json.loads(f.read(n), object_pairs_hook=pairs)
+  except ValueError: return {}, []
+  return (header if isinstance(header, dict) else {}), dups
+
+
+_STORED = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}   # numpy dtype of each code's bytes
+
+
+class StoredArrays(Mapping[str, np.ndarray]):
+  """The tensors of a safetensors file, each read from the file when it is asked for: float32 arrays, or with
+  `raw=True` the stored values (BF16 as its uint16 bit patterns, for the checksum). Read only files that safetensors
+  has checked (read_arrays does); one replaced or changed since this opened it is refused, never read half old, half new."""
+
+  def __init__(self, path: str):
+    self.path, self.raw = path, False
+    with open(path, "rb") as f:
+      header, self.duplicates = _header(f)
+      self.start = f.tell()
+      st = os.fstat(f.fileno())
+    self.stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    self.entries = {k: v for k, v in header.items() if k != "__metadata__"}
+
+  def stored(self) -> StoredArrays:
+    """The same tensors of the same file as stored, for the checksum."""
+    view = copy.copy(self)
+    view.raw = True
+    return view
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    entry = self.entries[name]
+    begin, end = entry["data_offsets"]
+    with open(self.path, "rb") as f:
+      st = os.fstat(f.fileno())
+      if (st.st_ino, st.st_size, st.st_mtime_ns) != self.stamp:
+        raise WeightsError(f"{self.path} changed while it was being read; load it again once it is written")
+      f.seek(self.start + begin)
+      a = np.fromfile(f, _STORED[entry["dtype"]], (end - begin) // np.dtype(_STORED[entry["dtype"]]).itemsize)
+    a = a.reshape(entry["shape"])
+    if self.raw: return a
+    return _widen_bfloat16(a) if entry["dtype"] == "BF16" else a.astype(np.float32, copy=False)
+
+  def __iter__(self) -> Iterator[str]: return iter(self.entries)
+  def __len__(self) -> int: return len(self.entries)
 
 
 def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict[str, str], dtype: str) -> None:
@@ -125,48 +167,47 @@ def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadat
   atomic_write(path, lambda tmp: serialize_file(specs, tmp, metadata=metadata))
 
 
-def read_arrays(path: str | os.PathLike, what: str = "weight file") -> tuple[dict[str, str], dict[str, np.ndarray], dict[str, str]]:
-  """A safetensors file -> (metadata, float32 arrays, stored dtype codes); F32, F16 and BF16 only. Bad files raise WeightsError."""
+def read_arrays(path: str | os.PathLike, what: str = "weight file") -> tuple[dict[str, str], StoredArrays, dict[str, str]]:
+  """A safetensors file -> (metadata, its tensors as float32 arrays read on demand, stored dtype codes); F32, F16 and
+  BF16 only. Bad files raise WeightsError."""
   path = os.fspath(path)
   if os.path.isdir(path):
     raise WeightsError(f"{path} is a directory, not a {what}; give the path of a .safetensors file")
   if not os.path.exists(path): raise WeightsError(f"{what} {path} does not exist; check the path")
   try:
-    if dups := _duplicate_names(path):
-      raise WeightsError(f"{path}: the header lists {_names(dups)} more than once; the file is damaged, write it again")
-    with safe_open(path, framework="numpy") as f:
+    arrays = StoredArrays(path)
+    if arrays.duplicates:
+      raise WeightsError(f"{path}: the header lists {_names(arrays.duplicates)} more than once; the file is damaged, write it again")
+    with safe_open(path, framework="numpy") as f:   # checks the header: offsets, sizes, dtypes
       metadata = f.metadata() or {}
       codes = {name: f.get_slice(name).get_dtype() for name in f.keys()}
-      bad = {n: c for n, c in codes.items() if c not in STORAGE_CODES.values()}
-      if bad:
-        name = sorted(bad)[0]
-        raise WeightsError(f"{path}: tensor {name} has dtype {bad[name]}; weights must be F32, F16 or BF16 floats")
-      stored = {n: f.get_tensor(n) for n, c in codes.items() if c != "BF16"}
-    if len(stored) < len(codes):  # the numpy binding cannot build bfloat16 arrays: take BF16 tensors' raw bytes instead
-      for name, view in deserialize(Path(path).read_bytes()):
-        if view["dtype"] == "BF16": stored[name] = np.frombuffer(view["data"], np.uint16).reshape(view["shape"])
+    bad = {n: c for n, c in codes.items() if c not in STORAGE_CODES.values()}
+    if bad:
+      name = sorted(bad)[0]
+      raise WeightsError(f"{path}: tensor {name} has dtype {bad[name]}; weights must be F32, F16 or BF16 floats")
+    if CHECKSUM in metadata and metadata[CHECKSUM] != checksum(arrays.stored(), metadata):
+      raise WeightsError(f"{path}: its contents do not match the checksum ({CHECKSUM}) written with them: the file was "
+                         f"damaged after it was written; write it again or restore a copy")
   except SafetensorError as e:
     raise WeightsError(f"{path} is not a readable safetensors {what} ({e}): the file is truncated or of another "
                        f"format; write it again (tfm.save, tfm convert)") from None
   except OSError as e:
     raise WeightsError(f"cannot read {what} {path}: {e.strerror or e}; check its permissions") from None
-  if CHECKSUM in metadata and metadata[CHECKSUM] != checksum(stored, metadata):
-    raise WeightsError(f"{path}: its contents do not match the checksum ({CHECKSUM}) written with them: the file was "
-                       f"damaged after it was written; write it again or restore a copy")
-  arrays = {n: _widen_bfloat16(a) if codes[n] == "BF16" else a.astype(np.float32, copy=False) for n, a in stored.items()}
   return metadata, arrays, codes
 
 
-def check_arrays(arrays: dict[str, np.ndarray], expected: dict[str, tuple[int, ...]], source: str) -> None:
-  """Every expected name present with its shape, no other names, every value finite: else WeightsError, nothing loaded."""
+def check_arrays(arrays: Mapping[str, np.ndarray], expected: dict[str, tuple[int, ...]], source: str) -> None:
+  """Every expected name present with its shape, no other names, every value finite: else WeightsError, nothing loaded.
+  Each array is taken once (a file's are read one at a time)."""
   missing, unexpected = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
   if missing: raise WeightsError(f"{source}: missing tensor(s) {_names(missing)}; the file does not match its config")
   if unexpected: raise WeightsError(f"{source}: unexpected tensor(s) {_names(unexpected)}; the file does not match its config")
   for name, shape in expected.items():
-    if tuple(arrays[name].shape) != tuple(shape):
-      raise WeightsError(f"{source}: tensor {name} has shape {tuple(arrays[name].shape)}, the config expects {tuple(shape)}")
-    if not np.isfinite(arrays[name]).all():
-      raise WeightsError(f"{source}: tensor {name} has {int((~np.isfinite(arrays[name])).sum())} NaN/Inf values; "
+    a = arrays[name]
+    if tuple(a.shape) != tuple(shape):
+      raise WeightsError(f"{source}: tensor {name} has shape {tuple(a.shape)}, the config expects {tuple(shape)}")
+    if not np.isfinite(a).all():
+      raise WeightsError(f"{source}: tensor {name} has {int((~np.isfinite(a)).sum())} NaN/Inf values; "
                          f"the file is damaged or was saved from a diverged model")
 
 
@@ -178,7 +219,7 @@ class WeightFile:
   config: TransformerConfig
   kind: str
   dtype: str
-  arrays: dict[str, np.ndarray]
+  arrays: Mapping[str, np.ndarray]   # read from the file on demand (StoredArrays) or held
   metadata: dict[str, str]
   generation_config: dict[str, Any] | None = None
 
@@ -272,11 +313,16 @@ def load_into(model: Transformer, path: str | os.PathLike) -> Transformer:
   return model
 
 
-def assign(state: dict[str, Tensor], arrays: dict[str, np.ndarray], source: str) -> None:
-  """Check every array against state (names, shapes, finite), then replace each tensor's value, keeping its dtype."""
+def assign(state: dict[str, Tensor], arrays: Mapping[str, np.ndarray], source: str) -> None:
+  """Check every array against state (names, shapes, finite), then replace each tensor's value, keeping its dtype: one
+  array at a time, so that the arrays and the device weights are never all in memory together."""
   check_arrays(arrays, {name: t.shape for name, t in state.items()}, source)
   for name, t in state.items():
-    t.replace(Tensor(arrays[name], device=t.device, dtype=t.dtype).realize())
+    value = Tensor(arrays[name], device=t.device)   # Tensor(..., dtype=) would copy the array on the host first
+    t.replace((value if value.dtype == t.dtype else value.cast(t.dtype)).realize())
+    # a device may hold the host array until its queue has run the copy (OpenCL does): drain it, so that one array
+    # at a time is alive, not all of them
+    Device[t.device].synchronize()
 
 
 def load(path: str | os.PathLike, device: str | None = None, dtype: str | DType | None = None) -> Transformer:

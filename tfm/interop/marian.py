@@ -145,7 +145,7 @@ def convert_marian(folder: str | os.PathLike) -> Conversion:
   raw = read_config(folder)
   hf = {**DEFAULTS, **raw}
   path = _checkpoint_file(folder)
-  _, arrays, _ = weights.read_arrays(path, "Marian checkpoint")
+  arrays = dict(weights.read_arrays(path, "Marian checkpoint")[1])   # read once; mapped tensors are taken out of it
   conv = Conversion(marian_config(hf, output_bias="final_logits_bias" in arrays), "transformer", {},
                     generation_config=read_generation_config(folder, raw))
   config = conv.config

@@ -41,7 +41,7 @@ def read_state_dict(source: str | os.PathLike | dict[str, Any]) -> dict[str, np.
   """A state dict as float32 arrays: a dict of tensors/arrays, a .safetensors file, or a torch.save file (needs torch)."""
   if isinstance(source, dict): return {k: as_numpy(v).astype(np.float32) for k, v in source.items()}
   path = os.fspath(source)
-  if path.endswith(".safetensors"): return weights.read_arrays(path, "state dict file")[1]
+  if path.endswith(".safetensors"): return dict(weights.read_arrays(path, "state dict file")[1])
   if os.path.isdir(path): raise WeightsError(f"{path} is a directory; give a state dict file (.pt, .pth or .safetensors)")
   if not os.path.exists(path): raise WeightsError(f"state dict file {path} does not exist; check the path")
   try:

@@ -1,5 +1,5 @@
 """Every backend that runs here computes what the float64 oracle computes: the logits of a forward pass, a training
-step's loss and gradients, greedy decoding, and float16 logits where the device supports float16.
+step's loss and gradients, greedy decoding, and float16 logits and greedy decoding where the device supports float16.
 
 Parametrised over every backend tfm knows; those that do not run here are skipped with the probe's reason. The fast
 backends use the tiny config (the numerical contract is stated on it); the Python emulator, which interprets each
@@ -91,16 +91,23 @@ def finite_difference(subject: compare.Subject, name: str, index: tuple[int, ...
   return (up - oracle_loss(arrays, subject)) / (2 * eps)
 
 
-def oracle_greedy(subject: compare.Subject, steps: int) -> tuple[np.ndarray, np.ndarray]:
+def oracle_greedy(subject: compare.Subject, steps: int, arrays: dict[str, np.ndarray] | None = None,
+                  margins: list | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Greedy decoding with the oracle: ids (argmax of the last position, finished rows padded, cut to the longest row)
-  and scores (mean log-probability of each row's tokens, eos counted), as tfm.generate returns them."""
+  and scores (mean log-probability of each row's tokens, eos counted), as tfm.generate returns them.
+
+  `arrays` replaces the subject's weights (float16-rounded ones, say); `margins` collects each step's smallest gap
+  between the best and the second-best logit of the rows still decoding: how far a backend may stray and still agree."""
   c = subject.config
-  ref = Reference(subject.arrays, c.to_dict())
+  ref = Reference(subject.arrays if arrays is None else arrays, c.to_dict())
   rows = subject.src.shape[0]
   tgt, done = np.full((rows, 1), c.start_id), np.zeros(rows, bool)
   total, length = np.zeros(rows), np.zeros(rows)
   for _ in range(steps):
     logits = ref.logits(subject.src, tgt)[:, -1]
+    if margins is not None:
+      top2 = np.sort(logits, -1)[:, -2:]
+      margins.append(float((top2[:, 1] - top2[:, 0])[~done].min()))
     logp = logits - logits.max(-1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
     best = logits.argmax(-1)
@@ -206,3 +213,18 @@ def test_float16_logits_match_the_oracle_where_supported(name, probed, cache):
   s, m = subject_for(name), model(cache, info, "float16")
   with backends.use(info): logits = m(s.src, s.tgt).numpy().astype(np.float64)
   assert np.abs(logits - compare.oracle(s, "float16")["logits"]).max() <= TOLERANCE["float16"]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_float16_greedy_decoding_is_the_oracles_where_supported(name, probed, cache):
+  info = running(name, probed)
+  if (why := dtype_unsupported(info, "float16")) is not None: pytest.skip(f"float16 unsupported on {name}: {why}")
+  s, margins = subject_for(name), []
+  rounded = {k: v.astype(np.float16).astype(np.float64) for k, v in s.arrays.items()}
+  expected_ids, expected_scores = oracle_greedy(s, GREEDY_LEN, rounded, margins)
+  # a float16 backend may be off by the tolerance in every logit: each choice must be clear by more than twice that
+  assert min(margins) > 2 * TOLERANCE["float16"], margins
+  with backends.use(info): ids, scores = generate(model(cache, info, "float16"), s.src, beam_size=1, max_len=GREEDY_LEN,
+                                                  return_scores=True)
+  np.testing.assert_array_equal(ids, expected_ids)
+  np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=TOLERANCE["float16"])

@@ -25,7 +25,7 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tenso
   """softmax(Q K^T / sqrt(d_k)) over the keys: (B, H, Tq, hd) x (B, H, Tk, hd) -> (B, H, Tq, Tk)."""
   scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
   if mask is not None: scores = mask.where(scores, -math.inf) if mask.dtype == dtypes.bool else scores + mask
-  return scores.softmax(-1)
+  return scores.float().softmax(-1).cast(q.dtype)   # in float32 whatever the dtype, as LayerNorm (tfm/layers.py)
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -73,11 +73,11 @@ def attend_normalised_late(q: Tensor, k: Tensor, v1: Tensor, mask: Tensor | None
   fewer than normalising the weights first. Equal to `scaled_dot_product_attention(q, k, v1[..., :-1], mask)`."""
   scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
   if mask is not None: scores = mask.where(scores, -math.inf) if mask.dtype == dtypes.bool else scores + mask
-  # the max in float32 is exact, and tinygrad 0.14 cannot compile a float16 max reduction where it emulates float16
-  # (CPU:LLVM on Linux); the exponentials get their own kernel: fused into the weighted sum, each would be recomputed
-  # per value column
-  top = scores.float().max(-1, keepdim=True).cast(scores.dtype)
-  out = (scores - top).exp().contiguous() @ v1
+  # the softmax in float32 whatever the dtype, as in attention_weights (and tinygrad 0.14 cannot compile a float16
+  # max where it emulates float16: CPU:LLVM on Linux); the exponentials get their own kernel: fused into the weighted
+  # sum, each would be recomputed per value column
+  scores = scores.float()
+  out = (scores - scores.max(-1, keepdim=True)).exp().cast(v1.dtype).contiguous() @ v1
   return out[..., :-1] / out[..., -1:]
 
 

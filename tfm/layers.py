@@ -7,7 +7,8 @@ from typing import Callable
 
 import numpy as np
 from tinygrad import Tensor
-from tinygrad.nn import LayerNorm, Linear
+from tinygrad import nn
+from tinygrad.nn import Linear
 
 from tfm.attention import KVCache, MultiHeadAttention
 from tfm.config import TransformerConfig
@@ -57,14 +58,22 @@ class FeedForward:
     return self.fc2(h)
 
 
+class LayerNorm(nn.LayerNorm):
+  """Layer normalisation (the Norm of 3.1's Add & Norm) computed in float32 whatever the model's dtype, then cast
+  back: in float16 a mean, a variance and the affine step in half precision lose more than the tolerance, which is
+  why mixed-precision frameworks keep normalisation in float32 too. For a float32 model nothing changes."""
+
+  def __call__(self, x: Tensor) -> Tensor: return super().__call__(x.float()).cast(x.dtype)
+
+
 def layer_norm_one_pass(norm: LayerNorm, x: Tensor) -> Tensor:
-  """norm(x) with mean and variance from one reduction (E[x] and E[x^2], in float32): a kernel fewer per norm,
+  """norm(x) with mean and variance from one reduction (E[x] and E[x^2], in float32 as LayerNorm): a kernel fewer per norm,
   which is what a decode step's latency is made of. Agrees with LayerNorm to float32 rounding for activations whose
   mean is not many standard deviations from zero, as a residual stream's is not."""
   xf = x.float()
   stats = Tensor.stack(xf, xf * xf).mean(-1, keepdim=True)
   mean, var = stats[0], stats[1] - stats[0] * stats[0]
-  return ((xf - mean) * (var + norm.eps).rsqrt()).cast(x.dtype) * norm.weight + norm.bias
+  return ((xf - mean) * (var + norm.eps).rsqrt() * norm.weight.float() + norm.bias.float()).cast(x.dtype)
 
 
 def add_and_norm(x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: LayerNorm, norm_first: bool, dropout: float) -> Tensor:

@@ -19,10 +19,17 @@ renderer for that device; `use` is what makes "CPU:LLVM", "CPU:X86" and "CUDA:PT
 it always. Kernels a TinyJit captured inside `use` keep their renderer when replayed outside it.
 `backends.kernels` renders kernels for any language without the hardware, and compiles CUDA with NVRTC.
 """
+import os
+
 from backends import kernels
 from backends.probe import available, probe
 from backends.registry import BACKENDS, COMPILE_ONLY, NAMES, RUNS, UNAVAILABLE, BackendInfo, format_table, lookup
 from backends.select import AUTO_ORDER, BackendUnavailable, select, use
+
+# PoCL (the OpenCL of CPU-only Linux machines) prints "1 warning generated." for many of tinygrad's generated kernels
+# the first time it compiles them: hundreds of lines that no user can act on. -w silences its compiler's warnings
+# (errors still surface); a value the user set is kept. PoCL reads it at each build, so setting it here is in time.
+os.environ.setdefault("POCL_EXTRA_BUILD_FLAGS", "-w")
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "COMPILE_ONLY", "NAMES", "RUNS", "UNAVAILABLE", "BackendInfo", "BackendUnavailable",
            "available", "format_table", "kernels", "lookup", "probe", "select", "use"]

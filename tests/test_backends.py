@@ -1,6 +1,6 @@
 """backends: the registry, the probes on this machine, and selection (with simulated probes)."""
 from __future__ import annotations
-import ctypes.util, importlib, sys, time, warnings
+import ctypes.util, importlib, os, subprocess, sys, time, warnings
 import pytest
 import backends
 from backends import RUNS, COMPILE_ONLY, UNAVAILABLE, BackendInfo, BackendUnavailable
@@ -164,3 +164,18 @@ def test_use_compiles_with_the_targets_renderer():
     assert chosen.device_name == "CPU" and isinstance(Device[chosen.device_name].renderer, CPULLVMRenderer)
     assert (Tensor([1.0, 2.0], device=chosen.device_name) * 3).tolist() == [3.0, 6.0]
   assert not isinstance(Device["CPU"].renderer, CPULLVMRenderer)
+
+
+# ---------------------------------------------------------------- OpenCL output
+
+def test_a_first_opencl_compile_prints_no_compiler_warnings(tmp_path):
+  cl = backends.probe("CL")
+  if not cl.runs: pytest.skip(f"CL does not run here ({cl.status}: {cl.reason})")
+  # fresh kernel caches, so that every kernel of a tiny forward pass is compiled by the OpenCL driver in this run
+  env = {**os.environ, "POCL_CACHE_DIR": str(tmp_path / "pocl"), "CACHEDB": str(tmp_path / "cache.db")}
+  env.pop("POCL_EXTRA_BUILD_FLAGS", None)
+  code = ("import numpy as np, tfm; m = tfm.Transformer(tfm.TransformerConfig.preset('tiny'), device='CL'); "
+          "print(m(np.array([[5, 6, 7, 2]]), np.array([[1, 5]])).shape)")
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0 and out.stdout.strip() == "(1, 2, 64)", out.stderr
+  assert "warning" not in out.stderr, out.stderr[:500]

@@ -45,7 +45,7 @@ def run(args) -> list[dict]:
       print_rows(torch_rows, COLUMNS, header=False)
     params = list({id(p): p for p in model.parameters()}.values())
     with model.on_device():
-      opt = Adam(params, lr=LR, b1=BETAS[0], b2=BETAS[1], eps=EPS)
+      opt = Adam(params, lr=LR, b1=BETAS[0], b2=BETAS[1], eps=EPS, fused=True)   # as tfm.train.Trainer does
       s, ti, y = (Tensor(a.astype(np.int32), device=model.device) for a in (src, tgt_in, labels))
     losses: list[float] = []
 

@@ -173,7 +173,8 @@ class Trainer:
     self.rng = np.random.default_rng(self.options.seed)
     self.model = Transformer(self.config, device=device)
     self.params = _unique(self.model.parameters())
-    self.opt = Adam(self.params, lr=0.0, b1=0.9, b2=0.98, eps=1e-9)
+    # fused: the update of every parameter in one buffer, a few kernels instead of a few per parameter
+    self.opt = Adam(self.params, lr=0.0, b1=0.9, b2=0.98, eps=1e-9, fused=True)
     self.step = self.tokens = 0
     self.losses: list[float] = []  # the loss of every step so far, before that step's update
     self._jit_step = TinyJit(self._train_step)
@@ -239,10 +240,7 @@ class Trainer:
     try:
       os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes the folder private; a checkpoint gets the permissions mkdir gives
       weights.save(self.model, os.path.join(tmp, "model.safetensors"))
-      opt_state = {"b1_t": self.opt.b1_t, "b2_t": self.opt.b2_t,
-                   **{f"m.{i}": t for i, t in enumerate(self.opt.m)}, **{f"v.{i}": t for i, t in enumerate(self.opt.v)}}
-      save_file({k: t.numpy() for k, t in opt_state.items()}, os.path.join(tmp, "optimizer.safetensors"),
-                metadata=self.state_metadata())
+      save_file(self.optimizer_state(), os.path.join(tmp, "optimizer.safetensors"), metadata=self.state_metadata())
       self.tokenizer.save(os.path.join(tmp, "vocab.json"))
       if os.path.exists(final): shutil.rmtree(final)
       os.replace(tmp, final)
@@ -253,6 +251,26 @@ class Trainer:
     weights.atomic_write(os.path.join(self.out, "latest"), lambda p: Path(p).write_text(name + "\n"))
     if previous is not None and os.path.basename(previous) != name: shutil.rmtree(previous, ignore_errors=True)
     return final
+
+  def optimizer_state(self) -> dict[str, np.ndarray]:
+    """Adam's state as a checkpoint stores it: b1_t, b2_t and each parameter's moments m.i and v.i in its own shape
+    (the fused optimizer holds them as two flat buffers; the file keeps one tensor per parameter)."""
+    pos, state = self.opt.pos_params, {"b1_t": self.opt.b1_t.numpy(), "b2_t": self.opt.b2_t.numpy()}
+    for name, flat in (("m", self.opt.m[0].numpy()), ("v", self.opt.v[0].numpy())):
+      for i, p in enumerate(self.params): state[f"{name}.{i}"] = flat[pos[i]:pos[i + 1]].reshape(p.shape)
+    return state
+
+  def restore_optimizer(self, arrays: dict[str, np.ndarray]) -> None:
+    """The inverse of optimizer_state."""
+    names = ["b1_t", "b2_t", *(f"{m}.{i}" for m in "mv" for i in range(len(self.params)))]
+    if missing := [n for n in names if n not in arrays]:
+      raise WeightsError(f"the checkpoint's optimizer state lacks {', '.join(missing[:5])}: it is not from this model's trainer")
+    flat = {m: np.concatenate([arrays[f"{m}.{i}"].reshape(-1) for i in range(len(self.params))]) for m in "mv"}
+    for t, value in ((self.opt.b1_t, arrays["b1_t"]), (self.opt.b2_t, arrays["b2_t"]), (self.opt.m[0], flat["m"]), (self.opt.v[0], flat["v"])):
+      if value.size != t.numel():
+        raise WeightsError(f"the checkpoint's optimizer state holds {value.size} numbers where the model has {t.numel()}: "
+                           f"it is not from this model's trainer")
+      t.assign(Tensor(value.reshape(t.shape), device=t.device, dtype=t.dtype)).realize()
 
   @staticmethod
   def latest_checkpoint(out: str) -> str | None:
@@ -269,10 +287,7 @@ class Trainer:
     if meta.get("task") != self.task.name:
       raise ConfigError(f"checkpoint {path} trains task {meta.get('task')!r}, not {self.task.name!r}; resume with --task {meta.get('task')}")
     weights.load_into(self.model, os.path.join(path, "model.safetensors"))
-    arrays = load_file(opt_path)
-    for k, t in {"b1_t": self.opt.b1_t, "b2_t": self.opt.b2_t, **{f"m.{i}": t for i, t in enumerate(self.opt.m)},
-                 **{f"v.{i}": t for i, t in enumerate(self.opt.v)}}.items():
-      t.assign(Tensor(arrays[k], device=t.device, dtype=t.dtype)).realize()
+    self.restore_optimizer(load_file(opt_path))
     self.step, self.losses = int(meta["step"]), json.loads(meta["losses"])
     rng = json.loads(meta["rng"])
     Tensor._seed = rng["seed"]

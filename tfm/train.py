@@ -316,7 +316,7 @@ class Trainer:
     show = self.progress if self.progress is not None else sys.stderr.isatty()
     bar = tqdm(total=o.steps, desc="train", disable=not show)
     bar.update(self.step)
-    t0, tokens0, first = time.perf_counter(), self.tokens, self.step
+    t0, tokens0, first, scores = time.perf_counter(), self.tokens, self.step, None
     while self.step < o.steps:
       loss = self.train_step()
       rate = (self.tokens - tokens0) / (time.perf_counter() - t0)
@@ -334,4 +334,4 @@ class Trainer:
     if self.out is not None:
       weights.save(self.model, os.path.join(self.out, "model.safetensors"))
       self.tokenizer.save(os.path.join(self.out, "vocab.json"))
-    return self.evaluate()
+    return self.evaluate() if scores is None else scores   # the loop evaluates its last step

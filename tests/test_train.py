@@ -164,3 +164,13 @@ def test_bad_options_are_named():
 def test_resume_without_a_checkpoint_says_so(tmp_path):
   with pytest.raises(WeightsError, match="no checkpoint in"): Trainer.resume(str(tmp_path))
   assert cli.main(["train", "--resume", "--out", str(tmp_path), "--task", "copy"]) == 2
+
+
+def test_a_checkpoint_of_another_model_is_refused_by_name(learned):
+  trainer, _ = learned
+  state = trainer.optimizer_state()
+  assert len(state) == 2 + 2 * len(trainer.params) and state["m.0"].shape == trainer.params[0].shape
+  with pytest.raises(WeightsError, match=r"optimizer state v.3 is missing, parameter 3 has shape"):
+    trainer.restore_optimizer({k: v for k, v in state.items() if k != "v.3"})
+  with pytest.raises(WeightsError, match=r"optimizer state m.0 is of shape \(1, \d+\)"):
+    trainer.restore_optimizer({**state, "m.0": state["m.0"].reshape(1, -1)})

@@ -6,8 +6,7 @@ import functools
 from typing import Callable
 
 import numpy as np
-from tinygrad import Tensor
-from tinygrad import nn
+from tinygrad import Tensor, nn
 from tinygrad.nn import Linear
 
 from tfm.attention import KVCache, MultiHeadAttention

@@ -261,15 +261,15 @@ class Trainer:
     return state
 
   def restore_optimizer(self, arrays: dict[str, np.ndarray]) -> None:
-    """The inverse of optimizer_state."""
-    names = ["b1_t", "b2_t", *(f"{m}.{i}" for m in "mv" for i in range(len(self.params)))]
-    if missing := [n for n in names if n not in arrays]:
-      raise WeightsError(f"the checkpoint's optimizer state lacks {', '.join(missing[:5])}: it is not from this model's trainer")
+    """The inverse of optimizer_state; a state of another model (a name missing, a shape that differs) is refused."""
+    for i, p in enumerate(self.params):
+      for name in (f"m.{i}", f"v.{i}"):
+        if name not in arrays or arrays[name].shape != p.shape:
+          got = "missing" if name not in arrays else f"of shape {arrays[name].shape}"
+          raise WeightsError(f"the checkpoint's optimizer state {name} is {got}, parameter {i} has shape {p.shape}: "
+                             f"the checkpoint is not from this model's trainer")
     flat = {m: np.concatenate([arrays[f"{m}.{i}"].reshape(-1) for i in range(len(self.params))]) for m in "mv"}
     for t, value in ((self.opt.b1_t, arrays["b1_t"]), (self.opt.b2_t, arrays["b2_t"]), (self.opt.m[0], flat["m"]), (self.opt.v[0], flat["v"])):
-      if value.size != t.numel():
-        raise WeightsError(f"the checkpoint's optimizer state holds {value.size} numbers where the model has {t.numel()}: "
-                           f"it is not from this model's trainer")
       t.assign(Tensor(value.reshape(t.shape), device=t.device, dtype=t.dtype)).realize()
 
   @staticmethod

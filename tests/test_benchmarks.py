@@ -1,6 +1,8 @@
-"""Smoke tests of the benchmarks (tiny model, one repetition: no timings are asserted) and of the tuned-kernel lookup."""
+"""Smoke tests of the benchmarks (tiny model, one repetition: no timings are asserted) and of the tuned-kernel lookup.
+The PyTorch side runs where torch is installed (the `bench` extra); everything else runs without it."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import sqlite3
 
@@ -14,7 +16,8 @@ from benchmarks.__main__ import main as bench_main
 from tfm import tune
 from tfm.cli import main as cli_main
 
-torch = pytest.importorskip("torch")
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is not installed: pip install -e '.[bench]'")
 TINY = dict(common.CONFIGS["tiny"], n_encoder_layers=1, n_decoder_layers=1)  # every kernel kind, half the compiling
 
 
@@ -28,10 +31,11 @@ def results(tmp_path_factory):
     for bench in ("forward", "train"):
       paths[bench] = out / f"{bench}.json"
       assert bench_main(["--json", str(paths[bench]), bench, "--config", "tiny", "--backends", "CPU",
-                         "--batch", "2", "--length", "8", "--reps", "1"]) == 0
+                         "--batch", "2", "--length", "8", "--reps", "1", *([] if HAVE_TORCH else ["--no-torch"])]) == 0
   return {bench: json.loads(path.read_text()) for bench, path in paths.items()}, paths
 
 
+@needs_torch
 def test_forward_rows_compare_tfm_eager_and_jit_with_torch(results, capsys):
   rows = results[0]["forward"]
   assert [(r["backend"], r["mode"]) for r in rows if not r["backend"].startswith("torch")] == [("CPU", "eager"), ("CPU", "jit")]
@@ -43,10 +47,25 @@ def test_forward_rows_compare_tfm_eager_and_jit_with_torch(results, capsys):
       assert r["kernels"] > 0 and r["command"].startswith("python -m benchmarks")
 
 
+@needs_torch
 def test_train_rows_report_matching_losses(results):
   (row,) = [r for r in results[0]["train"] if r["backend"] == "CPU"]
   assert row["mode"] == "jit" and row["kernels"] > 0
   assert row["max_abs_diff"] < 1e-4  # Adam steps from the same weights give the same losses
+
+
+def test_memory_rows_measure_a_load_of_the_model(tmp_path):
+  path = tmp_path / "memory.json"
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(common.CONFIGS, "tiny", TINY)
+    assert bench_main(["--json", str(path), "memory", "--config", "tiny", "--backends", "CPU"]) == 0
+  (row,) = json.loads(path.read_text())
+  cfg = common.config("tiny")
+  d, v, ff = cfg.d_model, cfg.vocab_size, cfg.d_ff
+  # one encoder and one decoder layer, tied embeddings: what tfm.load put on the device, in MiB
+  params = v * d + (4 * (d * d + d) + d * ff + ff + ff * d + d + 4 * d) + (8 * (d * d + d) + d * ff + ff + ff * d + d + 6 * d)
+  assert row["weights_mb"] == pytest.approx(params * 4 / 2**20)
+  assert row["peak_mb"] > 0 and row["peak_ratio"] == pytest.approx(row["peak_mb"] / row["weights_mb"])
 
 
 def test_printed_table_has_the_columns(capsys):

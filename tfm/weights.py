@@ -109,8 +109,8 @@ _STORED = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}   # numpy dt
 
 
 class StoredArrays(Mapping[str, np.ndarray]):
-  """The tensors of a safetensors file, each read from the file when it is asked for: float32 arrays, or with
-  `raw=True` the stored values (BF16 as its uint16 bit patterns, for the checksum). Read only files that safetensors
+  """The tensors of a safetensors file, each read from the file when it is asked for: float32 arrays, or through
+  `stored()` the values as stored (BF16 as its uint16 bit patterns, for the checksum). Read only files that safetensors
   has checked (read_arrays does); one replaced or changed since this opened it is refused, never read half old, half new."""
 
   def __init__(self, path: str):
@@ -136,7 +136,8 @@ class StoredArrays(Mapping[str, np.ndarray]):
       if (st.st_ino, st.st_size, st.st_mtime_ns) != self.stamp:
         raise WeightsError(f"{self.path} changed while it was being read; load it again once it is written")
       f.seek(self.start + begin)
-      a = np.fromfile(f, _STORED[entry["dtype"]], (end - begin) // np.dtype(_STORED[entry["dtype"]]).itemsize)
+      dtype = np.dtype(_STORED[entry["dtype"]])
+      a = np.fromfile(f, dtype, (end - begin) // dtype.itemsize)
     a = a.reshape(entry["shape"])
     if self.raw: return a
     return _widen_bfloat16(a) if entry["dtype"] == "BF16" else a.astype(np.float32, copy=False)

@@ -25,7 +25,9 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tenso
   """softmax(Q K^T / sqrt(d_k)) over the keys: (B, H, Tq, hd) x (B, H, Tk, hd) -> (B, H, Tq, Tk)."""
   scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
   if mask is not None: scores = mask.where(scores, -math.inf) if mask.dtype == dtypes.bool else scores + mask
-  return scores.float().softmax(-1).cast(q.dtype)   # in float32 whatever the dtype, as LayerNorm (tfm/layers.py)
+  # in float32 whatever the dtype, as LayerNorm (tfm/layers.py); contiguous, else tinygrad fuses the softmax into
+  # `weights @ v` and recomputes each exponential once per value column (docs/PERFORMANCE.md)
+  return scores.float().softmax(-1).cast(q.dtype).contiguous()
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 from tinygrad import Context, GlobalCounters, Tensor, TinyJit
-from tinygrad.nn.optim import Adam
 from tinygrad.nn.state import get_state_dict
 
 from benchmarks.common import add_common, config, load_average, measure, print_rows, ratio, torch_or_none, torch_thread_counts
 from benchmarks.forward import copy_weights, inputs, tuned_label
 from tfm.model import Transformer
+from tfm.train import FlatAdam
 
 COLUMNS = ["bench", "config", "shape", "backend", "mode", "first_s", "median_ms", "torch_ms", "ratio", "cpu_ms", "cpu_ratio",
            "max_abs_diff", "kernels", "gflops", "cores", "load"]
@@ -45,7 +45,7 @@ def run(args) -> list[dict]:
       print_rows(torch_rows, COLUMNS, header=False)
     params = list({id(p): p for p in model.parameters()}.values())
     with model.on_device():
-      opt = Adam(params, lr=LR, b1=BETAS[0], b2=BETAS[1], eps=EPS, fused=True)   # as tfm.train.Trainer does
+      opt = FlatAdam(params, lr=LR, b1=BETAS[0], b2=BETAS[1], eps=EPS)   # as tfm.train.Trainer does
       s, ti, y = (Tensor(a.astype(np.int32), device=model.device) for a in (src, tgt_in, labels))
     losses: list[float] = []
 

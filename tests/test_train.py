@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tinygrad import Tensor
+from tinygrad import Context, Tensor
 
 import backends
 import tfm
@@ -15,6 +15,7 @@ from tfm.config import PRESETS
 from tfm.errors import ConfigError, InputError, WeightsError
 from tfm.tasks import get_task
 from tfm.tokenizer import CharTokenizer
+from tfm.linear import Linear, _matmul_wt_gradient
 from tfm.train import Trainer, TrainOptions, encode_batch, evaluate, loss, noam_lr, resolve_config
 
 ASSETS = Path(tfm.__file__).parent / "assets"
@@ -113,6 +114,42 @@ def test_a_training_step_agrees_on_cpu_and_cl():
   for name, g in cpu_grads.items():
     assert np.abs(g).max() > 0 or "bias" in name, name
     np.testing.assert_allclose(cl_grads[name], g, atol=1e-5, rtol=1e-4, err_msg=name)
+
+
+def test_linear_trains_with_its_own_gradient_and_it_is_the_matmul_gradient():
+  rng = np.random.default_rng(0)
+  x, w, b, g = (rng.standard_normal(shape).astype(np.float32) for shape in ((2, 5, 8), (6, 8), (6,), (2, 5, 6)))
+  layer = Linear(8, 6)
+  layer.weight, layer.bias = Tensor(w, device="CPU"), Tensor(b, device="CPU")
+  xt = Tensor(x, device="CPU")
+  with Context(TRAINING=1):
+    y = layer(xt)
+    # under training the product is the function whose gradient tfm.linear writes; outside it, tinygrad's Linear
+    assert any(getattr(u.arg, "grad_fxn", None) is _matmul_wt_gradient for u in y.uop.toposort())
+    dx, dw, db = y.gradient(xt, layer.weight, layer.bias, gradient=Tensor(g, device="CPU"))
+  assert not any(getattr(u.arg, "grad_fxn", None) is _matmul_wt_gradient for u in layer(xt).uop.toposort())
+  np.testing.assert_allclose(y.numpy(), x @ w.T + b, rtol=1e-5, atol=1e-5)
+  g2, x2 = g.reshape(-1, 6).astype(np.float64), x.reshape(-1, 8).astype(np.float64)
+  np.testing.assert_allclose(dw.numpy(), g2.T @ x2, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dx.numpy(), (g2 @ w).reshape(x.shape), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(db.numpy(), g2.sum(0), rtol=1e-5, atol=1e-5)
+
+
+def test_training_gradients_are_autograds():
+  # the whole loss: gradients under training (tfm.linear's function, as the trainer's step runs) against tinygrad's own
+  # autograd of the same graph outside training (dropout is 0, so the two forward passes are the same)
+  trainer = Trainer("reverse", TINY, OPTIONS, device="CPU", progress=False)
+  params = tfm.weights.unique_state(trainer.model)
+  batch = [Tensor(a, device="CPU") for a in trainer.next_batch()]
+  grads = {}
+  for training in (1, 0):
+    with Context(TRAINING=training):
+      found = trainer.loss(*batch).gradient(*params.values())
+      Tensor.realize(*found)  # one schedule for them all
+      grads[training] = [g.numpy() for g in found]
+  for name, ours, autograd in zip(params, grads[1], grads[0], strict=True):
+    assert np.abs(autograd).max() > 0 or "bias" in name, name
+    np.testing.assert_allclose(ours, autograd, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def test_bundled_model_is_accurate_on_held_out_dates():

@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 
 from tinygrad import Tensor, dtypes
-from tinygrad.nn import Linear
+
+from tfm.linear import Linear
 
 
 def padding_mask(ids: Tensor, pad_id: int) -> Tensor:

@@ -7,10 +7,10 @@ from typing import Callable
 
 import numpy as np
 from tinygrad import Tensor, nn
-from tinygrad.nn import Linear
 
 from tfm.attention import KVCache, MultiHeadAttention
 from tfm.config import TransformerConfig
+from tfm.linear import Linear
 
 
 def sinusoid_table(length: int, d_model: int, layout: str = "interleaved") -> np.ndarray:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from tinygrad import Context, Device, Tensor, dtypes
 from tinygrad.helpers import TRAINING
-from tinygrad.nn import Embedding, Linear
+from tinygrad.nn import Embedding
 from tinygrad.nn.state import get_parameters, get_state_dict
 
 import backends
@@ -20,6 +20,7 @@ from tfm.attention import KVCache, causal_mask, padding_mask, with_ones
 from tfm.config import TransformerConfig
 from tfm.errors import BackendError, InputError
 from tfm.layers import DecoderLayer, EncoderLayer, LayerNorm, PositionalEncoding, layer_norm_one_pass
+from tfm.linear import Linear
 from tfm.tune import tuned_settings
 
 

@@ -13,9 +13,9 @@ import tfm
 from tfm import cli
 from tfm.config import PRESETS
 from tfm.errors import ConfigError, InputError, WeightsError
+from tfm.linear import Linear, _matmul_wt_gradient
 from tfm.tasks import get_task
 from tfm.tokenizer import CharTokenizer
-from tfm.linear import Linear, _matmul_wt_gradient
 from tfm.train import Trainer, TrainOptions, encode_batch, evaluate, loss, noam_lr, resolve_config
 
 ASSETS = Path(tfm.__file__).parent / "assets"

@@ -1,33 +1,84 @@
 """Is a backend usable here? Each probe runs a real kernel in a subprocess with a timeout.
 
 A hanging or crashing driver takes down only its subprocess. `available()` probes every backend at once, one thread
-per subprocess, so it costs about the slowest probe; results are cached for the life of the process.
+per subprocess, so it costs about the slowest probe (seconds: a Python start and a kernel compile each). Results are
+kept for the life of the process and on disk (probes.json in tfm's cache folder, `backends.machine`) for a day, under a
+fingerprint of what they depend on (Python, tinygrad, the compiler and driver files, the environment variables that
+locate them): a new process reuses them instead of probing again, and installing a driver or compiler changes the
+fingerprint. Timeouts and crashes, which can be passing, are not kept. `available(fresh=True)` probes anew.
 Timeouts default to 60 s ($TFM_PROBE_TIMEOUT). `main(NAME)` is the subprocess itself: it prints one line, `TFM_PROBE {json}`.
 """
 from __future__ import annotations
-import json, os, platform, shutil, subprocess, sys
+import dataclasses, hashlib, json, os, platform, shutil, subprocess, sys, tempfile, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from backends.kernels import NVRTC_PIP, nvidia_lib_dir
+from backends.machine import _drivers, _stat, cache_dir, cache_enabled
 from backends.registry import BACKENDS, COMPILE_ONLY, RUNS, UNAVAILABLE, Backend, BackendInfo, lookup
 
 # generous: a probe is one import and one tiny kernel (1-2 s idle), but a machine busy compiling can take far longer,
 # and a probe that times out marks a working backend unavailable for the whole process. TFM_PROBE_TIMEOUT overrides.
 TIMEOUT = float(os.environ.get("TFM_PROBE_TIMEOUT", "60"))
 _MARK = "TFM_PROBE "
+KEPT_FOR = 24 * 3600   # seconds a saved probe result is trusted
 _results: dict[str, BackendInfo] = {}
+_saving = threading.Lock()
 
 
-def probe(name: str, timeout: float = TIMEOUT) -> BackendInfo:
-  """Probe one backend (cached per process): does a small matmul on it give the right number?"""
+def probe(name: str, timeout: float = TIMEOUT, fresh: bool = False) -> BackendInfo:
+  """Probe one backend (kept per process and on disk, see the module doc): does a small matmul on it give the right
+  number? fresh=True probes again whatever was kept."""
   b = lookup(name)
-  if b.name not in _results: _results[b.name] = _probe_subprocess(b, timeout)
+  if fresh or b.name not in _results:
+    saved = None if fresh else _saved().get(b.name)
+    _results[b.name] = BackendInfo(**{k: v for k, v in saved.items() if k != "at"}) if saved else _save(_probe_subprocess(b, timeout))
   return _results[b.name]
 
 
-def available(timeout: float = TIMEOUT) -> list[BackendInfo]:
-  """Every backend in registry order, probed in parallel."""
-  with ThreadPoolExecutor(len(BACKENDS)) as pool: return list(pool.map(lambda b: probe(b.name, timeout), BACKENDS))
+def available(timeout: float = TIMEOUT, fresh: bool = False) -> list[BackendInfo]:
+  """Every backend in registry order, probed in parallel (fresh=True: probed again, nothing kept is reused)."""
+  with ThreadPoolExecutor(len(BACKENDS)) as pool: return list(pool.map(lambda b: probe(b.name, timeout, fresh), BACKENDS))
+
+
+# ---------------------------------------------------------------- results kept on disk
+
+def saved_path() -> Path: return cache_dir() / "probes.json"
+
+
+def _environment() -> str:
+  """A fingerprint of what probe results depend on; a saved result under another one is not used."""
+  from importlib.metadata import version
+  env = {k: os.environ.get(k) for k in ("PATH", "LD_LIBRARY_PATH", "CC", "LLVM_PATH", "OCL_ICD_VENDORS", "OCL_ICD_FILENAMES",
+                                        "CUDA_PATH", "NVRTC_PATH", "WEBGPU_PATH", "DEV")}
+  facts = {"python": sys.executable, "tinygrad": version("tinygrad"), "env": env,
+           "drivers": {kind: _drivers(kind) for kind in ("CPU", "CL", "CUDA")},
+           "devices": [os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/kfd")], "nvrtc": _stat(str(nvidia_lib_dir() or ""))}
+  return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def _saved() -> dict[str, dict]:
+  """{backend: BackendInfo fields} saved under this environment's fingerprint and not older than KEPT_FOR."""
+  if not cache_enabled(): return {}
+  try: data = json.loads(saved_path().read_text(encoding="utf-8"))
+  except (OSError, ValueError): return {}
+  if not isinstance(data, dict) or data.get("environment") != _environment() or not isinstance(data.get("results"), dict): return {}
+  fields = {f.name for f in dataclasses.fields(BackendInfo)}
+  return {name: r for name, r in data["results"].items()
+          if isinstance(r, dict) and set(r) == fields | {"at"} and time.time() - r["at"] < KEPT_FOR}
+
+
+def _save(info: BackendInfo) -> BackendInfo:
+  """Keep a result on disk unless it may be passing (a timeout, a crash); written atomically. Returns info."""
+  if not cache_enabled() or "timed out" in info.reason or "probe crashed" in info.reason: return info
+  with _saving:
+    results = {**_saved(), info.name: {**dataclasses.asdict(info), "at": time.time()}}
+    try:
+      saved_path().parent.mkdir(parents=True, exist_ok=True)
+      fd, tmp = tempfile.mkstemp(dir=saved_path().parent, prefix=".probes-", suffix=".json")
+      with os.fdopen(fd, "w", encoding="utf-8") as f: json.dump({"environment": _environment(), "results": results}, f, indent=1)
+      os.replace(tmp, saved_path())
+    except OSError: pass   # a read-only or full cache folder: the next process probes again
+  return info
 
 
 def _command(b: Backend) -> list[str]:

@@ -7,7 +7,8 @@ import importlib
 import json
 import os
 import sys
-import tempfile
+
+from tfm.files import write_text
 
 BENCHMARKS = ("forward", "train", "decode", "memory")
 
@@ -33,13 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_json(path: str, rows: list[dict]) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f: json.dump(rows, f, indent=1)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp): os.unlink(tmp)
-    raise
+  write_text(path, json.dumps(rows, indent=1))
 
 
 def main(argv: list[str] | None = None) -> int:

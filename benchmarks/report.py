@@ -14,7 +14,8 @@ import json
 import os
 import platform
 import sys
-import tempfile
+
+from tfm.files import write_text
 
 START, END = "<!-- measured:start -->", "<!-- measured:end -->"
 COLUMNS = ["config", "shape", "backend", "mode", "first_s", "median_ms", "ratio", "cpu_ms", "cpu_ratio", "max_abs_diff",
@@ -75,13 +76,7 @@ def update(doc: str, section: str) -> None:
       text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
     else: text = text.rstrip("\n") + "\n\n" + section + "\n"
   else: text = "# Performance\n\n" + section + "\n"
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(doc)), prefix=".tmp-", suffix=".md")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f: f.write(text)
-    os.replace(tmp, doc)
-  except BaseException:
-    if os.path.exists(tmp): os.unlink(tmp)
-    raise
+  write_text(doc, text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,11 @@
 """Shared test fixtures: tiny models with non-trivial weights, so that a dropped bias or gain shows in the output."""
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
 from tinygrad import Tensor
@@ -9,6 +14,12 @@ from tinygrad.nn.state import get_state_dict
 import tfm
 
 DEVICE = "CPU"
+
+# the suite's own cache folder (compiled steps, probe results): shared by the tests and the commands they start, never
+# the user's; set TFM_CACHE_DIR to keep one across runs
+if "TFM_CACHE_DIR" not in os.environ:
+  os.environ["TFM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tfm-test-cache-")
+  atexit.register(shutil.rmtree, os.environ["TFM_CACHE_DIR"], True)
 
 
 def randomize(model: tfm.Transformer, seed: int = 0) -> tfm.Transformer:

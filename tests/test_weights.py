@@ -16,7 +16,7 @@ from tinygrad import dtypes
 
 import backends
 import tfm
-from tfm import weights
+from tfm import memory, weights
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_bfloat16_storage_is_genuine_bf16_rounded_to_nearest_even(tiny_model, tm
 def test_bfloat16_rounding_ties_go_to_even():
   one = np.float32(1.0)
   halfway_down = np.array([one + 2.0 ** -8, one + 3 * 2.0 ** -8, -(one + 2.0 ** -8)], dtype=np.float32)
-  widened = weights._widen_bfloat16(weights._bfloat16_bits(halfway_down))
+  widened = memory.widen_bfloat16(memory.bfloat16_bits(halfway_down))
   np.testing.assert_array_equal(widened, np.array([1.0, 1.0 + 2.0 ** -6, -1.0], dtype=np.float32))
 
 
@@ -128,7 +128,7 @@ def test_bfloat16_bits_match_pytorch():
   torch = pytest.importorskip("torch", reason="PyTorch not installed: the bf16 rounding is checked against it only when present")
   x = np.random.default_rng(0).standard_normal(1000).astype(np.float32) * 100
   expected = torch.from_numpy(x).bfloat16().view(torch.int16).numpy().view(np.uint16)
-  np.testing.assert_array_equal(weights._bfloat16_bits(x), expected)
+  np.testing.assert_array_equal(memory.bfloat16_bits(x), expected)
 
 
 # --- bad files: a WeightsError that names the problem, and nothing loaded -----------------------------------------

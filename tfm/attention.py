@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from tinygrad import Tensor, dtypes
 
 from tfm.linear import Linear
+from tfm.memory import to_device
 
 
 def padding_mask(ids: Tensor, pad_id: int) -> Tensor:
@@ -97,8 +99,9 @@ class KVCache:
   def __init__(self, rows: int, n_heads: int, length: int, head_dim: int, device: str, dtype=dtypes.float32):
     # zeros, not empty: masked slots still meet the values in `weights @ v`, and 0 * garbage could be NaN;
     # the last column is 1 for values (see attend_normalised_late) and 0 for keys
-    last_column = Tensor([0.0, 1.0], device=device).reshape(2, 1, 1, 1, 1) * (Tensor.arange(head_dim + 1) == head_dim)
-    self.kv = last_column.expand(2, rows, n_heads, length, head_dim + 1).cast(dtype).contiguous().realize()
+    kv = np.zeros((2, rows, n_heads, length, head_dim + 1), np.float32)
+    kv[1, ..., head_dim] = 1.0
+    self.kv = to_device(kv, device, dtype)
 
   @property
   def length(self) -> int: return self.kv.shape[3]

@@ -21,7 +21,7 @@ from tfm.attention import MultiHeadAttention, attention_weights
 from tfm.errors import InputError, TfmError
 from tfm.generate import generate
 from tfm.model import Transformer
-from tfm.weights import atomic_write
+from tfm.files import atomic_write
 
 
 @dataclass(frozen=True)

@@ -38,13 +38,17 @@ def add_backends(sub) -> None:
   from backends.probe import TIMEOUT
   p.add_argument("--timeout", type=float, default=TIMEOUT, help=f"seconds each probe may take (default: {TIMEOUT:g}, "
                  "or $TFM_PROBE_TIMEOUT)")
+  p.add_argument("--cached", action="store_true", help="show the results other tfm commands reuse (kept for a day) "
+                 "instead of probing every backend again")
   p.set_defaults(func=cmd_backends)
 
 
 def cmd_backends(args) -> int:
   import backends
-  if not args.timeout > 0: raise TfmError(f"--timeout must be a positive number of seconds, got {args.timeout:g}; 20 is the default")
-  print(backends.format_table(backends.available(timeout=args.timeout)))
+  from backends.probe import TIMEOUT
+  if not args.timeout > 0:
+    raise TfmError(f"--timeout must be a positive number of seconds, got {args.timeout:g}; {TIMEOUT:g} is the default")
+  print(backends.format_table(backends.available(timeout=args.timeout, fresh=not args.cached)))
   return 0
 
 

@@ -29,6 +29,7 @@ from backends.compare import PASS, Run, compare, failed
 from backends.registry import BackendInfo
 from tfm import weights
 from tfm.config import TransformerConfig
+from tfm.files import atomic_write
 from tfm.errors import InputError, TfmError
 from tfm.generate import generate
 from tfm.model import Transformer
@@ -160,8 +161,8 @@ def oracle(subject: Subject, dtype: str = "float32") -> dict[str, np.ndarray]:
 def model_on(subject: Subject, device: str, dtype: str = "float32") -> Transformer:
   """The subject's model on a backend, its weights copied in (then cast, for float16)."""
   model = Transformer(subject.config, device=device, initialise=False)
-  weights.assign(weights.unique_state(model), subject.arrays, subject.name)
-  return model if dtype == "float32" else model.to_float(dtypes.float16)
+  weights.assign(weights.unique_state(model), subject.arrays, subject.name, weights.model_dtype(dtype))
+  return model
 
 
 def steps(subject: Subject, dtype: str) -> Callable[[BackendInfo], dict[str, Callable[[], dict[str, np.ndarray]]]]:
@@ -288,7 +289,7 @@ class Report:
     """The report as JSON, written atomically."""
     text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False, allow_nan=False)
     def write(tmp: str) -> None: Path(tmp).write_text(text + "\n", encoding="utf-8")
-    weights.atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def run(subject: Subject, backend_spec: str = "auto", dtype: str = "float32", repeat: int = REPEAT,

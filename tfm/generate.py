@@ -21,25 +21,24 @@ Conventions follow Hugging Face `generate` where they apply, so imported Marian 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import warnings
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-from tinygrad import Tensor, TinyJit, UOp, dtypes
-from tinygrad.device import Buffer
-from tinygrad.engine.realize import get_runtime, resolve_params, unwrap_multi
-from tinygrad.helpers import DEBUG, PROFILE, GlobalCounters
-from tinygrad.uop.ops import Ops
+from tinygrad import Tensor, UOp, dtypes
+from tinygrad.nn.state import get_state_dict
 
 from tfm.attention import KVCache
 from tfm.errors import InputError
+from tfm.memory import download, filled, host_view, upload
 from tfm.model import Transformer
+from tfm.replay import CompiledStep
+from tfm.tune import tuned_entry
 
 SOURCE_BUCKET = 8      # sources are padded to a multiple of this, so nearby lengths share one compiled step
 FIRST_CACHE_LEN = 64   # caches start this long and double when a decode outgrows them
@@ -134,32 +133,6 @@ def _check_settings(s: GenerationSettings, config) -> None:
 
 # --- device-side state: caches, memory keys/values and the compiled steps ------------------------------------------
 
-def _host_view(t: Tensor) -> np.ndarray | None:
-  """t's device memory as a numpy array where the device is host memory (CPU), else None."""
-  buf = t.uop.buffer
-  if not hasattr(buf.allocator, "_as_buffer"): return None
-  return np.frombuffer(buf.as_memoryview(force_zero_copy=True), dtype=np.dtype(buf.dtype.fmt)).reshape(t.shape)
-
-
-def _upload(t: Tensor, array: np.ndarray) -> None:
-  """Write a host array into t's device buffer in place: a copy, no graph to schedule (the compiled steps read it)."""
-  if (view := _host_view(t)) is not None: view[...] = array
-  else:
-    buf = t.uop.buffer
-    data = np.ascontiguousarray(array, dtype=np.dtype(buf.dtype.fmt))
-    buf.copy_from(Buffer("PYTHON", buf.size, buf.dtype, opaque=memoryview(data).cast("B")))
-
-
-def _download(t: Tensor) -> np.ndarray:
-  """A host copy of a realized device buffer."""
-  view = _host_view(t)
-  return view.copy() if view is not None else t.uop.buffer.numpy().reshape(t.shape)
-
-
-def _device_buffer(shape: tuple[int, ...], dtype, device: str, fill=0) -> Tensor:
-  return Tensor.full(shape, fill, dtype=dtype, device=device).contiguous().realize()
-
-
 class Session:
   """What decoding one shape of batch needs on the device: source ids, memory keys/values, the step's inputs and
   outputs, and per cache length the KV caches with their captured steps. Reused by later batches of the same shape."""
@@ -170,20 +143,37 @@ class Session:
     self.rows, self.beam, self.src_len, self.device = rows, beam, src_len, dev
     self.dtype = model.generator.weight.dtype
     with model.on_device():
-      self.src = _device_buffer((rows, src_len), dtypes.int32, dev, c.pad_id)
+      self.src = filled((rows, src_len), dtypes.int32, dev, c.pad_id)
       # per decoder layer: keys (n, H, S, hd) and values with a ones column (n, H, S, hd + 1), see memory_kv
-      self.memory_kv = [(_device_buffer((n, c.n_heads, src_len, c.head_dim), self.dtype, dev),
-                         _device_buffer((n, c.n_heads, src_len, c.head_dim + 1), self.dtype, dev))
+      self.memory_kv = [(filled((n, c.n_heads, src_len, c.head_dim), self.dtype, dev),
+                         filled((n, c.n_heads, src_len, c.head_dim + 1), self.dtype, dev))
                         for _ in range(c.n_decoder_layers)]
-      self.src_mask = _device_buffer((n, 1, 1, src_len), dtypes.bool, dev, False)
-      self.feed = _device_buffer((2, n), dtypes.int32, dev)  # beam search: next tokens and the rows they continue
-      self.logprobs = _device_buffer((n, c.vocab_size), dtypes.float32, dev)  # beam search: read back every step
+      self.src_mask = filled((n, 1, 1, src_len), dtypes.bool, dev, False)
+      self.feed = filled((2, n), dtypes.int32, dev)  # beam search: next tokens and the rows they continue
+      self.logprobs = filled((n, c.vocab_size), dtypes.float32, dev)  # beam search: read back every step
       # the generation rules: per position 0 (free), 1 (eos masked: min_len) or 2 (forced eos); log-prob biases for
       # every step (0, or -inf for suppressed tokens) and for the forced step (0 for the forced token, -inf elsewhere)
-      self.rules = _device_buffer((c.max_len,), dtypes.int32, dev)
-      self.bias = _device_buffer((2, c.vocab_size), dtypes.float32, dev)
+      self.rules = filled((c.max_len,), dtypes.int32, dev)
+      self.bias = filled((2, c.vocab_size), dtypes.float32, dev)
     self.steps: dict[int, Steps] = {}
-    self.prefill = CompiledStep(self._prefill, None, lambda: self.model.on_device())
+    self.key = {"config": c.to_dict(), "dtype": str(self.dtype), "device": dev, "tuned": tuned_entry(model.target or dev),
+                "rows": rows, "beam": beam, "src_len": src_len}
+    self.prefill = self.compiled(self._prefill, None, "prefill", self.named)
+
+  def compiled(self, fn, variable: UOp | None, step: str, named, **key) -> CompiledStep:
+    """fn as a compiled step of this session, kept in the compiled-program cache under its kind and shapes."""
+    model = self.model
+    return CompiledStep(fn, variable, lambda: self.model.on_device(), {**self.key, "step": step, **key}, named,
+                        model.target or model.device)
+
+  def named(self) -> dict[str, Tensor]:
+    """Every buffer the session's steps read or write, under a name that is the same in every process."""
+    model = self.model
+    out = {f"weight:{name}": t for name, t in get_state_dict(model).items()}
+    out["positions"] = model.positions.table()
+    out.update(src=self.src, src_mask=self.src_mask, feed=self.feed, logprobs=self.logprobs, rules=self.rules, bias=self.bias)
+    for i, (k, v) in enumerate(self.memory_kv): out[f"memory_kv.{i}.k"], out[f"memory_kv.{i}.v"] = k, v
+    return out
 
   @property
   def model(self) -> Transformer:
@@ -222,10 +212,15 @@ class Steps:
       self.caches = [KVCache(n, c.n_heads, length, c.head_dim, session.device, session.dtype) for _ in range(c.n_decoder_layers)]
       # greedy: [0, i, p] is row i's input token at position p (its output at p - 1), [1, i, p] that token's log-prob;
       # ids are stored as float32 (exact below 2**24) so one kernel writes both
-      self.trace = _device_buffer((2, n, length + 1), dtypes.float32, session.device)
+      self.trace = filled((2, n, length + 1), dtypes.float32, session.device)
     pos = UOp.variable("pos", 0, length - 1)
-    def on_device(): return session.model.on_device()
-    self.greedy, self.beam = CompiledStep(self._greedy_step, pos, on_device), CompiledStep(self._beam_step, pos, on_device)
+    self.greedy = session.compiled(self._greedy_step, pos, "greedy", self.named, length=length)
+    self.beam = session.compiled(self._beam_step, pos, "beam", self.named, length=length)
+
+  def named(self) -> dict[str, Tensor]:
+    out = {**self.session.named(), "trace": self.trace}
+    for i, cache in enumerate(self.caches): out[f"cache.{i}"] = cache.kv
+    return out
 
   def take_over(self, shorter: Steps) -> None:
     """Copy a shorter cache's slots (and greedy trace) in, to continue its decode."""
@@ -262,44 +257,6 @@ class Steps:
     with s.model.on_device():
       logits = s.model.decode_step(s.feed[0].reshape(-1, 1), pos, self.caches, s.memory_kv, s.src_mask, origin=s.feed[1])
       s.logprobs.assign(self._apply_rules(logits.float().log_softmax(-1), pos)).realize()
-
-
-class CompiledStep:
-  """A step function captured once with TinyJit (over an optional bound Variable) and from then on replayed by
-  launching its kernels directly: tinygrad's own replay spends tens of microseconds of Python per kernel, which on a
-  CPU is most of a small model's decode step. Same programs, same buffers, same launch sizes."""
-
-  def __init__(self, fn, variable: UOp | None, on_device: Callable[[], contextlib.AbstractContextManager]):
-    # on_device: the model's compile context (its renderer, its tuned kernels); TinyJit compiles what it captured
-    # after fn returns, so the whole call runs inside it
-    self.jit, self.variable, self.on_device = TinyJit(fn), variable, on_device
-    self.launches: list[tuple[Any, list, Any, Any]] | None = None
-
-  def __call__(self, value: int | None = None) -> None:
-    if self.jit.captured is not None and self.launches is None: self.launches = self._launches()
-    if not self.launches or DEBUG >= 2 or PROFILE:  # capturing, a kind of call this cannot launch, or debug output wanted
-      with self.on_device(): self.jit(*([] if self.variable is None else [self.variable.bind(value)]))
-      return
-    var_vals = {} if self.variable is None else {self.variable.expr: value}
-    for runtime, bufs, dims, info in self.launches:
-      global_size, local_size = dims or info.launch_dims(var_vals)
-      runtime(*bufs, global_size=global_size, local_size=local_size, vals=info.vals(var_vals) if info.vars else ())
-    GlobalCounters.kernel_count += len(self.launches)
-
-  def _launches(self) -> list[tuple[Any, list, Any, Any]]:
-    """(program, device buffers, launch sizes unless they are symbolic, launch info) per captured kernel, resolved as
-    tinygrad's exec_kernel resolves them; empty when the capture holds anything else (copies, multi-device kernels):
-    then TinyJit replays it."""
-    launches = []
-    for call in self.jit.captured.linear.src:
-      ast = call.src[0]
-      if ast.op is not Ops.PROGRAM or not isinstance(device := call.src[1].device, str): return []
-      lanes = list(unwrap_multi(call, [resolve_params(call, ())[i] for i in ast.arg.globals]))
-      if len(lanes) != 1 or lanes[0][1]: return []
-      sizes = (ast.arg.global_size, ast.arg.local_size or ())
-      dims = ast.arg.launch_dims({}) if all(isinstance(x, int) for x in sizes[0] + sizes[1]) else None
-      launches.append((get_runtime(device, ast), [b.ensure_allocated().get_buf(device) for b in lanes[0][0]], dims, ast.arg))
-    return launches
 
 
 _SESSIONS: weakref.WeakKeyDictionary[Transformer, OrderedDict] = weakref.WeakKeyDictionary()
@@ -343,9 +300,9 @@ def _top(x: np.ndarray, k: int) -> np.ndarray:
 def _all_ended(steps: Steps, pos: int, eos: int) -> bool:
   """Has every row of a greedy decode produced eos by position pos? Asked every step where the device memory is host
   memory (a look, no copy), every CHECK_EVERY steps elsewhere (a copy and a sync)."""
-  if (trace := _host_view(steps.trace)) is None:
+  if (trace := host_view(steps.trace)) is None:
     if (pos + 1) % CHECK_EVERY: return False
-    trace = _download(steps.trace)
+    trace = download(steps.trace)
   return bool((trace[0, :, 1:pos + 2] == eos).any(1).all())
 
 
@@ -359,12 +316,12 @@ def _greedy(session: Session, s: GenerationSettings) -> tuple[np.ndarray, np.nda
       if pos == 0:
         start = np.zeros(steps.trace.shape, np.float32)
         start[0, :, 0] = s.start_id
-        _upload(steps.trace, start)
+        upload(steps.trace, start)
     steps.greedy(pos)
     if _all_ended(steps, pos, eos):
       done_at = pos + 1
       break
-  trace = _download(steps.trace)[:, :, 1:done_at + 1]
+  trace = download(steps.trace)[:, :, 1:done_at + 1]
   ids, logprobs = trace[0].astype(np.int32), trace[1]
   is_eos = ids == eos
   lengths = np.where(is_eos.any(1), is_eos.argmax(1) + 1, done_at)
@@ -392,9 +349,9 @@ def _beam_search(session: Session, s: GenerationSettings) -> tuple[np.ndarray, n
   steps = None
   for t in range(max_len):
     steps = _steps_at(session, t, steps)
-    _upload(session.feed, np.stack([tokens, origin]))
+    upload(session.feed, np.stack([tokens, origin]))
     steps.beam(t)
-    acc = (_download(session.logprobs).reshape(b, k, vocab) + running_scores[:, :, None]).reshape(b, k * vocab)
+    acc = (download(session.logprobs).reshape(b, k, vocab) + running_scores[:, :, None]).reshape(b, k * vocab)
     top = _top(acc, cands)
     top_scores = np.take_along_axis(acc, top, 1)
     beam_of, token = top // vocab, top % vocab
@@ -461,9 +418,9 @@ def _encoded(model: Transformer, src: np.ndarray, s: GenerationSettings) -> Sess
   session = session_for(model, b, s.beam_size, src_len)
   padded = np.full((b, src_len), config.pad_id, np.int32)
   padded[:, :src.shape[1]] = src
-  _upload(session.src, padded)
+  upload(session.src, padded)
   session.prefill()
-  for buffer, array in zip((session.rules, session.bias), _rules(s, config)): _upload(buffer, array)
+  for buffer, array in zip((session.rules, session.bias), _rules(s, config)): upload(buffer, array)
   return session
 
 
@@ -494,9 +451,9 @@ def incremental_logprobs(model: Transformer, src_ids: Any, tgt_ids: Any) -> np.n
   steps, out = None, []
   for t in range(tgt.shape[1]):
     steps = _steps_at(session, t, steps)
-    _upload(session.feed, np.stack([tgt[:, t], np.arange(src.shape[0])]))
+    upload(session.feed, np.stack([tgt[:, t], np.arange(src.shape[0])]))
     steps.beam(t)
-    out.append(_download(session.logprobs))
+    out.append(download(session.logprobs))
   return np.stack(out, 1)
 
 

@@ -11,6 +11,7 @@ from tinygrad import Tensor, nn
 from tfm.attention import KVCache, MultiHeadAttention
 from tfm.config import TransformerConfig
 from tfm.linear import Linear
+from tfm.memory import to_device
 
 
 def sinusoid_table(length: int, d_model: int, layout: str = "interleaved") -> np.ndarray:
@@ -29,7 +30,7 @@ def sinusoid_table(length: int, d_model: int, layout: str = "interleaved") -> np
 @functools.cache
 def _table_on(length: int, d_model: int, layout: str, device: str) -> Tensor:
   # kept out of the model's attributes: a fixed table is not a weight and must not appear in the state dict
-  return Tensor(sinusoid_table(length, d_model, layout).astype(np.float32), device=device).realize()
+  return to_device(sinusoid_table(length, d_model, layout), device)
 
 
 class PositionalEncoding:
@@ -38,9 +39,13 @@ class PositionalEncoding:
   def __init__(self, config: TransformerConfig, device: str):
     self.max_len, self.d_model, self.layout, self.device = config.max_len, config.d_model, config.positional, device
 
+  def table(self) -> Tensor:
+    """The whole table (max_len, d_model) on the model's device, computed once per process and shape."""
+    return _table_on(self.max_len, self.d_model, self.layout, self.device)
+
   def __call__(self, length: int, offset: int = 0) -> Tensor:
     """Rows offset .. offset+length of the table: (length, d_model)."""
-    return _table_on(self.max_len, self.d_model, self.layout, self.device)[offset:offset + length]
+    return self.table()[offset:offset + length]
 
 
 class FeedForward:

@@ -7,6 +7,8 @@ reduced axis, at a third of the speed of a matmul whose operands are contiguous 
 weight gradient on PoCL: 12.2 ms as autograd writes it, 6.2 ms with both transposes made contiguous first, the
 transposes included; docs/PERFORMANCE.md). So under training the product is a tinygrad `function` with its own
 gradient: dX = G W as autograd computes it, dW = G^T (X^T)^T with G^T and X^T made contiguous.
+
+Both classes here are built with unset (empty) weights, which the model initialises or a loader fills.
 """
 from __future__ import annotations
 
@@ -33,9 +35,23 @@ def matmul_wt(x: Tensor, w: Tensor) -> Tensor:
 
 class Linear(nn.Linear):
   """nn.Linear whose weight gradient is computed from contiguous transposes (module docstring); outside training
-  (no Context(TRAINING=1)) it is tinygrad's Linear, so inference graphs and kernels are unchanged."""
+  (no Context(TRAINING=1)) it is tinygrad's Linear, so inference graphs and kernels are unchanged.
+
+  Built with unset (empty) weights: tinygrad's lazy uniform draws cost milliseconds of graph building per layer and
+  were always replaced, by the model's own initialisation or by a loader."""
+
+  def __init__(self, in_features: int, out_features: int, bias: bool = True):
+    self.weight = Tensor.empty(out_features, in_features)
+    self.bias = Tensor.empty(out_features) if bias else None
 
   def __call__(self, x: Tensor) -> Tensor:
     if not TRAINING: return super().__call__(x)
     y = matmul_wt(x, self.weight)
     return y if self.bias is None else y + self.bias
+
+
+class Embedding(nn.Embedding):
+  """tinygrad's Embedding (same weight name, same lookup) built with an unset table, as Linear is."""
+
+  def __init__(self, vocab_size: int, embed_size: int):
+    self.weight = Tensor.empty(vocab_size, embed_size)

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from tinygrad import Context, Device, Tensor, dtypes
 from tinygrad.helpers import TRAINING
-from tinygrad.nn import Embedding
 from tinygrad.nn.state import get_parameters, get_state_dict
 
 import backends
@@ -20,7 +19,8 @@ from tfm.attention import KVCache, causal_mask, padding_mask, with_ones
 from tfm.config import TransformerConfig
 from tfm.errors import BackendError, InputError
 from tfm.layers import DecoderLayer, EncoderLayer, LayerNorm, PositionalEncoding, layer_norm_one_pass
-from tfm.linear import Linear
+from tfm.linear import Embedding, Linear
+from tfm.memory import to_device
 from tfm.tune import tuned_settings
 
 
@@ -74,7 +74,7 @@ class Transformer:
   """
 
   def __init__(self, config: TransformerConfig, device: str | None = None, initialise: bool = True):
-    """initialise=False leaves the weights unset (lazy, never computed): for loaders that replace every one."""
+    """initialise=False leaves the weights unset (empty buffers): for loaders that replace every one."""
     self.config = config
     self.device, self.target = resolve_device(device)
     d, v = config.d_model, config.vocab_size
@@ -105,12 +105,11 @@ class Transformer:
     for name, p in get_state_dict(self).items():
       if id(p) in seen: continue  # a tied matrix is initialised once, as the embedding it first appears as
       seen.add(id(p))
-      if "layer_norm" in name: continue
-      if name.endswith("embed.weight"): value = rng.normal(0.0, self.config.d_model ** -0.5, p.shape)
+      if "layer_norm" in name: value = np.ones(p.shape) if name.endswith(".weight") else np.zeros(p.shape)
+      elif name.endswith("embed.weight"): value = rng.normal(0.0, self.config.d_model ** -0.5, p.shape)
       elif name.endswith(".weight"): value = rng.uniform(-1, 1, p.shape) * math.sqrt(6 / (p.shape[0] + p.shape[1]))
       else: value = np.zeros(p.shape)
-      p.replace(Tensor(value.astype(np.float32), device=self.device))
-    Tensor.realize(*get_parameters(self))
+      p.replace(to_device(value, self.device))
 
   # --- inputs -----------------------------------------------------------------------------------------------
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Iterable, Sequence
 
 import sentencepiece
 
 from tfm.errors import InputError, WeightsError
+from tfm.files import write_text
 
 
 class CharTokenizer:
@@ -65,16 +65,7 @@ class CharTokenizer:
 
   def save(self, path: str | os.PathLike) -> None:
     """Write the vocabulary as JSON, atomically (a temp file in the same folder renamed into place)."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".json")
-    umask = os.umask(0o022); os.umask(umask)
-    try:
-      with os.fdopen(fd, "w", encoding="utf-8") as f: json.dump(self.to_dict(), f, ensure_ascii=False, indent=1)
-      os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; the vocabulary gets the permissions open() gives
-      os.replace(tmp, path)
-    except BaseException:
-      if os.path.exists(tmp): os.unlink(tmp)
-      raise
+    write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1))
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> CharTokenizer:

@@ -33,6 +33,7 @@ from tinygrad.nn.optim import LAMB
 from tfm import weights
 from tfm.config import PRESETS, TransformerConfig
 from tfm.errors import ConfigError, InputError, WeightsError
+from tfm.files import atomic_write
 from tfm.generate import greedy_search
 from tfm.model import Transformer
 from tfm.tasks import Task, get_task
@@ -272,7 +273,7 @@ class Trainer:
       shutil.rmtree(tmp, ignore_errors=True)
       raise
     previous = self.latest_checkpoint(self.out)
-    weights.atomic_write(os.path.join(self.out, "latest"), lambda p: Path(p).write_text(name + "\n"))
+    atomic_write(os.path.join(self.out, "latest"), lambda p: Path(p).write_text(name + "\n"))
     if previous is not None and os.path.basename(previous) != name: shutil.rmtree(previous, ignore_errors=True)
     return final
 

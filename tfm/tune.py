@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from tinygrad.helpers import BEAM, CACHELEVEL, IGNORE_BEAM_CACHE, NOOPT, ContextVar, diskcache_get, getenv
 
+from tfm.files import write_text
+
 MARKER = "tfm-tuned.json"
 # set (by tuned_settings) while kernels compile for a tuned backend: BEAM looks up the cache and never searches
 LOOKUP_ONLY: ContextVar = ContextVar._cache.get("TFM_BEAM_LOOKUP_ONLY") or ContextVar("TFM_BEAM_LOOKUP_ONLY", 0)
@@ -56,6 +58,11 @@ def _tuned_backends() -> dict[str, dict]:
   return _marker_cache[1]
 
 
+def tuned_entry(backend: str) -> dict | None:
+  """What `tfm tune` recorded for backend (when, at which width), or None: tuning again changes the kernels."""
+  return _tuned_backends().get(backend) if tuned_settings(backend) else None
+
+
 def tuned_settings(backend: str) -> dict[str, int]:
   """tinygrad Context settings that make kernels compiled for `backend` use its tuned BEAM results ({} if none)."""
   if BEAM.value or not getenv("TFM_TUNED", 1) or CACHELEVEL < 1: return {}
@@ -91,11 +98,7 @@ def _install_lookup_only() -> None:
 def _write_marker(backend: str, entry: dict) -> None:
   data = read_marker()
   data[backend] = entry
-  path = marker_path()
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f: json.dump(data, f, indent=1)
-  os.replace(tmp, path)
+  write_text(marker_path(), json.dumps(data, indent=1))
 
 
 @dataclass

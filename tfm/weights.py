@@ -23,18 +23,19 @@ import copy
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 from safetensors import SafetensorError, TensorSpec, safe_open, serialize_file
-from tinygrad import Device, Tensor, dtypes
+from tinygrad import Tensor, dtypes
 from tinygrad.dtype import DType
 from tinygrad.nn.state import get_state_dict
 
 from tfm.config import TransformerConfig
 from tfm.errors import ConfigError, WeightsError
+from tfm.files import atomic_write
+from tfm.memory import bfloat16_bits, drain, to_device, widen_bfloat16
 from tfm.model import Transformer
 
 FORMAT_VERSION = 1
@@ -47,37 +48,9 @@ CHECKSUM = "tfm.sha256"
 
 # --- files ------------------------------------------------------------------------------------------------------
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-  """Call write(tmp) on a temp file beside path, then rename it into place: a crash never leaves a half-written file."""
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(folder):
-    raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist; create it first")
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-  os.close(fd)
-  umask = os.umask(0o022); os.umask(umask)
-  try:
-    write(tmp)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; the result gets the permissions open() would give
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp): os.unlink(tmp)
-    raise
-
-
 def _names(names: list[str]) -> str:
   more = f" and {len(names) - SHOWN} more" if len(names) > SHOWN else ""
   return ", ".join(names[:SHOWN]) + more
-
-
-def _bfloat16_bits(x: np.ndarray) -> np.ndarray:
-  """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even as hardware conversions do."""
-  bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-  return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def _widen_bfloat16(bits: np.ndarray) -> np.ndarray:
-  return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def checksum(stored: Mapping[str, np.ndarray], metadata: dict[str, str]) -> str:
@@ -140,7 +113,7 @@ class StoredArrays(Mapping[str, np.ndarray]):
       a = np.fromfile(f, dtype, (end - begin) // dtype.itemsize)
     a = a.reshape(entry["shape"])
     if self.raw: return a
-    return _widen_bfloat16(a) if entry["dtype"] == "BF16" else a.astype(np.float32, copy=False)
+    return widen_bfloat16(a) if entry["dtype"] == "BF16" else a.astype(np.float32, copy=False)
 
   def __iter__(self) -> Iterator[str]: return iter(self.entries)
   def __len__(self) -> int: return len(self.entries)
@@ -157,8 +130,8 @@ def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadat
       raise WeightsError(f"tensor {name} has NaN or Inf values; refusing to save weights that cannot be loaded "
                          f"(the model diverged: save an earlier checkpoint)")
     with np.errstate(over="ignore"):  # an overflow is reported below, naming the tensor
-      stored[name] = _bfloat16_bits(arr) if dtype == "bfloat16" else np.ascontiguousarray(arr.astype(dtype))
-    if not np.isfinite(_widen_bfloat16(stored[name]) if dtype == "bfloat16" else stored[name]).all():
+      stored[name] = bfloat16_bits(arr) if dtype == "bfloat16" else np.ascontiguousarray(arr.astype(dtype))
+    if not np.isfinite(widen_bfloat16(stored[name]) if dtype == "bfloat16" else stored[name]).all():
       raise WeightsError(f"tensor {name} has values up to {np.abs(arr).max():.3g}, beyond what {dtype} holds; "
                          f"save as dtype='float32'" + (" or 'bfloat16'" if dtype == "float16" else ""))
   # TensorSpec names the dtype itself, so the uint16 bit patterns go in as real BF16 tensors
@@ -314,16 +287,16 @@ def load_into(model: Transformer, path: str | os.PathLike) -> Transformer:
   return model
 
 
-def assign(state: dict[str, Tensor], arrays: Mapping[str, np.ndarray], source: str) -> None:
-  """Check every array against state (names, shapes, finite), then replace each tensor's value, keeping its dtype: one
-  array at a time, so that the arrays and the device weights are never all in memory together."""
+def assign(state: dict[str, Tensor], arrays: Mapping[str, np.ndarray], source: str, dtype: DType | None = None) -> None:
+  """Check every array against state (names, shapes, finite), then replace each tensor's value, in `dtype` (default:
+  the tensor's own; converted on the host): one array at a time, so that the arrays and the device weights are never
+  all in memory together."""
   check_arrays(arrays, {name: t.shape for name, t in state.items()}, source)
   for name, t in state.items():
-    value = Tensor(arrays[name], device=t.device)   # Tensor(..., dtype=) would copy the array on the host first
-    t.replace((value if value.dtype == t.dtype else value.cast(t.dtype)).realize())
+    t.replace(to_device(arrays[name], t.device, dtype or t.dtype))   # a direct copy: no kernel to schedule per weight
     # a device may hold the host array until its queue has run the copy (OpenCL does): drain it, so that one array
     # at a time is alive, not all of them
-    Device[t.device].synchronize()
+    drain(t.device)
 
 
 def load(path: str | os.PathLike, device: str | None = None, dtype: str | DType | None = None) -> Transformer:
@@ -334,6 +307,6 @@ def load(path: str | os.PathLike, device: str | None = None, dtype: str | DType 
   compute = model_dtype(dtype)
   wf = _read_transformer(path)
   model = Transformer(wf.config, device=device, initialise=False)
-  assign(unique_state(model), wf.arrays, os.fspath(path))
+  assign(unique_state(model), wf.arrays, os.fspath(path), compute)
   if wf.generation_config is not None: model.generation_config = wf.generation_config
-  return model if compute == dtypes.float32 else model.to_float(compute)
+  return model

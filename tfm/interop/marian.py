@@ -13,7 +13,6 @@ import os
 from typing import Any
 
 import numpy as np
-from tinygrad import dtypes
 
 from tfm import weights
 from tfm.config import TransformerConfig
@@ -203,6 +202,6 @@ def from_pretrained(folder: str | os.PathLike, device: str | None = None, dtype:
   compute = weights.model_dtype(dtype)
   conv = convert_marian(folder)
   model = Transformer(conv.config, device=device, initialise=False)
-  weights.assign(weights.unique_state(model), conv.arrays, os.fspath(folder))
+  weights.assign(weights.unique_state(model), conv.arrays, os.fspath(folder), compute)
   model.generation_config = conv.generation_config  # the checkpoint's decoding defaults, which tfm.generate reads
-  return model if compute == dtypes.float32 else model.to_float(compute)
+  return model

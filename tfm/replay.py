@@ -1,0 +1,157 @@
+"""Compiled steps: a step function captured once with TinyJit, then replayed by launching its kernels directly, and
+kept in the compiled-program cache (tfm.cache) so that the next process launches them without capturing anything.
+
+tinygrad's own replay spends tens of microseconds of Python per kernel, which on a CPU is most of a small model's
+decode step; launching the captured programs directly is the same programs on the same buffers with the same launch
+sizes. The launch list is also what the cache keeps: per kernel its compiled binary, its launch information and the
+role of each buffer it reads or writes, where a role is a name given by the step's owner (a weight, a KV cache, an
+input buffer), scratch memory (only its size: the step writes it before it reads it) or constant data (read before
+anything writes it: its bytes are kept). A new process names its own buffers the same way and gets the same launches.
+
+This is the one module that reaches into tinygrad's captured-JIT internals (`jit.captured`, `get_runtime`,
+`unwrap_multi`, `ProgramInfo`): what a tinygrad upgrade can break is here.
+"""
+from __future__ import annotations
+
+import contextlib
+import pickle
+from typing import Any, Callable
+
+from tinygrad import Device, Tensor, TinyJit, UOp
+from tinygrad.device import Buffer
+from tinygrad.engine.realize import get_runtime, resolve_params, unwrap_multi
+from tinygrad.helpers import DEBUG, PROFILE, GlobalCounters
+from tinygrad.uop.ops import Ops
+
+from tfm import cache
+
+Launch = tuple[Any, list, Any, Any]   # (program, device buffers, launch sizes unless symbolic, ProgramInfo)
+
+
+class CompiledStep:
+  """A step (a function of an optional bound Variable that realizes its writes) compiled once and replayed.
+
+  `named()` returns the tensors the step reads and writes under stable names (weights, caches, inputs); with a
+  `key` (a dict of what identifies the step: its kind and shapes, the model's config) the step is looked up in and
+  stored to the compiled-program cache. Without them it is captured in every process, as plain TinyJit is."""
+
+  def __init__(self, fn: Callable, variable: UOp | None, on_device: Callable[[], contextlib.AbstractContextManager],
+               key: dict | None = None, named: Callable[[], dict[str, Tensor]] | None = None, target: str = ""):
+    # on_device: the model's compile context (its renderer, its tuned kernels); TinyJit compiles what it captured
+    # after fn returns, so the whole call runs inside it
+    self.jit, self.variable, self.on_device = TinyJit(fn), variable, on_device
+    self.jit.cnt = 1   # capture on the first call: tinygrad's uncaptured first run would schedule everything twice
+    self.key_parts, self.named, self.target = key, named, target
+    self.launches: list[Launch] | None = None
+    self.looked_up = key is None or named is None
+    self._held: list[Buffer] = []   # scratch and constant buffers of a restored step
+
+  def __call__(self, value: int | None = None) -> None:
+    if self.launches is None and not self.looked_up:
+      self.looked_up = True
+      self.launches = self._restore()
+    if not self.launches or DEBUG >= 2 or PROFILE:  # capturing, a kind of call this cannot launch, or debug output wanted
+      with self.on_device(): self.jit(*([] if self.variable is None else [self.variable.bind(value)]))
+      if self.launches is None and self.jit.captured is not None:   # just captured
+        self.launches = _launches(self.jit)
+        if self.launches and self.key_parts is not None and self.named is not None: self._store()
+      return
+    var_vals = {} if self.variable is None else {self.variable.expr: value}
+    for runtime, bufs, dims, info in self.launches:
+      global_size, local_size = dims or info.launch_dims(var_vals)
+      runtime(*bufs, global_size=global_size, local_size=local_size, vals=info.vals(var_vals) if info.vars else ())
+    GlobalCounters.kernel_count += len(self.launches)
+
+  # --- the compiled-program cache ---------------------------------------------------------------------------------
+
+  def _key(self) -> dict:
+    with self.on_device(): return cache.key_for(self.key_parts or {}, self.target)
+
+  def _store(self) -> None:
+    names = {id(t.uop.buffer.base): name for name, t in self.named().items()}
+    cache.store(self._key(), pickle.dumps(_describe(self.jit, names), protocol=pickle.HIGHEST_PROTOCOL))
+
+  def _restore(self) -> list[Launch] | None:
+    key = self._key()
+    if (payload := cache.lookup(key)) is None: return None
+    try:
+      described = pickle.loads(payload)
+      launches, self._held = _rebuild(described, {name: t.uop.buffer.base for name, t in self.named().items()})
+    except Exception as e:  # a payload this tinygrad cannot rebuild: compile the step as if it were not there
+      cache.discard(key, f"could not be restored ({type(e).__name__}: {str(e)[:120]})")
+      return None
+    return launches
+
+
+def _captured_calls(jit) -> list | None:
+  """Each captured kernel as (device, PROGRAM ast, buffers in launch order), or None when the capture holds anything
+  else (copies, graphs, multi-device kernels): then TinyJit replays it."""
+  calls = []
+  for call in jit.captured.linear.src:
+    ast = call.src[0]
+    if ast.op is not Ops.PROGRAM or not isinstance(device := call.src[1].device, str): return None
+    lanes = list(unwrap_multi(call, [resolve_params(call, ())[i] for i in ast.arg.globals]))
+    if len(lanes) != 1 or lanes[0][1]: return None
+    calls.append((device, ast, [b.ensure_allocated() for b in lanes[0][0]]))
+  return calls
+
+
+def _dims(info) -> Any:
+  sizes = (info.global_size, info.local_size or ())
+  return info.launch_dims({}) if all(isinstance(x, int) for x in sizes[0] + sizes[1]) else None
+
+
+def _launches(jit) -> list[Launch]:
+  """The captured kernels as launches, resolved as tinygrad's exec_kernel resolves them ([] if they cannot be)."""
+  calls = _captured_calls(jit)
+  if calls is None: return []
+  return [(get_runtime(device, ast), [b.get_buf(device) for b in bufs], _dims(ast.arg), ast.arg) for device, ast, bufs in calls]
+
+
+def _describe(jit, names: dict[int, str]) -> dict:
+  """What `_rebuild` needs to launch the captured kernels in another process: per kernel its device, compiled
+  program (TinyELF) and ProgramInfo, and per buffer (role, offset, size, dtype); scratch bases by size, constant
+  bases with their bytes. A buffer is constant when a kernel reads it before any kernel writes it."""
+  calls = _captured_calls(jit)
+  assert calls is not None, "only a capture of plain kernels is described"
+  bases: dict[int, int] = {}   # id(base Buffer) -> index into `anonymous`
+  anonymous: list[dict] = []
+  kernels = []
+  for device, ast, bufs in calls:
+    info, refs = ast.arg, []
+    for slot, b in zip(ast.arg.globals, bufs):
+      base = b.base
+      if (name := names.get(id(base))) is not None: role: Any = ("named", name, base.size, base.dtype)
+      else:
+        if id(base) not in bases:
+          bases[id(base)] = len(anonymous)
+          written_first = slot in info.outs and slot not in info.ins
+          anonymous.append({"device": base.device, "size": base.size, "dtype": base.dtype,
+                            "data": None if written_first else bytes(base.as_memoryview())})
+        role = ("anonymous", bases[id(base)])
+      refs.append((role, b.offset, b.size, b.dtype))
+    kernels.append((device, ast.to_elf(), info, refs))
+  return {"kernels": kernels, "anonymous": anonymous}
+
+
+def _rebuild(described: dict, named: dict[str, Buffer]) -> tuple[list[Launch], list[Buffer]]:
+  """Launches over this process's buffers for a described step, and the scratch/constant buffers they use."""
+  anonymous = []
+  for a in described["anonymous"]:
+    buf = Buffer(a["device"], a["size"], a["dtype"]).allocate()
+    if a["data"] is not None: buf.copy_from(Buffer("PYTHON", a["size"], a["dtype"], opaque=memoryview(bytearray(a["data"]))))
+    anonymous.append(buf)
+  held, launches = list(anonymous), []
+  for device, elf, info, refs in described["kernels"]:
+    bufs = []
+    for role, offset, size, dtype in refs:
+      if role[0] == "named":
+        base = named[role[1]]
+        if (base.size, base.dtype) != (role[2], role[3]):
+          raise ValueError(f"buffer {role[1]} is {base.size} x {base.dtype} here, {role[2]} x {role[3]} in the entry")
+      else: base = anonymous[role[1]]
+      view = base if (offset, size, dtype) == (0, base.size, base.dtype) else Buffer(device, size, dtype, base=base, offset=offset)
+      held.append(view)
+      bufs.append(view.ensure_allocated().get_buf(device))
+    launches.append((Device[device].runtime(elf), bufs, _dims(info), info))
+  return launches, held

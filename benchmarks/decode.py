@@ -22,7 +22,7 @@ from tinygrad import Device, GlobalCounters, Tensor
 from tinygrad.nn.state import get_state_dict
 
 from benchmarks.common import config, load_average, print_rows, ratio, torch_or_none, torch_thread_counts
-from tfm.generate import generate
+from tfm.generation import generate
 from tfm.model import Transformer
 from tfm.translator import BUNDLED_MODEL
 from tfm.weights import load

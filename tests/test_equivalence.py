@@ -19,7 +19,7 @@ import backends
 from backends.compare import dtype_unsupported
 from tfm import compare, weights
 from tfm.compare import TOLERANCE
-from tfm.generate import generate
+from tfm.generation import generate
 from tfm.reference import Reference
 
 GREEDY_LEN = 6   # greedy decoding steps: enough to pass eos-free positions through the KV cache, cheap on the emulator

@@ -2,7 +2,6 @@
 reference, batching, the generation rules and settings, and the Translator."""
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tfm import translator as translator_module
 from tfm.cli import main
 from tfm.tokenizer import CharTokenizer
 
-gen = importlib.import_module("tfm.generate")  # tfm.generate is the function
+from tfm import generation as gen
 ROWS, T_MAX = 4, 16  # the reference's forward passes always have this shape, so they compile once
 SRC = np.array([[5, 9, 12, 33, 41, 7, 8, 19, 3], [7, 8, 9, 10, 11, 0, 0, 0, 0], [60, 61, 62, 0, 0, 0, 0, 0, 0]], np.int32)
 
@@ -150,7 +149,7 @@ def test_rows_of_a_batch_decode_as_if_alone(model, beam_size):
 @pytest.mark.parametrize("beam_size", [1, 4])
 def test_outgrowing_the_first_cache_changes_nothing(model, monkeypatch, beam_size):
   before = tfm.generate(model, SRC, beam_size=beam_size, max_len=40, min_len=40, return_scores=True)
-  monkeypatch.setattr(gen, "FIRST_CACHE_LEN", 16)  # caches of 16, then 32, then 64 slots
+  monkeypatch.setattr(gen.session, "FIRST_CACHE_LEN", 16)  # caches of 16, then 32, then 64 slots
   after = tfm.generate(model, SRC, beam_size=beam_size, max_len=40, min_len=40, return_scores=True)
   assert before[0].shape == (3, 40)
   np.testing.assert_array_equal(after[0], before[0])

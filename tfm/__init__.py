@@ -1,10 +1,13 @@
 """tfm: the Transformer of "Attention Is All You Need", written once on tinygrad and run on any backend it reaches."""
-from tfm.config import TransformerConfig
+from tfm.cache import share_tinygrad_cache_across_threads
+
+share_tinygrad_cache_across_threads()  # first: every tfm module is imported after this package, and may compile in any thread
+from tfm.config import TransformerConfig  # noqa: E402
 from tfm.errors import BackendError, ConfigError, InputError, TfmError, WeightsError
 from tfm.model import Transformer
 from tfm.weights import load, save
 from tfm.interop.marian import from_pretrained
-from tfm.generate import generate  # the function; the module is importlib.import_module("tfm.generate")
+from tfm.generation import generate
 from tfm.translator import Translator
 from tfm.tasks import get_task
 from tfm.tokenizer import CharTokenizer

@@ -19,7 +19,7 @@ from tinygrad import Tensor
 
 from tfm.attention import MultiHeadAttention, attention_weights
 from tfm.errors import InputError, TfmError
-from tfm.generate import generate
+from tfm.generation import generate
 from tfm.model import Transformer
 from tfm.files import atomic_write
 

@@ -11,6 +11,10 @@ least recently used are removed past TFM_CACHE_MAX_MB (default 1024) megabytes.
 
 Where: `backends.machine.cache_dir()` (TFM_CACHE_DIR, else the platform's cache folder), under programs/.
 TFM_CACHE=0 switches it off. `tfm cache info` and `tfm cache clear` show and empty it.
+
+tinygrad's own disk cache (compiled binaries, tuned kernels: CACHEDB) is used from every thread that compiles, but
+tinygrad 0.14 opens one SQLite connection for the process, which SQLite refuses to use from any other thread than
+the one that opened it: `share_tinygrad_cache_across_threads()` (run when tfm is imported) gives each thread its own.
 """
 from __future__ import annotations
 
@@ -183,3 +187,29 @@ def clear() -> int:
     try: p.unlink(); removed += 1
     except OSError: pass
   return removed
+
+
+_connections = threading.local()
+
+
+def share_tinygrad_cache_across_threads() -> None:
+  """Make tinygrad's disk cache open one SQLite connection per thread (SQLite's rule) instead of one per process, so
+  that a model built in one thread compiles kernels in another (a web server's worker). Same database, same
+  settings as tinygrad's own connection (WAL journal: readers and one writer at a time, across threads and processes)."""
+  import sqlite3
+
+  from tinygrad import helpers
+  if getattr(helpers.db_connection, "per_thread", False): return
+
+  def db_connection() -> sqlite3.Connection:
+    conn = getattr(_connections, "conn", None)
+    if conn is None or getattr(_connections, "path", None) != helpers.CACHEDB:
+      os.makedirs(os.path.dirname(helpers.CACHEDB), exist_ok=True)
+      conn = sqlite3.connect(helpers.CACHEDB, timeout=60, isolation_level="IMMEDIATE")
+      try: conn.execute("PRAGMA journal_mode=WAL").fetchone()
+      except sqlite3.OperationalError: pass   # another connection is setting it
+      conn.execute("PRAGMA synchronous=NORMAL")
+      _connections.conn, _connections.path = conn, helpers.CACHEDB
+    return conn
+  db_connection.per_thread = True  # type: ignore[attr-defined]
+  helpers.db_connection = db_connection

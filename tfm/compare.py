@@ -31,7 +31,7 @@ from tfm import weights
 from tfm.config import TransformerConfig
 from tfm.files import atomic_write
 from tfm.errors import InputError, TfmError
-from tfm.generate import generate
+from tfm.generation import generate
 from tfm.model import Transformer
 from tfm.reference import Reference
 

@@ -34,7 +34,7 @@ from tfm import weights
 from tfm.config import PRESETS, TransformerConfig
 from tfm.errors import ConfigError, InputError, WeightsError
 from tfm.files import atomic_write
-from tfm.generate import greedy_search
+from tfm.generation import greedy_search
 from tfm.model import Transformer
 from tfm.tasks import Task, get_task
 from tfm.tokenizer import CharTokenizer

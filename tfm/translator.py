@@ -16,7 +16,7 @@ from tinygrad import Tensor
 from tinygrad.nn.state import get_state_dict
 
 from tfm.errors import InputError, WeightsError
-from tfm.generate import generate
+from tfm.generation import generate
 from tfm.model import Transformer, resolve_device
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")

@@ -1,0 +1,29 @@
+"""Generation: greedy and beam search over the Transformer, with KV caches and one compiled decode step.
+
+The encoder runs once per batch and each decoder layer's cross-attention keys and values are projected once per
+source; decoder self-attention keys and values live in per-layer caches, so a step costs one target position. The
+step is captured once with TinyJit over a bound symbolic position and replayed for every position. Greedy decoding
+keeps its state on the device; beam search reads each step's log-probs back and keeps the hypotheses on the host.
+Rows of a batch finish independently: a finished row is padded out (its result is frozen) and decoding stops when
+every row has finished.
+
+Conventions follow Hugging Face `generate` where they apply, so imported Marian models translate as they do there:
+- ids: a numpy int32 array (B * num_return, T) without the decoder start token, with eos where one was produced,
+  right-padded with pad_id to the longest returned row; source i's hypotheses are rows i*num_return.. (best first).
+- scores: sum of the tokens' log-probabilities (after the rules below) / length ** length_penalty, eos counted.
+- max_len counts generated tokens (Hugging Face's max_length counts the start token too: it is max_len + 1).
+- min_len: eos is masked until min_len tokens have been generated (min_new_tokens).
+- forced_eos_id: at the last allowed step only eos may be chosen (forced_eos_token_id).
+- suppress_ids: tokens that are never generated (single-token bad_words_ids; Marian suppresses its pad).
+- beam search: the top 2 * beam_size continuations per source each step, finished hypotheses kept when they rank in
+  the top beam_size, early_stopping True (stop once beam_size hypotheses are done), False (stop when the best live
+  beam cannot beat the worst kept one at its current length) or "never" (at max_len, for length_penalty > 0).
+
+Modules: settings (the knobs and their checks), session (device buffers, KV caches, compiled steps; `prepare`
+compiles ahead of time), search (greedy and beam search, and the functions below). The compiled steps are tfm.replay's.
+"""
+from tfm.generation.search import beam_search, generate, greedy_search, incremental_logprobs
+from tfm.generation.session import prepare
+from tfm.generation.settings import GenerationSettings, resolve_settings
+
+__all__ = ["GenerationSettings", "beam_search", "generate", "greedy_search", "incremental_logprobs", "prepare", "resolve_settings"]

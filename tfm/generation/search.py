@@ -1,0 +1,177 @@
+"""Search: greedy decoding (its state kept on the device) and beam search (hypotheses kept on the host, in Hugging
+Face's order of operations), over a session's compiled steps; and the public functions that run them."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from tfm.errors import InputError
+from tfm.generation.session import Session, Steps, encoded, steps_at
+from tfm.generation.settings import GenerationSettings, resolve_settings
+from tfm.memory import download, host_view, upload
+from tfm.model import Transformer
+
+
+CHECK_EVERY = 4        # greedy decoding asks "all rows finished?" every this many steps (every step where that is free)
+
+
+def _top(x: np.ndarray, k: int) -> np.ndarray:
+  """Indices of the k largest entries of each row, largest first (ties: lower index first)."""
+  part = np.argpartition(-x, k - 1, axis=1)[:, :k] if k < x.shape[1] else np.broadcast_to(np.arange(x.shape[1]), x.shape)
+  order = np.lexsort((part, -np.take_along_axis(x, part, 1)), axis=1)
+  return np.take_along_axis(part, order, 1)
+
+def _all_ended(steps: Steps, pos: int, eos: int) -> bool:
+  """Has every row of a greedy decode produced eos by position pos? Asked every step where the device memory is host
+  memory (a look, no copy), every CHECK_EVERY steps elsewhere (a copy and a sync)."""
+  if (trace := host_view(steps.trace)) is None:
+    if (pos + 1) % CHECK_EVERY: return False
+    trace = download(steps.trace)
+  return bool((trace[0, :, 1:pos + 2] == eos).any(1).all())
+
+def _greedy(session: Session, s: GenerationSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Greedy decoding with its state on the device; the host only asks now and then whether all rows are done."""
+  eos, pad = session.model.config.eos_id, session.model.config.pad_id
+  steps, done_at = None, s.max_len
+  for pos in range(s.max_len):
+    if steps is None or pos >= steps.length:
+      steps = steps_at(session, pos, steps)
+      if pos == 0:
+        start = np.zeros(steps.trace.shape, np.float32)
+        start[0, :, 0] = s.start_id
+        upload(steps.trace, start)
+    steps.greedy(pos)
+    if _all_ended(steps, pos, eos):
+      done_at = pos + 1
+      break
+  trace = download(steps.trace)[:, :, 1:done_at + 1]
+  ids, logprobs = trace[0].astype(np.int32), trace[1]
+  is_eos = ids == eos
+  lengths = np.where(is_eos.any(1), is_eos.argmax(1) + 1, done_at)
+  after = np.arange(done_at) >= lengths[:, None]
+  ids[after] = pad
+  return ids, np.where(after, np.float32(0), logprobs).sum(1, dtype=np.float32), lengths
+
+def _beam_search(session: Session, s: GenerationSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Beam search: the device computes each step's log-probs, the host keeps the hypotheses, in float32 sums and
+  Hugging Face's order of operations, so that the same log-probs select the same hypotheses as there."""
+  c = session.model.config
+  b, k, vocab, max_len = session.rows, s.beam_size, c.vocab_size, s.max_len
+  cands = 2 * k  # enough that k continue even when k of them end in eos
+  f32 = np.float32
+  never = f32(-1e9)
+  running = np.full((b, k, max_len), c.pad_id, np.int32)
+  running_scores = np.zeros((b, k), f32)
+  running_scores[:, 1:] = never  # all beams start equal: expand the first one only
+  done = np.full((b, k, max_len), c.pad_id, np.int32)
+  done_scores, done_lengths = np.full((b, k), never, f32), np.zeros((b, k), np.int64)
+  is_done = np.zeros((b, k), bool)
+  improvable = np.ones(b, bool)  # can a live beam still beat the worst kept hypothesis?
+  tokens, origin = np.full(b * k, s.start_id), np.arange(b * k)
+  steps = None
+  for t in range(max_len):
+    steps = steps_at(session, t, steps)
+    upload(session.feed, np.stack([tokens, origin]))
+    steps.beam(t)
+    acc = (download(session.logprobs).reshape(b, k, vocab) + running_scores[:, :, None]).reshape(b, k * vocab)
+    top = _top(acc, cands)
+    top_scores = np.take_along_axis(acc, top, 1)
+    beam_of, token = top // vocab, top % vocab
+    grown = np.take_along_axis(running, beam_of[:, :, None], 1)  # (b, cands, max_len)
+    grown[:, :, t] = token
+    ends = (token == c.eos_id) | (t + 1 >= max_len)
+    # the k best that did not end go on
+    live_scores = top_scores + ends.astype(f32) * never
+    keep = _top(live_scores, k)
+    running = np.take_along_axis(grown, keep[:, :, None], 1)
+    running_scores = np.take_along_axis(live_scores, keep, 1)
+    tokens = np.take_along_axis(token, keep, 1).reshape(-1)
+    origin = (np.take_along_axis(beam_of, keep, 1) + np.arange(b)[:, None] * k).reshape(-1)
+    # those that ended among the top k join the kept hypotheses if they beat them
+    ended = ends & (np.arange(cands) < k)
+    scores = top_scores / ((t + 1) ** s.length_penalty)
+    scores += (is_done.all(1, keepdims=True) & (s.early_stopping is True)).astype(f32) * never
+    scores += (~improvable[:, None]).astype(f32) * never
+    scores += (~ended).astype(f32) * never
+    merged = np.concatenate([done_scores, scores], 1)
+    best = _top(merged, k)
+    done = np.take_along_axis(np.concatenate([done, grown], 1), best[:, :, None], 1)
+    done_scores = np.take_along_axis(merged, best, 1)
+    done_lengths = np.take_along_axis(np.concatenate([done_lengths, np.full((b, cands), t + 1)], 1), best, 1)
+    is_done = np.take_along_axis(np.concatenate([is_done, ended], 1), best, 1)
+    horizon = max_len if s.early_stopping == "never" and s.length_penalty > 0 else t + 1
+    best_possible = running_scores[:, :1] / (horizon ** s.length_penalty)
+    worst_kept = np.where(is_done, done_scores.min(1, keepdims=True), never)
+    improvable &= (best_possible > worst_kept).any(1)
+    if not improvable.any() or (is_done.all() and s.early_stopping is True) or ends.all(): break
+  r = s.num_return
+  return (done[:, :r].reshape(b * r, max_len), done_scores[:, :r].reshape(-1),
+          done_lengths[:, :r].reshape(-1))
+
+def sources(model: Transformer, src_ids: Any) -> tuple[np.ndarray, np.ndarray]:
+  """Checked source ids (B, S) on the host, and each row's length without padding."""
+  if not isinstance(model, Transformer): raise InputError(f"model must be a tfm.Transformer, got {type(model).__name__}")
+  src = model.check_ids(src_ids, "src_ids")
+  lengths = (src != model.config.pad_id).sum(1)
+  if (lengths == 0).any():
+    raise InputError(f"src_ids row {int(np.argmin(lengths))} holds only pad tokens (pad_id={model.config.pad_id}): "
+                     f"give every row at least one token, or leave the empty ones out")
+  return src, lengths
+
+def _search(model: Transformer, src_ids: Any, method: str, return_scores: bool, **given: Any):
+  """Check the inputs, encode, then decode with `method`: "greedy", "beam", or "auto" (greedy for one beam)."""
+  src, lengths = sources(model, src_ids)
+  s = resolve_settings(model, lengths, **given)
+  greedy = method == "greedy" or (method == "auto" and s.beam_size == 1)
+  if greedy: s = dataclasses.replace(s, beam_size=1, num_return=1)
+  session = encoded(model, src, s)
+  if greedy:
+    ids, sums, lengths = _greedy(session, s)
+    scores = sums / lengths.astype(np.float32) ** s.length_penalty
+  else: ids, scores, lengths = _beam_search(session, s)
+  ids = np.ascontiguousarray(ids[:, :int(lengths.max())])
+  return (ids, scores.astype(np.float32)) if return_scores else ids
+
+def incremental_logprobs(model: Transformer, src_ids: Any, tgt_ids: Any) -> np.ndarray:
+  """Teacher forcing through the KV-cache decode step: log-probs (B, T, vocab_size) of the token after each target
+  prefix, computed one position at a time as generation computes them (no generation rules). The same numbers as
+  `model(src_ids, tgt_ids).log_softmax(-1)` up to float32 rounding: a check of the cache, and a way to score targets."""
+  src, _ = sources(model, src_ids)
+  tgt = model.check_ids(tgt_ids, "tgt_ids")
+  if tgt.shape[0] != src.shape[0]:
+    raise InputError(f"src_ids has batch size {src.shape[0]} but tgt_ids has {tgt.shape[0]}: give one target row per source row")
+  session = encoded(model, src, GenerationSettings(max_len=tgt.shape[1], start_id=model.config.start_id))
+  steps, out = None, []
+  for t in range(tgt.shape[1]):
+    steps = steps_at(session, t, steps)
+    upload(session.feed, np.stack([tgt[:, t], np.arange(src.shape[0])]))
+    steps.beam(t)
+    out.append(download(session.logprobs))
+  return np.stack(out, 1)
+
+def generate(model: Transformer, src_ids: Any, max_len: int | None = None, beam_size: int | None = None,
+             length_penalty: float | None = None, early_stopping: bool | str | None = None, min_len: int | None = None,
+             num_return: int | None = None, return_scores: bool = False):
+  """Translate a batch of sources (B, S), pad-padded to a common length: ids (B * num_return, T) [and scores].
+
+  Arguments left as None take tfm's defaults: beam_size 1 (greedy), max_len = longest source + 50 (at most
+  config.max_len), length_penalty 1.0, early_stopping True, min_len 0, num_return 1; or, for a model that carries a
+  `generation_config` dict (an imported checkpoint), that dict's values with Hugging Face's defaults for the keys it
+  leaves out. The module doc gives the conventions for ids, scores and lengths.
+  """
+  return _search(model, src_ids, "auto", return_scores, max_len=max_len, beam_size=beam_size, length_penalty=length_penalty,
+                 early_stopping=early_stopping, min_len=min_len, num_return=num_return)
+
+def greedy_search(model: Transformer, src_ids: Any, max_len: int | None = None, length_penalty: float | None = None,
+                  min_len: int | None = None, return_scores: bool = False):
+  """Greedy decoding (the most probable token at each step) whatever the model's generation_config says."""
+  return _search(model, src_ids, "greedy", return_scores, max_len=max_len, length_penalty=length_penalty, min_len=min_len)
+
+def beam_search(model: Transformer, src_ids: Any, beam_size: int | None = None, max_len: int | None = None,
+                length_penalty: float | None = None, early_stopping: bool | str | None = None, min_len: int | None = None,
+                num_return: int | None = None, return_scores: bool = False):
+  """Beam search for any beam_size, 1 included (which keeps the best continuation: greedy decoding by another road)."""
+  return _search(model, src_ids, "beam", return_scores, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty,
+                 early_stopping=early_stopping, min_len=min_len, num_return=num_return)

@@ -1,0 +1,219 @@
+"""Decoding sessions: what decoding one shape of batch needs on the device (source ids, memory keys and values, KV
+caches, the step's inputs and outputs) and its compiled steps (tfm.replay), kept per model and reused by later
+batches of the same shape. A decode that outgrows its caches moves to caches twice as long."""
+from __future__ import annotations
+
+import math
+import weakref
+from collections import OrderedDict
+
+import numpy as np
+from tinygrad import Tensor, UOp, dtypes
+from tinygrad.nn.state import get_state_dict
+
+from tfm.attention import KVCache
+from tfm.generation.settings import GenerationSettings, rule_arrays
+from tfm.memory import filled, upload
+from tfm.model import Transformer
+from tfm.replay import CompiledStep
+from tfm.tune import tuned_entry
+
+
+SOURCE_BUCKET = 8      # sources are padded to a multiple of this, so nearby lengths share one compiled step
+
+FIRST_CACHE_LEN = 64   # caches start this long and double when a decode outgrows them
+
+SESSIONS_PER_MODEL = 4
+
+
+class Session:
+  """What decoding one shape of batch needs on the device: source ids, memory keys/values, the step's inputs and
+  outputs, and per cache length the KV caches with their captured steps. Reused by later batches of the same shape."""
+
+  def __init__(self, model: Transformer, rows: int, beam: int, src_len: int):
+    c, dev, n = model.config, model.device, rows * beam
+    self.model_ref = weakref.ref(model)
+    self.rows, self.beam, self.src_len, self.device = rows, beam, src_len, dev
+    self.dtype = model.generator.weight.dtype
+    with model.on_device():
+      self.src = filled((rows, src_len), dtypes.int32, dev, c.pad_id)
+      # per decoder layer: keys (n, H, S, hd) and values with a ones column (n, H, S, hd + 1), see memory_kv
+      self.memory_kv = [(filled((n, c.n_heads, src_len, c.head_dim), self.dtype, dev),
+                         filled((n, c.n_heads, src_len, c.head_dim + 1), self.dtype, dev))
+                        for _ in range(c.n_decoder_layers)]
+      self.src_mask = filled((n, 1, 1, src_len), dtypes.bool, dev, False)
+      self.feed = filled((2, n), dtypes.int32, dev)  # beam search: next tokens and the rows they continue
+      self.logprobs = filled((n, c.vocab_size), dtypes.float32, dev)  # beam search: read back every step
+      # the generation rules: per position 0 (free), 1 (eos masked: min_len) or 2 (forced eos); log-prob biases for
+      # every step (0, or -inf for suppressed tokens) and for the forced step (0 for the forced token, -inf elsewhere)
+      self.rules = filled((c.max_len,), dtypes.int32, dev)
+      self.bias = filled((2, c.vocab_size), dtypes.float32, dev)
+    self.steps: dict[int, Steps] = {}
+    self.key = {"config": c.to_dict(), "dtype": str(self.dtype), "device": dev, "tuned": tuned_entry(model.target or dev),
+                "rows": rows, "beam": beam, "src_len": src_len}
+    self.prefill = self.compiled(self._prefill, None, "prefill", self.named)
+
+  def compiled(self, fn, variable: UOp | None, step: str, named, **key) -> CompiledStep:
+    """fn as a compiled step of this session, kept in the compiled-program cache under its kind and shapes."""
+    model = self.model
+    return CompiledStep(fn, variable, lambda: self.model.on_device(), {**self.key, "step": step, **key}, named,
+                        model.target or model.device)
+
+  def named(self) -> dict[str, Tensor]:
+    """Every buffer the session's steps read or write, under a name that is the same in every process."""
+    model = self.model
+    out = {f"weight:{name}": t for name, t in get_state_dict(model).items()}
+    out["positions"] = model.positions.table()
+    out.update(src=self.src, src_mask=self.src_mask, feed=self.feed, logprobs=self.logprobs, rules=self.rules, bias=self.bias)
+    for i, (k, v) in enumerate(self.memory_kv): out[f"memory_kv.{i}.k"], out[f"memory_kv.{i}.v"] = k, v
+    return out
+
+  @property
+  def model(self) -> Transformer:
+    model = self.model_ref()
+    assert model is not None, "a decode session outlived its model"
+    return model
+
+  def _prefill(self) -> None:
+    """Encoder once per batch; memory keys/values and the source mask repeated for each beam."""
+    model, b, k = self.model, self.rows, self.beam
+    with model.on_device():
+      memory = model.run_encoder(self.src)
+      def per_beam(t: Tensor) -> Tensor: return t.unsqueeze(1).expand(b, k, *t.shape[1:]).reshape(b * k, *t.shape[1:])
+      writes = [self.src_mask.assign(per_beam(model.padding_mask(self.src)))]
+      for (k_buf, v_buf), (keys, values) in zip(self.memory_kv, model.memory_kv(memory)):
+        writes += [k_buf.assign(per_beam(keys).cast(self.dtype)), v_buf.assign(per_beam(values).cast(self.dtype))]
+      Tensor.realize(*writes)
+
+  def steps_for(self, length: int, carry: Steps | None = None) -> Steps:
+    """The caches and compiled steps for cache length `length`, holding `carry`'s slots when a decode outgrows it."""
+    if length not in self.steps: self.steps[length] = Steps(self, length)
+    steps = self.steps[length]
+    if carry is not None: steps.take_over(carry)
+    return steps
+
+class Steps:
+  """KV caches of one length and the two compiled steps over them: greedy (its state stays on the device) and beam
+  search (log-probs read back, next tokens and row origins written in)."""
+
+  def __init__(self, session: Session, length: int):
+    model, c = session.model, session.model.config
+    n = session.rows * session.beam
+    self.session, self.length = session, length
+    with model.on_device():
+      self.caches = [KVCache(n, c.n_heads, length, c.head_dim, session.device, session.dtype) for _ in range(c.n_decoder_layers)]
+      # greedy: [0, i, p] is row i's input token at position p (its output at p - 1), [1, i, p] that token's log-prob;
+      # ids are stored as float32 (exact below 2**24) so one kernel writes both
+      self.trace = filled((2, n, length + 1), dtypes.float32, session.device)
+    pos = UOp.variable("pos", 0, length - 1)
+    self.greedy = session.compiled(self._greedy_step, pos, "greedy", self.named, length=length)
+    self.beam = session.compiled(self._beam_step, pos, "beam", self.named, length=length)
+
+  def named(self) -> dict[str, Tensor]:
+    out = {**self.session.named(), "trace": self.trace}
+    for i, cache in enumerate(self.caches): out[f"cache.{i}"] = cache.kv
+    return out
+
+  def take_over(self, shorter: Steps) -> None:
+    """Copy a shorter cache's slots (and greedy trace) in, to continue its decode."""
+    with self.session.model.on_device():
+      writes = [mine.kv[:, :, :, :shorter.length].assign(theirs.kv) for mine, theirs in zip(self.caches, shorter.caches)]
+      Tensor.realize(*writes, self.trace[:, :, :shorter.length + 1].assign(shorter.trace))
+
+  def _applyrule_arrays(self, scores: Tensor, pos: UOp) -> Tensor:
+    """The generation rules on log-probs (or logits) (N, V), as Hugging Face's logits processors apply them."""
+    s, c = self.session, self.session.model.config
+    rule = s.rules[pos:pos + 1]
+    scores = ((rule == 1) & (Tensor.arange(c.vocab_size) == c.eos_id)).where(-math.inf, scores + s.bias[0])
+    return (rule == 2).where(s.bias[1], scores)
+
+  def _greedy_step(self, pos: UOp) -> None:
+    """One greedy step, all on the device: reads the trace at pos, writes the chosen token and its log-prob at pos + 1."""
+    s = self.session
+    with s.model.on_device():
+      last = self.trace[0, :, pos].cast(dtypes.int32)
+      logits = s.model.decode_step(last.reshape(-1, 1), pos, self.caches, s.memory_kv, s.src_mask).float()
+      top = logits.max(-1, keepdim=True)
+      logsumexp = top + (logits - top).exp().sum(-1, keepdim=True).log()
+      ruled = self._applyrule_arrays(logits, pos)  # argmax of ruled logits = argmax of ruled log-probs
+      best, best_logit = ruled.argmax(-1), ruled.max(-1, keepdim=True)
+      logprob = (s.rules[pos:pos + 1] == 2).where(0.0, best_logit - logsumexp)  # a forced token has log-prob 0
+      written = Tensor.stack(best.float(), logprob[:, 0]).reshape(2, -1, 1)
+      # a whole-buffer assign: a view assign would also make this step's read of slot pos see the new value
+      slot = Tensor.arange(self.length + 1) == pos + 1
+      self.trace.assign(slot.where(written, self.trace)).realize()
+
+  def _beam_step(self, pos: UOp) -> None:
+    """One beam-search step: feed[0] holds each row's next token, feed[1] the row its hypothesis continues."""
+    s = self.session
+    with s.model.on_device():
+      logits = s.model.decode_step(s.feed[0].reshape(-1, 1), pos, self.caches, s.memory_kv, s.src_mask, origin=s.feed[1])
+      s.logprobs.assign(self._applyrule_arrays(logits.float().log_softmax(-1), pos)).realize()
+
+_SESSIONS: weakref.WeakKeyDictionary[Transformer, OrderedDict] = weakref.WeakKeyDictionary()
+
+def session_for(model: Transformer, rows: int, beam: int, src_len: int) -> Session:
+  """The model's session for this shape (least recently used ones are dropped), rebuilt if its weights were replaced."""
+  params = model.parameters()
+  if unrealized := [p for p in params if not p.uop.is_realized]: Tensor.realize(*unrealized)
+  weights = tuple(id(p.uop.buffer) for p in params)  # captured steps read these buffers: a replaced one needs a new capture
+  sessions = _SESSIONS.setdefault(model, OrderedDict())
+  key = (rows, beam, src_len, weights)
+  if key not in sessions:
+    sessions[key] = Session(model, rows, beam, src_len)
+    while len(sessions) > SESSIONS_PER_MODEL: sessions.popitem(last=False)
+  sessions.move_to_end(key)
+  return sessions[key]
+
+def cache_lengths(config) -> tuple[int, ...]:
+  """The cache lengths a decode steps through: FIRST_CACHE_LEN, doubled until config.max_len."""
+  lengths = [min(FIRST_CACHE_LEN, config.max_len)]
+  while lengths[-1] < config.max_len: lengths.append(min(2 * lengths[-1], config.max_len))
+  return tuple(lengths)
+
+def steps_at(session: Session, pos: int, steps: Steps | None) -> Steps:
+  """The steps whose caches have a slot for `pos`: the first length, or the next one (carrying the slots over)."""
+  if steps is not None and pos < steps.length: return steps
+  length = next(n for n in cache_lengths(session.model.config) if n > pos)
+  return session.steps_for(length, carry=steps)
+
+def encoded(model: Transformer, src: np.ndarray, s: GenerationSettings) -> Session:
+  """The session for this batch's shape, with the batch encoded and the rules of `s` in place."""
+  config = model.config
+  b, src_len = src.shape[0], min(-(-src.shape[1] // SOURCE_BUCKET) * SOURCE_BUCKET, config.max_len)
+  session = session_for(model, b, s.beam_size, src_len)
+  padded = np.full((b, src_len), config.pad_id, np.int32)
+  padded[:, :src.shape[1]] = src
+  upload(session.src, padded)
+  session.prefill()
+  for buffer, array in zip((session.rules, session.bias), rule_arrays(s, config)): upload(buffer, array)
+  return session
+
+
+def prepare(model: Transformer, batch_sizes: tuple[int, ...] = (1,), beam_sizes: tuple[int, ...] = (1,),
+            max_src_len: int | None = None, progress: bool = True) -> int:
+  """Compile, ahead of time, every step that decoding batches of `batch_sizes` rows with `beam_sizes` beams and
+  sources of up to max_src_len tokens (default: 64, at most config.max_len) can use: the encoder pass of each source
+  bucket and the decode step of each cache length its output budget reaches. Each lands in the compiled-program cache
+  (tfm.cache), so later processes start without compiling. Returns the number of steps prepared."""
+  from tinygrad.helpers import tqdm
+
+  from tfm.generation.settings import resolve_settings
+  c = model.config
+  longest = min(max_src_len or 64, c.max_len)
+  buckets = sorted({min(-(-n // SOURCE_BUCKET) * SOURCE_BUCKET, c.max_len) for n in range(1, longest + 1)})
+  shapes = [(b, k, n) for b in batch_sizes for k in beam_sizes for n in buckets]
+  token = max(c.pad_id, c.bos_id, c.eos_id, c.start_id) + 1
+  prepared = 0
+  for rows, beam, src_len in tqdm(shapes, desc=f"compiling on {model.target or model.device}", disable=not progress):
+    src = np.full((rows, src_len), token % c.vocab_size, np.int32)
+    src[:, -1] = c.eos_id
+    s = resolve_settings(model, np.array([src_len]), beam_size=beam, num_return=1)
+    session = encoded(model, src, s)
+    prepared += 1
+    for length in cache_lengths(c):
+      steps = session.steps_for(length)
+      (steps.greedy if beam == 1 else steps.beam)(0)   # its first call compiles it (or loads it from the cache)
+      prepared += 1
+      if length >= s.max_len: break
+  return prepared

@@ -1,0 +1,111 @@
+"""Generation settings: every knob of one decode, resolved from the call's arguments, the model's generation_config
+(Hugging Face's generation_config.json keys, which an imported checkpoint carries) and the defaults, and checked."""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tfm.errors import InputError
+from tfm.model import Transformer
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+  """Every knob of one `generate` call, resolved from its arguments, the model's generation_config and defaults."""
+  max_len: int
+  beam_size: int = 1
+  length_penalty: float = 1.0
+  early_stopping: bool | str = True
+  min_len: int = 0
+  num_return: int = 1
+  forced_eos_id: int | None = None
+  suppress_ids: tuple[int, ...] = ()
+  start_id: int = 1
+
+
+# what Hugging Face's GenerationConfig assumes for keys a generation_config.json leaves out
+
+
+HF_DEFAULTS = {"max_new_tokens": 20, "min_length": 0, "num_beams": 1, "length_penalty": 1.0, "early_stopping": False,
+               "num_return_sequences": 1}
+# settings that change greedy or beam results and that tfm does not implement, with their no-op values
+
+UNSUPPORTED = {"do_sample": False, "num_beam_groups": 1, "diversity_penalty": 0.0, "repetition_penalty": 1.0,
+               "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "renormalize_logits": False,
+               "exponential_decay_length_penalty": None, "forced_bos_token_id": None, "begin_suppress_tokens": None,
+               "sequence_bias": None, "force_words_ids": None, "constraints": None}
+
+def _from_generation_config(model: Transformer) -> dict[str, Any]:
+  """Defaults from `model.generation_config`: a dict in Hugging Face's generation_config.json keys, which an imported
+  checkpoint carries (tfm.from_pretrained sets it). Keys it leaves out take Hugging Face's defaults, so the model
+  decodes as it does there; a model without one gets tfm's defaults."""
+  gc = getattr(model, "generation_config", None)
+  if gc is None: return {}
+  ignored = [f"{k}={gc[k]!r}" for k, off in UNSUPPORTED.items() if gc.get(k) not in (None, off)]
+  if ignored: warnings.warn(f"the model's generation_config sets {', '.join(ignored)}, which tfm.generate does not implement: "
+                            f"decoding without them", stacklevel=4)
+  gc = {k: v for k, v in gc.items() if v is not None}
+  if "max_length" in gc: gc.setdefault("max_new_tokens", int(gc["max_length"]) - 1)  # theirs counts the start token
+  gc = {**HF_DEFAULTS, **gc}
+  out: dict[str, Any] = {"beam_size": int(gc["num_beams"]), "length_penalty": float(gc["length_penalty"]),
+                         "early_stopping": gc["early_stopping"], "num_return": int(gc["num_return_sequences"])}
+  out["max_len"] = int(gc["max_new_tokens"])
+  out["min_len"] = int(gc["min_new_tokens"]) if "min_new_tokens" in gc else max(0, int(gc["min_length"]) - 1)
+  if "forced_eos_token_id" in gc:  # an id, or a list of them (tfm forces the first)
+    forced = gc["forced_eos_token_id"]
+    out["forced_eos_id"] = int(forced[0] if isinstance(forced, (list, tuple)) else forced)
+  if "decoder_start_token_id" in gc: out["start_id"] = int(gc["decoder_start_token_id"])
+  single = [ids[0] for ids in gc.get("bad_words_ids") or [] if len(ids) == 1]
+  out["suppress_ids"] = tuple(sorted(set(single) | set(gc.get("suppress_tokens") or [])))
+  return out
+
+def resolve_settings(model: Transformer, src_lengths: np.ndarray, **given: Any) -> GenerationSettings:
+  """Arguments given (not None) win over the model's generation_config, which wins over the defaults."""
+  config = model.config
+  values: dict[str, Any] = {"start_id": config.start_id}
+  values.update(_from_generation_config(model))
+  if "max_len" in values: values["max_len"] = min(values["max_len"], config.max_len)  # the decoder has no more positions
+  values.update({k: v for k, v in given.items() if v is not None})
+  # the paper's output budget (section 6.1): input length + 50
+  values.setdefault("max_len", min(int(src_lengths.max()) + 50, config.max_len))
+  s = GenerationSettings(**values)
+  _check_settings(s, config)
+  return s
+
+def _check_settings(s: GenerationSettings, config) -> None:
+  def is_int(x) -> bool: return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+  if not is_int(s.max_len) or not 1 <= s.max_len <= config.max_len:
+    raise InputError(f"max_len={s.max_len!r} must be an integer in [1, {config.max_len}]: the decoder has positions "
+                     f"for config.max_len={config.max_len} tokens")
+  if not is_int(s.beam_size) or s.beam_size < 1:
+    raise InputError(f"beam_size={s.beam_size!r} must be an integer >= 1 (1 is greedy decoding)")
+  if not is_int(s.num_return) or not 1 <= s.num_return <= s.beam_size:
+    raise InputError(f"num_return={s.num_return!r} must be an integer in [1, beam_size={s.beam_size}]: "
+                     f"each returned hypothesis is one of the beams; raise beam_size to return more")
+  if not is_int(s.min_len) or s.min_len < 0:
+    raise InputError(f"min_len={s.min_len!r} must be an integer >= 0")
+  if s.early_stopping not in (True, False, "never"):
+    raise InputError(f"early_stopping={s.early_stopping!r} must be True, False or 'never'")
+  if not isinstance(s.length_penalty, (int, float)) or not math.isfinite(s.length_penalty):
+    raise InputError(f"length_penalty={s.length_penalty!r} must be a finite number (1.0 averages log-probs per token)")
+  for name, ids in (("forced_eos_id", [] if s.forced_eos_id is None else [s.forced_eos_id]), ("suppress_ids", s.suppress_ids),
+                    ("start_id", [s.start_id])):
+    bad = [i for i in ids if not is_int(i) or not 0 <= i < config.vocab_size]
+    if bad: raise InputError(f"{name} has token id {bad[0]!r}, out of range for vocab_size={config.vocab_size}")
+
+
+def rule_arrays(s: GenerationSettings, config) -> tuple[np.ndarray, np.ndarray]:
+  """The contents of Session.rules and Session.bias for settings s."""
+  rules = np.zeros(config.max_len, np.int32)
+  rules[:s.min_len] = 1
+  bias = np.zeros((2, config.vocab_size), np.float32)
+  bias[0, list(s.suppress_ids)] = -np.inf
+  if s.forced_eos_id is not None:
+    rules[s.max_len - 1] = 2
+    bias[1] = -np.inf
+    bias[1, s.forced_eos_id] = 0.0
+  return rules, bias

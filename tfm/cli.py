@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
   add_backends(sub)
   add_compare(sub)
   add_translate(sub)
+  add_compile(sub)
+  add_cache(sub)
   add_kernels(sub)
   add_convert(sub)
   add_tune(sub)
@@ -105,6 +107,85 @@ def cmd_translate(args) -> int:
   translator = Translator.bundled(args.device) if args.model == "bundled" else Translator.load(args.model, args.device)
   texts, scores = translator.translate(args.texts, beam_size=args.beam, max_len=args.max_len, return_scores=True)
   for text, score in zip(texts, scores): print(f"{score:.4f}\t{text}" if args.scores else text)
+  return 0
+
+
+def _sizes(text: str, flag: str) -> tuple[int, ...]:
+  """'1,8' -> (1, 8): positive integers, or an error naming the flag."""
+  try: sizes = tuple(int(x) for x in text.split(","))
+  except ValueError: sizes = ()
+  if not sizes or min(sizes) < 1: raise TfmError(f"{flag} takes positive integers separated by commas (e.g. 1,8), got {text!r}")
+  return sizes
+
+
+def add_compile(sub) -> None:
+  p = _command(sub, "compile", "compile a model's encoder and decode steps for the batch shapes you will translate, "
+               "and keep them in tfm's compiled-program cache: later `tfm translate` runs and apps start without "
+               "compiling (see `tfm cache info`)",
+               "tfm compile\n  tfm compile opus-mt-en-de/ --device CL --batch 1,8 --beam 4 --max-len 64")
+  p.add_argument("model", nargs="?", default="bundled", metavar="MODEL",
+                 help="bundled, a tfm .safetensors file or a Marian checkpoint folder (default: bundled)")
+  p.add_argument("--device", default="auto", help="backend to compile for, as `tfm backends` lists them (default: auto)")
+  p.add_argument("--batch", default="1", metavar="N[,N...]", help="batch sizes (texts per call) to prepare (default: 1)")
+  p.add_argument("--beam", default=None, metavar="N[,N...]",
+                 help="beam sizes to prepare; 1 is greedy (default: the model's setting, else 1)")
+  p.add_argument("--max-len", type=int, default=None, metavar="N",
+                 help="longest source, in tokens, to prepare for (default: 64, at most the model's max_len)")
+  p.set_defaults(func=cmd_compile)
+
+
+def cmd_compile(args) -> int:
+  import time
+
+  import numpy as np
+
+  from tfm import cache
+  from tfm.generation import prepare, resolve_settings
+  batches = _sizes(args.batch, "--batch")
+  if args.max_len is not None and args.max_len < 1: raise TfmError(f"--max-len must be at least 1, got {args.max_len}")
+  model = _load_model(args.model, args.device)
+  if not cache.info().enabled: print("tfm compile: note: TFM_CACHE=0, the compiled steps serve this process only", file=sys.stderr)
+  beams = _sizes(args.beam, "--beam") if args.beam else (resolve_settings(model, np.array([1])).beam_size,)
+  start = time.perf_counter()
+  n = prepare(model, batches, beams, args.max_len)
+  print(f"{n} compiled steps ready on {model.target or model.device} (batch {','.join(map(str, batches))}, beam "
+        f"{','.join(map(str, beams))}) in {time.perf_counter() - start:.1f} s, kept in {cache.programs_dir()}")
+  return 0
+
+
+def _load_model(path: str, device: str):
+  """The bundled model, a Marian folder's or a tfm weight file's (no vocabulary needed to compile)."""
+  if path == "bundled":
+    from tfm.translator import Translator
+    return Translator.bundled(device).model
+  if os.path.isdir(path):
+    from tfm.interop.marian import from_pretrained
+    return from_pretrained(path, device=device)
+  from tfm.weights import load
+  return load(path, device=device)
+
+
+def add_cache(sub) -> None:
+  p = _command(sub, "cache", "show or empty tfm's caches: compiled steps (`tfm compile`, and every run that compiles) "
+               "and backend probe results; TFM_CACHE_DIR moves them, TFM_CACHE=0 switches them off",
+               "tfm cache info\n  tfm cache clear")
+  p.add_argument("action", choices=["info", "clear"], help="info: where and how big; clear: remove every entry")
+  p.set_defaults(func=cmd_cache)
+
+
+def cmd_cache(args) -> int:
+  from backends.probe import saved_path
+  from tfm import cache
+  if args.action == "clear":
+    removed = cache.clear()
+    probes = saved_path().exists()
+    if probes: saved_path().unlink()
+    print(f"removed {removed} compiled steps" + (" and the saved probe results" if probes else "") + f" from {cache.programs_dir().parent}")
+    return 0
+  print(cache.info().summary())
+  print(f"  probes:  {saved_path()} ({'present' if saved_path().exists() else 'none'}; `tfm backends` probes anew)")
+  from tinygrad.helpers import CACHEDB
+  print(f"tinygrad's kernel cache (compiled binaries, tuned kernels): {CACHEDB}")
   return 0
 
 

@@ -87,6 +87,16 @@ class Translator:
     decoded = self.tokenizer.decode(out.tolist())
     return (decoded, [float(s) for s in scores]) if return_scores else decoded
 
+  def warmup(self, batch_sizes: Sequence[int] = (1,), beam_sizes: Sequence[int] | None = None, max_src_len: int | None = None,
+             progress: bool = True) -> int:
+    """Compile now (or load from the compiled-program cache) what translating batches of `batch_sizes` texts of up to
+    max_src_len tokens (default 64, at most the model's max_len) with `beam_sizes` beams (default: the model's own
+    setting) will run, so that neither this process's first translation nor a later process's compiles anything.
+    Returns the number of compiled steps."""
+    from tfm.generation import prepare, resolve_settings
+    beams = tuple(beam_sizes) if beam_sizes else (resolve_settings(self.model, np.array([1])).beam_size,)
+    with LOCK: return prepare(self.model, tuple(batch_sizes), beams, max_src_len, progress)
+
   @classmethod
   def load(cls, path: str | os.PathLike, device: str | None = None) -> Translator:
     """A Marian checkpoint folder (config.json, model.safetensors, source.spm, target.spm, vocab.json), or a tfm

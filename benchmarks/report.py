@@ -23,7 +23,8 @@ COLUMNS = ["config", "shape", "backend", "mode", "first_s", "median_ms", "ratio"
 HEADINGS = {"first_s": "first call (s)", "median_ms": "median (ms)", "ratio": "tfm / PyTorch", "cpu_ms": "CPU time (ms)",
             "cpu_ratio": "CPU time tfm / PyTorch", "max_abs_diff": "max abs diff", "tuned": "tuned kernels found",
             "gflops": "GFLOP/s", "cores": "cores busy", "load": "load avg", "weights_mb": "weights (MiB)",
-            "peak_mb": "peak added (MiB)", "peak_ratio": "peak / weights", "load_s": "load (s)"}
+            "peak_mb": "peak added (MiB)", "peak_ratio": "peak / weights", "load_s": "load (s)",
+            "cold_s": "fresh process, empty caches (s)", "warm_s": "fresh process, warm caches (s)"}
 
 
 def machine() -> str:

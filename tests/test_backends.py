@@ -137,7 +137,7 @@ def test_available_probes_every_backend_in_parallel(monkeypatch):
   monkeypatch.setattr(probe_mod, "_results", {})
   monkeypatch.setattr(probe_mod, "_command", lambda b: [sys.executable, "-c", "import time; time.sleep(1); print('no result')"])
   start = time.perf_counter()
-  infos = backends.available()
+  infos = backends.available(fresh=True)
   assert [i.name for i in infos] == list(backends.NAMES) and all(i.status == UNAVAILABLE for i in infos)
   assert time.perf_counter() - start < 6   # 11 one-second probes, serially 11 s
 
@@ -146,7 +146,7 @@ def test_a_hanging_probe_is_cut_off_by_its_timeout(monkeypatch):
   monkeypatch.setattr(probe_mod, "_results", {})
   monkeypatch.setattr(probe_mod, "_command", lambda b: [sys.executable, "-c", "import time; time.sleep(60)"])
   start = time.perf_counter()
-  result = backends.probe("CPU", timeout=1)
+  result = backends.probe("CPU", timeout=1, fresh=True)
   assert time.perf_counter() - start < 10
   assert result.status == UNAVAILABLE and result.reason.startswith("probe timed out after 1 s")
 
@@ -154,7 +154,7 @@ def test_a_hanging_probe_is_cut_off_by_its_timeout(monkeypatch):
 def test_a_crashing_probe_is_reported_not_raised(monkeypatch):
   monkeypatch.setattr(probe_mod, "_results", {})
   monkeypatch.setattr(probe_mod, "_command", lambda b: [sys.executable, "-c", "import os; os.abort()"])
-  assert backends.probe("CL").reason.startswith("probe crashed (exit code -6)")
+  assert backends.probe("CL", fresh=True).reason.startswith("probe crashed (exit code -6)")
 
 
 def test_use_compiles_with_the_targets_renderer():

@@ -435,6 +435,8 @@ CLI_CASES = {
   "attention": (["attention", "hello", "--out", "{tmp}/a.png", "--model", "{tmp}/none.safetensors"],
                 "none.safetensors does not exist"),
   "translate": (["translate", "--model", "{tmp}/none.safetensors", "hello"], "none.safetensors does not exist"),
+  "compile": (["compile", "{empty}", "--device", "CPU"], "is not a readable safetensors tfm weight file"),
+  "cache": (["cache", "info", "--dir", "{empty}"], "is a file, not a cache folder"),
 }
 
 

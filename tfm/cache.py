@@ -43,6 +43,17 @@ class CacheWarning(UserWarning):
   """A cache entry was unusable and is rebuilt (the message says why)."""
 
 
+@dataclass
+class Stats:
+  """This process's use of the cache."""
+  hits: int = 0      # entries found and used
+  misses: int = 0    # entries looked for and not there (or unusable): compiled instead
+  stored: int = 0    # entries written
+
+
+stats = Stats()
+
+
 def programs_dir() -> Path: return cache_dir() / "programs"
 
 
@@ -90,6 +101,7 @@ def _drop(path: Path, why: str) -> None:
 def lookup(key: dict) -> bytes | None:
   """The payload stored under key, or None (not there, switched off, or unusable: then dropped, with a warning)."""
   if not cache_enabled(): return None
+  stats.misses += 1   # until it is found good, below
   key_bytes = _encode(key)
   path = _path(key_bytes)
   try: data = path.read_bytes()
@@ -99,6 +111,9 @@ def lookup(key: dict) -> bytes | None:
     _drop(path, "is not a tfm cache entry or is truncated")
     return None
   n = int.from_bytes(data[head:head + 8], "little")
+  if len(data) < head + 40 + n:
+    _drop(path, "is truncated")
+    return None
   stored_key, digest, payload = data[head + 8:head + 8 + n], data[head + 8 + n:head + 40 + n], data[head + 40 + n:]
   if stored_key != key_bytes:
     _drop(path, "was made for another model, backend or version")
@@ -108,11 +123,13 @@ def lookup(key: dict) -> bytes | None:
     return None
   try: os.utime(path)   # least recently used goes first when the cache is full
   except OSError: pass
+  stats.misses, stats.hits = stats.misses - 1, stats.hits + 1
   return payload
 
 
 def discard(key: dict, why: str) -> None:
   """Drop the entry under key (its payload could not be used), with a warning."""
+  stats.misses, stats.hits = stats.misses + 1, stats.hits - 1
   _drop(_path(_encode(key)), why)
 
 
@@ -132,6 +149,7 @@ def store(key: dict, payload: bytes) -> None:
     try:
       path.parent.mkdir(parents=True, exist_ok=True)
       atomic_write(path, write)
+      stats.stored += 1
       _trim(max_bytes())
     except OSError as e:
       warnings.warn(f"compiled-program cache: cannot write {path.parent} ({e.strerror or e}); set TFM_CACHE_DIR to a "

@@ -170,10 +170,16 @@ def add_cache(sub) -> None:
                "and backend probe results; TFM_CACHE_DIR moves them, TFM_CACHE=0 switches them off",
                "tfm cache info\n  tfm cache clear")
   p.add_argument("action", choices=["info", "clear"], help="info: where and how big; clear: remove every entry")
+  p.add_argument("--dir", default=None, metavar="FOLDER", help="a cache folder other than this environment's "
+                 "(default: $TFM_CACHE_DIR, else the platform's cache folder)")
   p.set_defaults(func=cmd_cache)
 
 
 def cmd_cache(args) -> int:
+  if args.dir is not None:
+    if os.path.exists(args.dir) and not os.path.isdir(args.dir):
+      raise TfmError(f"--dir {args.dir} is a file, not a cache folder; give the folder TFM_CACHE_DIR names")
+    os.environ["TFM_CACHE_DIR"] = args.dir
   from backends.probe import saved_path
   from tfm import cache
   if args.action == "clear":

@@ -34,7 +34,7 @@ t0 = time.perf_counter()
 model = tfm.load(sys.argv[1], device=sys.argv[2])
 seconds = time.perf_counter() - t0
 peak = status_mb("VmHWM")
-weights = sum(p.nbytes() for p in {id(p): p for p in model.parameters()}.values()) / 2**20
+weights = sum(p.nbytes() for p in model.parameters()) / 2**20
 print(json.dumps({"before_mb": before, "peak_mb": peak - before, "weights_mb": weights, "load_s": seconds}))
 """
 

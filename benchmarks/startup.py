@@ -64,12 +64,12 @@ def run(args) -> list[dict]:
         warm = [_wall(command(device), env) for _ in range(args.reps)]
       rows.append({"bench": "startup", "case": case, "backend": device, "cold_s": cold, "warm_s": statistics.median(warm),
                    "load": load_average()})
-      print_rows(rows[-1:], ["case", "backend", "cold_s", "warm_s"], header=len(rows) == 1)
+      print(f"{case} on {device}: {cold:.2f} s cold, {statistics.median(warm):.2f} s warm", flush=True)
   if _has("torch") and _has("transformers"):
     first = _wall(TRANSFORMERS, dict(os.environ))
     warm = [_wall(TRANSFORMERS, dict(os.environ)) for _ in range(args.reps)]
     rows.append({"bench": "startup", "case": "transformers MarianMTModel (marian_tiny)", "backend": "PyTorch CPU",
                  "cold_s": first, "warm_s": statistics.median(warm), "load": load_average()})
-    print_rows(rows[-1:], ["case", "backend", "cold_s", "warm_s"], header=False)
   else: print("torch and transformers not installed (pip install -e .[hf]): the transformers row is left out")
+  print_rows(rows, ["case", "backend", "cold_s", "warm_s", "load"])
   return rows

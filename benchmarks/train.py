@@ -43,7 +43,7 @@ def run(args) -> list[dict]:
       for r in torch_rows: r.pop("losses")
       rows += torch_rows
       print_rows(torch_rows, COLUMNS, header=False)
-    params = list({id(p): p for p in model.parameters()}.values())
+    params = model.parameters()
     with model.on_device():
       opt = FlatAdam(params, lr=LR, b1=BETAS[0], b2=BETAS[1], eps=EPS)   # as tfm.train.Trainer does
       s, ti, y = (Tensor(a.astype(np.int32), device=model.device) for a in (src, tgt_in, labels))

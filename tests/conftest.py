@@ -8,10 +8,11 @@ import tempfile
 
 import numpy as np
 import pytest
-from tinygrad import Tensor
 from tinygrad.nn.state import get_state_dict
 
 import tfm
+from tfm import weights
+from tfm.compare import random_arrays
 
 DEVICE = "CPU"
 
@@ -23,16 +24,9 @@ if "TFM_CACHE_DIR" not in os.environ:
 
 
 def randomize(model: tfm.Transformer, seed: int = 0) -> tfm.Transformer:
-  """Give every parameter (biases, LayerNorm gains and biases, the pad row) random, non-trivial values."""
-  rng = np.random.default_rng(seed)
-  seen = set()
-  for name, p in get_state_dict(model).items():
-    if id(p) in seen: continue
-    seen.add(id(p))
-    scale = 0.3 if "layer_norm" not in name else 0.2
-    base = 1.0 if "layer_norm" in name and name.endswith(".weight") else 0.0
-    value = base + scale * rng.standard_normal(p.shape)
-    p.replace(Tensor(value.astype(np.float32), device=p.device).realize())
+  """Give every parameter (biases, LayerNorm gains and biases, the pad row) random, non-trivial values: the seeded
+  weights `tfm compare` uses for the tiny config."""
+  weights.assign(weights.unique_state(model), random_arrays(model.config, seed), f"random weights (seed {seed})")
   return model
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from tinygrad import Context, Device, Tensor, dtypes
 from tinygrad.helpers import TRAINING
-from tinygrad.nn.state import get_parameters, get_state_dict
+from tinygrad.nn.state import get_state_dict
 
 import backends
 from tfm.attention import KVCache, causal_mask, padding_mask, with_ones
@@ -30,6 +30,14 @@ def resolve_device(device: str | None) -> tuple[str, str | None]:
   if device is None: return Device.DEFAULT, None
   info = backends.select(device)
   return info.device_name, info.target
+
+
+def unique_state(obj: Any) -> dict[str, Tensor]:
+  """The state dict with each tensor once, under its first name (a tied matrix under `src_embed.weight`)."""
+  out: dict[str, Tensor] = {}
+  for name, t in get_state_dict(obj).items():
+    if all(t is not seen for seen in out.values()): out[name] = t
+  return out
 
 
 _draws: list = [None, 0]  # [tinygrad's RNG state the count belongs to, models initialised under it]
@@ -101,10 +109,7 @@ class Transformer:
     Drawn on the host (random kernels for every weight shape would cost seconds of compiling per model on each
     backend), following tinygrad's seed, so `Tensor.manual_seed` makes it repeatable."""
     rng = _init_rng()
-    seen: set[int] = set()
-    for name, p in get_state_dict(self).items():
-      if id(p) in seen: continue  # a tied matrix is initialised once, as the embedding it first appears as
-      seen.add(id(p))
+    for name, p in unique_state(self).items():   # a tied matrix is initialised once, as the embedding it first appears as
       if "layer_norm" in name: value = np.ones(p.shape) if name.endswith(".weight") else np.zeros(p.shape)
       elif name.endswith("embed.weight"): value = rng.normal(0.0, self.config.d_model ** -0.5, p.shape)
       elif name.endswith(".weight"): value = rng.uniform(-1, 1, p.shape) * math.sqrt(6 / (p.shape[0] + p.shape[1]))
@@ -228,13 +233,15 @@ class Transformer:
       if self.decoder.layer_norm is not None: x = layer_norm_one_pass(self.decoder.layer_norm, x)
       return self.generator(x)[:, 0]
 
-  def parameters(self) -> list[Tensor]: return get_parameters(self)
+  def parameters(self) -> list[Tensor]:
+    """Every weight once (a tied matrix once): what an optimizer updates."""
+    return list(unique_state(self).values())
 
   def num_parameters(self) -> int:
     """Distinct learned numbers (a tied matrix counts once)."""
-    return sum(p.numel() for p in {id(p): p for p in get_parameters(self)}.values())
+    return sum(p.numel() for p in self.parameters())
 
   def to_float(self, dtype=dtypes.float32) -> Transformer:
     """Cast every weight in place (e.g. dtypes.float16) and return the model."""
-    for p in {id(p): p for p in get_parameters(self)}.values(): p.replace(p.cast(dtype).realize())
+    for p in self.parameters(): p.replace(p.cast(dtype).realize())
     return self

@@ -153,9 +153,6 @@ class TrainOptions:
       raise ConfigError(f"clip_norm={self.clip_norm!r} must be > 0, or None for no clipping")
 
 
-def _unique(tensors: list[Tensor]) -> list[Tensor]: return list({id(t): t for t in tensors}.values())
-
-
 class FlatAdam(LAMB):
   """tinygrad's fused Adam (LAMB with adam=True and no weight decay: the same update, moments, and bias correction),
   with the gradients gathered into one flat buffer by writing each into its slice.
@@ -197,7 +194,7 @@ class Trainer:
     Tensor.manual_seed(self.options.seed)
     self.rng = np.random.default_rng(self.options.seed)
     self.model = Transformer(self.config, device=device)
-    self.params = _unique(self.model.parameters())
+    self.params = self.model.parameters()
     # the update of every parameter in one flat buffer: a few kernels instead of a few per parameter
     self.opt = FlatAdam(self.params, lr=0.0, b1=0.9, b2=0.98, eps=1e-9)
     self.step = self.tokens = 0

@@ -30,13 +30,12 @@ import numpy as np
 from safetensors import SafetensorError, TensorSpec, safe_open, serialize_file
 from tinygrad import Tensor, dtypes
 from tinygrad.dtype import DType
-from tinygrad.nn.state import get_state_dict
 
 from tfm.config import TransformerConfig
 from tfm.errors import ConfigError, WeightsError
 from tfm.files import atomic_write
 from tfm.memory import bfloat16_bits, drain, to_device, widen_bfloat16
-from tfm.model import Transformer
+from tfm.model import Transformer, unique_state
 
 FORMAT_VERSION = 1
 KINDS = ("transformer", "stacks")
@@ -196,15 +195,6 @@ class WeightFile:
   arrays: Mapping[str, np.ndarray]   # read from the file on demand (StoredArrays) or held
   metadata: dict[str, str]
   generation_config: dict[str, Any] | None = None
-
-
-def unique_state(obj: Any) -> dict[str, Tensor]:
-  """The state dict with each tensor once, under its first name (a tied matrix under `src_embed.weight`)."""
-  seen: set[int] = set()
-  out = {}
-  for name, t in get_state_dict(obj).items():
-    if id(t) not in seen: seen.add(id(t)); out[name] = t
-  return out
 
 
 def write(path: str | os.PathLike, arrays: dict[str, np.ndarray], config: TransformerConfig, kind: str = "transformer",

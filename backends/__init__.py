@@ -23,7 +23,7 @@ import os
 
 from backends import kernels
 from backends.probe import available, probe
-from backends.registry import BACKENDS, COMPILE_ONLY, NAMES, RUNS, UNAVAILABLE, BackendInfo, format_table, lookup
+from backends.registry import BACKENDS, COMPILE_ONLY, NAMES, RUNS, UNAVAILABLE, BackendInfo, SelectionError, format_table, lookup
 from backends.select import AUTO_ORDER, BackendUnavailable, select, use
 
 # PoCL (the OpenCL of CPU-only Linux machines) prints "1 warning generated." for many of tinygrad's generated kernels
@@ -31,5 +31,5 @@ from backends.select import AUTO_ORDER, BackendUnavailable, select, use
 # (errors still surface); a value the user set is kept. PoCL reads it at each build, so setting it here is in time.
 os.environ.setdefault("POCL_EXTRA_BUILD_FLAGS", "-w")
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "COMPILE_ONLY", "NAMES", "RUNS", "UNAVAILABLE", "BackendInfo", "BackendUnavailable",
+__all__ = ["AUTO_ORDER", "BACKENDS", "COMPILE_ONLY", "NAMES", "RUNS", "UNAVAILABLE", "BackendInfo", "BackendUnavailable", "SelectionError",
            "available", "format_table", "kernels", "lookup", "probe", "select", "use"]

@@ -19,6 +19,7 @@ from tinygrad.codegen import to_program
 from tinygrad.codegen.opt import tc
 from tinygrad.device import CompileError
 from tinygrad.helpers import Target
+from backends.registry import SelectionError
 from tinygrad.renderer import Renderer
 from tinygrad.renderer.cstyle import ClangRenderer, CUDARenderer, MetalRenderer, OpenCLRenderer
 from tinygrad.renderer.llvmir import CPULLVMRenderer
@@ -71,7 +72,7 @@ LANGUAGES: dict[str, tuple[type[Renderer], Target, str]] = {
 
 def _language(target: str) -> tuple[type[Renderer], Target, str]:
   if not isinstance(target, str) or target.lower() not in LANGUAGES:
-    raise ValueError(f"unknown kernel target {target!r}: expected one of {', '.join(LANGUAGES)}")
+    raise SelectionError(f"unknown kernel target {target!r}: expected one of {', '.join(LANGUAGES)}")
   return LANGUAGES[target.lower()]
 
 

@@ -34,10 +34,15 @@ NAMES: tuple[str, ...] = tuple(b.name for b in BACKENDS)
 _BY_NAME = {b.name: b for b in BACKENDS}
 
 
+class SelectionError(ValueError):
+  """A backend asked for that cannot be used: an unknown name, a malformed choice, or one that does not run here.
+  The message says why and what to use instead."""
+
+
 def lookup(name: str) -> Backend:
-  """The backend called `name` (any case); a ValueError listing the valid names otherwise."""
+  """The backend called `name` (any case); a SelectionError listing the valid names otherwise."""
   if not isinstance(name, str) or (key := name.strip().upper()) not in _BY_NAME:
-    raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(NAMES)} (any case)")
+    raise SelectionError(f"unknown backend {name!r}: expected one of {', '.join(NAMES)} (any case)")
   return _BY_NAME[key]
 
 

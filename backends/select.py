@@ -18,7 +18,7 @@ import contextlib, logging, os, warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from backends.probe import TIMEOUT, available, probe
-from backends.registry import BackendInfo, format_table, lookup
+from backends.registry import BackendInfo, SelectionError, format_table, lookup
 
 ACCELERATORS = ("METAL", "CUDA", "NV", "AMD")
 CPU_CLASS = ("CL", "CPU", "CPU:LLVM", "CPU:X86", "PYTHON")
@@ -26,7 +26,7 @@ AUTO_ORDER = ACCELERATORS + CPU_CLASS
 log = logging.getLogger(__name__)
 
 
-class BackendUnavailable(ValueError):
+class BackendUnavailable(SelectionError):
   """A known backend that cannot run here; the message has the reason and what does run."""
 
 
@@ -59,10 +59,10 @@ def use(backend: BackendInfo | str | Sequence[str] = "auto") -> Iterator[Backend
 def _parse(preference: str | Sequence[str], source: str) -> list[str]:
   parts = preference.split(",") if isinstance(preference, str) else list(preference) if isinstance(preference, Sequence) else None
   if not parts or any(not isinstance(p, str) or not p.strip() for p in parts):
-    raise ValueError(f"{source}={preference!r}: expected a backend name, a comma-separated priority list or 'auto'")
+    raise SelectionError(f"{source}={preference!r}: expected a backend name, a comma-separated priority list or 'auto'")
   if len(parts) == 1 and parts[0].strip().lower() == "auto": return ["auto"]
   try: return [lookup(p).name for p in parts]
-  except ValueError as e: raise ValueError(f"{source}={preference!r}: {e}") from None
+  except SelectionError as e: raise SelectionError(f"{source}={preference!r}: {e}") from None
 
 
 def _auto(timeout: float) -> BackendInfo:

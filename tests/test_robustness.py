@@ -29,7 +29,7 @@ from tinygrad.device import CompileError
 
 import backends
 import tfm
-from tfm import cli, weights
+from tfm import cli, commands, weights
 from tfm.tokenizer import CharTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -467,12 +467,20 @@ def test_argparse_errors_exit_2_without_a_traceback(capsys):
 
 
 def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
-  monkeypatch.setattr(cli, "cmd_tune", lambda args: {}["no such key"])  # a bug: main builds its parser with this
+  monkeypatch.setattr(commands, "cmd_tune", lambda args: {}["no such key"])  # a bug: main builds its parser with this
   assert cli.main(["tune"]) == 70
   err = capsys.readouterr().err
   assert err == "tfm tune: internal error: KeyError: 'no such key' (run `tfm --debug tune ...` for the traceback)\n"
   assert cli.main(["--debug", "tune"]) == 70
   assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fault", [ValueError("math domain error"), OSError(5, "Input/output error")])
+def test_a_value_or_os_error_inside_tfm_is_internal_not_bad_input(fault, monkeypatch, capsys):
+  def broken(args): raise fault   # not a TfmError, not a missing file: tfm's own fault, whatever its type
+  monkeypatch.setattr(commands, "cmd_tune", broken)
+  assert cli.main(["tune"]) == 70
+  assert capsys.readouterr().err.startswith(f"tfm tune: internal error: {type(fault).__name__}")
 
 
 def test_a_closed_pipe_ends_the_command_quietly(tmp_path):

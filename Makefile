@@ -1,5 +1,5 @@
 # make demo: set up, then the main job.  make test: set up, then the whole suite.
-.PHONY: setup demo test
+.PHONY: setup demo test lint
 
 setup:
 	@scripts/setup
@@ -14,3 +14,6 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest -q
+
+lint: setup
+	.venv/bin/ruff check .

@@ -4,13 +4,10 @@ Precedence: an explicit name or list > $TFM_DEVICE (it replaces "auto", and only
 An explicit name probes only that backend; a list probes its members; auto probes everything, in parallel.
 
 Auto order, fixed (not benchmarked per run): accelerators METAL, CUDA, NV, AMD; then CL, CPU, CPU:LLVM, CPU:X86, PYTHON.
-CL comes first after the accelerators: a GPU OpenCL device is an accelerator, and a CPU one (PoCL) is the fastest
-CPU-class backend measured here (2-core Xeon, PoCL, clang 14, tinygrad 0.14; medians of 15-20 warm runs):
-  three chained 256x256 matmuls, TinyJit           CPU 4.9-6.2 ms   CL 3.0-5.2 ms   CPU:LLVM 4.0-5.4 ms
-  256x256: 3 matmuls + relu + add + softmax, eager  CPU 56-82 ms     CL 11-19 ms     CPU:LLVM 62-65 ms
-Pure matmuls tie within noise; with the softmax and elementwise kernels of a Transformer, CL is 3-4x faster, as in
-the project's whole-model figures (base forward 1.8 s on CL, 5.0 s on CPU). CPU precedes CPU:LLVM (a tie) because a
-plain target needs no DEV context to keep its renderer. Skipped accelerators are logged; when auto has to skip a
+CL comes first after the accelerators: a GPU OpenCL device is an accelerator, and a CPU one (PoCL) was the fastest
+CPU-class backend measured, since it runs work-groups on every core where tinygrad's CPU runtime uses one
+(docs/BACKENDS.md, "Why auto picks CL"). CPU precedes CPU:LLVM (a tie) because a plain target needs no DEV context
+to keep its renderer. Skipped accelerators are logged; when auto has to skip a
 CPU-class backend (e.g. CL without an OpenCL ICD) it warns.
 """
 from __future__ import annotations

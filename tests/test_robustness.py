@@ -452,7 +452,7 @@ def test_a_bad_file_or_argument_is_one_line_on_stderr(command, tmp_path, capsys)
   empty = tmp_path / "empty.safetensors"
   empty.write_bytes(b"")
   argv, message = CLI_CASES[command]
-  fill = lambda s: s.format(empty=empty, tmp=tmp_path)
+  def fill(s: str) -> str: return s.format(empty=empty, tmp=tmp_path)
   code = cli.main([fill(a) for a in argv])
   err = capsys.readouterr().err
   assert code == 2 and err.startswith(f"tfm {command}: error: ") and fill(message) in err

@@ -192,7 +192,8 @@ def add_attention(sub) -> None:
   p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",
                  help="the bundled dates model, a tfm .safetensors file (its NAME.vocab.json or vocab.json beside it) or a "
                       "Marian checkpoint folder (default: bundled)")
-  p.add_argument("--beam", type=int, default=None, metavar="N", help="beam size of the translation; 1 is greedy (default: the model's setting, else 1)")
+  p.add_argument("--beam", type=int, default=None, metavar="N",
+                 help="beam size of the translation; 1 is greedy (default: the model's setting, else 1)")
   p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
   p.set_defaults(func=commands.cmd_attention)
 

@@ -3,9 +3,8 @@ whose weight part runs two to three times faster.
 
 y = x W^T + b. The weight's gradient is G^T X, a reduction over the tokens: autograd expresses it over the leading
 axis of G and X as they are stored, and tinygrad 0.14 compiles that reduction, whose operands are strided along the
-reduced axis, at a third of the speed of a matmul whose operands are contiguous along it (a 2048-token, 512 x 128
-weight gradient on PoCL: 12.2 ms as autograd writes it, 6.2 ms with both transposes made contiguous first, the
-transposes included; docs/PERFORMANCE.md). So under training the product is a tinygrad `function` with its own
+reduced axis, at about a third of the speed of a matmul whose operands are contiguous along it (measured in
+docs/PERFORMANCE.md, "Where the time goes"). So under training the product is a tinygrad `function` with its own
 gradient: dX = G W as autograd computes it, dW = G^T (X^T)^T with G^T and X^T made contiguous.
 
 Both classes here are built with unset (empty) weights, which the model initialises or a loader fills.

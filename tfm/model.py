@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from tinygrad import Context, Device, Tensor, dtypes
@@ -21,7 +21,6 @@ from tfm.errors import BackendError, InputError
 from tfm.layers import DecoderLayer, EncoderLayer, LayerNorm, PositionalEncoding, layer_norm_one_pass
 from tfm.linear import Embedding, Linear
 from tfm.memory import to_device
-from tfm.tune import tuned_settings
 
 
 def resolve_device(device: str | None) -> tuple[str, str | None]:
@@ -39,6 +38,10 @@ def unique_state(obj: Any) -> dict[str, Tensor]:
     if all(t is not seen for seen in out.values()): out[name] = t
   return out
 
+
+# functions of a backend's target -> tinygrad settings for compiling on it, applied by Transformer.on_device():
+# tfm.tune registers the one that turns its tuned kernels on, so the model itself knows nothing of tuning
+COMPILE_SETTINGS: list[Callable[[str], dict]] = []
 
 _draws: list = [None, 0]  # [tinygrad's RNG state the count belongs to, models initialised under it]
 
@@ -99,8 +102,9 @@ class Transformer:
   def on_device(self) -> contextlib.AbstractContextManager:
     """The block in which this model's kernels are built and compiled: tinygrad picks the renderer ("CPU:LLVM"
     rather than clang) from DEV when it compiles, so realize under this to get the backend that was asked for.
-    Kernels compiled here use the tuned ones `tfm tune` stored for this backend, when it has been tuned."""
-    settings = {**({"DEV": self.target} if self.target else {}), **tuned_settings(self.target or self.device)}
+    The settings registered in COMPILE_SETTINGS apply too (the tuned kernels `tfm tune` stored for this backend)."""
+    settings = {"DEV": self.target} if self.target else {}
+    for extra in COMPILE_SETTINGS: settings.update(extra(self.target or self.device))
     return Context(**settings) if settings else contextlib.nullcontext()
 
   def _initialise(self) -> None:

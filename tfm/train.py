@@ -158,10 +158,9 @@ class FlatAdam(LAMB):
   with the gradients gathered into one flat buffer by writing each into its slice.
 
   tinygrad's fused optimizer concatenates the gradients with `Tensor.cat`, which compiles to one kernel that tests
-  every element against every parameter's range (85 ranges for the small train-step benchmark: 17 ms of a 440 ms
-  step on CL); written slice by slice, each gradient's last kernel stores straight into the buffer and the update
-  reads it as one array (docs/PERFORMANCE.md). The moments stay two flat buffers, `m[0]` and `v[0]`, as in the
-  fused optimizer, with parameter i at `pos_params[i]:pos_params[i + 1]`."""
+  every element against every parameter's range; written slice by slice, each gradient's last kernel stores straight
+  into the buffer and the update reads it as one array (what that saves: docs/PERFORMANCE.md). The moments stay two
+  flat buffers, `m[0]` and `v[0]`, as in the fused optimizer, with parameter i at `pos_params[i]:pos_params[i + 1]`."""
 
   def __init__(self, params: list[Tensor], lr: float = 0.001, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
     super().__init__(params, lr, b1, b2, eps, weight_decay=0.0, adam=True, fused=True)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from tinygrad.helpers import BEAM, CACHELEVEL, IGNORE_BEAM_CACHE, NOOPT, ContextVar, diskcache_get, getenv
 
 from tfm.files import write_text
+from tfm.model import COMPILE_SETTINGS
 
 MARKER = "tfm-tuned.json"
 # set (by tuned_settings) while kernels compile for a tuned backend: BEAM looks up the cache and never searches
@@ -176,3 +177,5 @@ def tune(model, batch: int = 8, length: int = 64, beam: int = 2, reps: int = 3, 
   after = timed(tuned_settings(backend) or {"BEAM": beam})
   return TuneReport(backend, beam, len(calls), searched, seconds, before, after)
 
+
+COMPILE_SETTINGS.append(tuned_settings)   # every model compiles with its backend's tuned kernels, when it has them

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import pytest
 
+import backends
 from tfm.cli import main
 
 
 def test_backends_prints_a_row_per_backend_with_its_status(capsys):
   assert main(["backends"]) == 0
-  rows = {line.split("|")[0].strip(): line for line in capsys.readouterr().out.splitlines()[1:]}
-  assert "| runs" in rows["CPU"] and "| runs" in rows["CL"]
-  assert "runs" not in rows["METAL"].split("|")[1]
+  rows = {line.split("|")[0].strip(): line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines()[1:]}
+  assert list(rows) == list(backends.NAMES)
+  assert set(rows.values()) <= {backends.RUNS, backends.COMPILE_ONLY, backends.UNAVAILABLE}
+  for name in ("CPU", "CL", "METAL"): assert (rows[name] == backends.RUNS) == backends.probe(name).runs, name
 
 
 def test_kernels_writes_one_file_per_kernel_and_compiles_cuda(tmp_path, capsys):

@@ -67,6 +67,5 @@ class BackendInfo:
 
 def format_table(infos: list[BackendInfo]) -> str:
   """name | status | device | reason, in aligned columns, one backend a line."""
-  rows = [("name", "status", "device", "reason")] + [(i.name, i.status, i.device, i.reason) for i in infos]
-  widths = [max(len(r[c]) for r in rows) for c in range(3)]
-  return "\n".join(" | ".join([*(r[c].ljust(widths[c]) for c in range(3)), r[3]]).rstrip() for r in rows)
+  from backends.tables import aligned
+  return aligned([["name", "status", "device", "reason"]] + [[i.name, i.status, i.device, i.reason] for i in infos])

@@ -9,27 +9,23 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from tfm.config import TransformerConfig
+from backends.tables import aligned
+from tfm.config import PRESETS, TransformerConfig
 
-# "base" is the paper's base model with its 37000-token shared vocabulary: the generator (512 x 37000) is a large
-# share of a forward pass, which is what a translation model of that size really pays. "small" is the size the
-# train-step benchmark uses (d=128, 2+2 layers); "tiny" is for smoke tests.
-CONFIGS: dict[str, dict] = {
-  "base": dict(dropout=0.0),
-  "small": dict(vocab_size=1000, d_model=128, n_heads=4, d_ff=512, n_encoder_layers=2, n_decoder_layers=2, dropout=0.0),
-  "tiny": dict(vocab_size=64, d_model=32, n_heads=4, d_ff=64, n_encoder_layers=2, n_decoder_layers=2, dropout=0.0, max_len=64),
-}
+# The sizes are tfm's presets (tfm.config.PRESETS): "base" is the paper's base model with its 37000-token shared
+# vocabulary, whose generator (512 x 37000) is a large share of a forward pass, as in a real translation model;
+# "medium" (d=128, 2+2 layers) is the train-step benchmark's; "tiny" is for smoke tests.
 
 
 def config(name: str) -> TransformerConfig:
-  """A benchmark size by name; dropout is off so that tfm and PyTorch compute the same numbers."""
-  if name not in CONFIGS: raise SystemExit(f"unknown --config {name!r}; choose one of {', '.join(CONFIGS)}")
-  return TransformerConfig(**CONFIGS[name])
+  """A benchmark size by preset name; dropout is off so that tfm and PyTorch compute the same numbers."""
+  if name not in PRESETS: raise SystemExit(f"unknown --config {name!r}; choose one of {', '.join(PRESETS)}")
+  return TransformerConfig.preset(name, dropout=0.0)
 
 
 def add_common(parser: argparse.ArgumentParser, config: str, batch: int, length: int, reps: int) -> None:
   parser.add_argument("--backends", default="CPU,CL", help="comma-separated tinygrad backends (default: CPU,CL)")
-  parser.add_argument("--config", default=config, choices=sorted(CONFIGS), help=f"model size (default: {config})")
+  parser.add_argument("--config", default=config, choices=sorted(PRESETS), help=f"model size, a tfm preset (default: {config})")
   parser.add_argument("--batch", type=int, default=batch, help=f"sequences per batch (default: {batch})")
   parser.add_argument("--length", type=int, default=length, help=f"tokens per source and target sequence (default: {length})")
   parser.add_argument("--reps", type=int, default=reps,
@@ -98,6 +94,5 @@ def print_rows(rows: list[dict], columns: list[str], header: bool = True) -> Non
     if v is None: return "-"
     if isinstance(v, float): return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
     return str(v)
-  table = [columns] + [[cell(r.get(c)) for c in columns] for r in rows]
-  widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-  for line in table[0 if header else 1:]: print("  ".join(v.rjust(w) for v, w in zip(line, widths)), flush=True)
+  table = aligned([columns] + [[cell(r.get(c)) for c in columns] for r in rows], sep="  ", right=True).splitlines()
+  print("\n".join(table[0 if header else 1:]), flush=True)

@@ -1,7 +1,7 @@
 """Decode benchmark: per-token latency and tokens/s of greedy and beam-4 generation (batch 1 and 8) with tfm's
 KV-cache step on each backend, next to PyTorch eager with KV caches on the same weights.
 
-    python -m benchmarks decode --backends CPU,CL --configs tiny,small,bundled --json decode.json
+    python -m benchmarks decode --backends CPU,CL --configs tiny,medium,bundled --json decode.json
 
 Every run generates exactly --tokens tokens per hypothesis (eos is masked until then, so both sides do the same work).
 per_token_ms is the median time of one whole `generate` call (encoder included) divided by the tokens generated per
@@ -18,10 +18,10 @@ import statistics
 import time
 
 import numpy as np
-from tinygrad import Device, GlobalCounters, Tensor
-from tinygrad.nn.state import get_state_dict
+from tinygrad import Device, GlobalCounters
 
 from benchmarks.common import config, load_average, print_rows, ratio, torch_or_none, torch_thread_counts
+from benchmarks.forward import same_model
 from tfm.generation import generate
 from tfm.model import Transformer
 from tfm.translator import BUNDLED_MODEL
@@ -33,8 +33,8 @@ COLUMNS = ["bench", "config", "backend", "search", "batch", "tokens", "first_s",
 
 def add_arguments(parser) -> None:
   parser.add_argument("--backends", default="CPU", help="comma-separated tinygrad backends (default: CPU)")
-  parser.add_argument("--configs", default="tiny,small,bundled",
-                      help="model sizes from benchmarks.common, or bundled: the trained dates model (default: tiny,small,bundled)")
+  parser.add_argument("--configs", default="tiny,medium,bundled",
+                      help="tfm presets, or bundled: the trained dates model (default: tiny,medium,bundled)")
   parser.add_argument("--batches", default="1,8", help="sources per generate call (default: 1,8)")
   parser.add_argument("--beams", default="1,4", help="beam sizes; 1 is greedy (default: 1,4)")
   parser.add_argument("--src-len", type=int, default=16, help="tokens per source (default: 16)")
@@ -137,12 +137,7 @@ def run(args) -> list[dict]:
     arrays = None
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
       if name == "bundled": model = load(BUNDLED_MODEL, device=backend)
-      else:
-        Tensor.manual_seed(0)
-        model = Transformer(config(name), device=backend)
-        if arrays is None: arrays = {k: v.numpy() for k, v in get_state_dict(model).items()}
-        else:  # the same weights on every backend
-          for key, t in get_state_dict(model).items(): t.replace(Tensor(arrays[key], device=model.device).realize())
+      else: model, arrays = same_model(config(name), backend, arrays)   # the same weights on every backend
       cfg, rng = model.config, np.random.default_rng(0)
       lo = max(cfg.pad_id, cfg.bos_id, cfg.eos_id) + 1
       reference = torch_decoder(torch, model) if torch is not None else None

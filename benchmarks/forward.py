@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 from tinygrad import Device, GlobalCounters, Tensor, TinyJit
-from tinygrad.nn.state import get_state_dict
 
 from benchmarks.common import (Timing, add_common, config, load_average, measure, print_rows, ratio, torch_or_none,
                                torch_thread_counts)
 from tfm.model import Transformer
-from tfm import tune
+from tfm import tune, weights
 from tfm.tune import tuned_settings
 
 COLUMNS = ["bench", "config", "shape", "backend", "mode", "first_s", "median_ms", "torch_ms", "ratio", "cpu_ms", "cpu_ratio",
@@ -30,10 +29,14 @@ def inputs(cfg, batch: int, length: int, seed: int = 0) -> tuple[np.ndarray, np.
   return rng.integers(lo, cfg.vocab_size, (batch, length)), rng.integers(lo, cfg.vocab_size, (batch, length))
 
 
-def copy_weights(model: Transformer, arrays: dict[str, np.ndarray]) -> Transformer:
-  """Give model the weights in arrays (name -> array), so every backend and PyTorch run the same numbers."""
-  for name, t in get_state_dict(model).items(): t.replace(Tensor(arrays[name], device=model.device).realize())
-  return model
+def same_model(cfg, backend: str, arrays: dict[str, np.ndarray] | None) -> tuple[Transformer, dict[str, np.ndarray]]:
+  """The model on a backend with the first backend's weights (arrays, None for the first), so every backend and
+  PyTorch run the same numbers; and those weights."""
+  Tensor.manual_seed(0)
+  model = Transformer(cfg, device=backend, initialise=arrays is None)
+  if arrays is None: return model, weights.state_arrays(model)
+  weights.assign(weights.unique_state(model), arrays, "the first backend's weights")
+  return model, arrays
 
 
 def tuned_label(model: Transformer) -> str:
@@ -59,10 +62,7 @@ def run(args) -> list[dict]:
   arrays: dict[str, np.ndarray] | None = None
   torch_logits, torch_ms, torch_cpu_ms = None, None, None
   for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-    Tensor.manual_seed(0)
-    model = Transformer(cfg, device=backend)
-    if arrays is None: arrays = {k: v.numpy() for k, v in get_state_dict(model).items()}
-    else: copy_weights(model, arrays)
+    model, arrays = same_model(cfg, backend, arrays)
     dev = Device[model.device]
     src_t, tgt_t = model.ids(src, "src"), model.ids(tgt, "tgt")
 

@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 
+from backends.tables import markdown
 from tfm.files import write_text
 
 START, END = "<!-- measured:start -->", "<!-- measured:end -->"
@@ -55,9 +56,7 @@ def cell(value) -> str:
 def markdown_table(rows: list[dict], columns: list[str] = COLUMNS) -> str:
   present = [c for r in rows for c in r if c not in ("bench", "command", "torch_ms")]
   columns = [c for c in columns if c in present] + [c for c in dict.fromkeys(present) if c not in columns]
-  lines = ["| " + " | ".join(HEADINGS.get(c, c) for c in columns) + " |", "|" + "---|" * len(columns)]
-  lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-  return "\n".join(lines)
+  return markdown([[HEADINGS.get(c, c) for c in columns]] + [[cell(r.get(c)) for c in columns] for r in rows])
 
 
 def render(results: dict[str, list[dict]], date: str | None = None) -> str:

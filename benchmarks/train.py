@@ -1,27 +1,28 @@
-"""Train-step benchmark: one teacher-forced Adam step (label-smoothed cross-entropy, backward, update) of the same
-weights in tfm (TinyJit, as tfm.train.Trainer runs it) on each backend, and in PyTorch eager, with the time ratio
-and the largest difference between the two frameworks' losses over the timed steps.
+"""Train-step benchmark: one teacher-forced Adam step (label-smoothed cross-entropy, backward, gradients clipped to
+norm 1, update) of the same weights, timed as tfm.train.Trainer runs it (tfm.train.TrainStep) on each backend and
+in PyTorch eager, with the time ratio and the largest difference between the two frameworks' losses.
 
-    python -m benchmarks train --backends CPU,CL --config small      # d=128, 2+2 layers, batch 64 x 32 tokens
+    python -m benchmarks train --backends CPU,CL --config medium     # d=128, 2+2 layers, batch 64 x 32 tokens
 """
 from __future__ import annotations
 
 import numpy as np
-from tinygrad import Context, GlobalCounters, Tensor, TinyJit
-from tinygrad.nn.state import get_state_dict
+from tinygrad import GlobalCounters, Tensor
 
 from benchmarks.common import add_common, config, load_average, measure, print_rows, ratio, torch_or_none, torch_thread_counts
-from benchmarks.forward import copy_weights, inputs, tuned_label
+from benchmarks.forward import inputs, same_model, tuned_label
 from tfm.model import Transformer
-from tfm.train import FlatAdam
+from tfm.train import TrainOptions
+from tfm.train_step import FlatAdam, TrainStep
 
 COLUMNS = ["bench", "config", "shape", "backend", "mode", "first_s", "median_ms", "torch_ms", "ratio", "cpu_ms", "cpu_ratio",
            "max_abs_diff", "kernels", "gflops", "cores", "load"]
 LR, BETAS, EPS, SMOOTHING = 1e-4, (0.9, 0.98), 1e-9, 0.1  # the paper's Adam (5.3) and label smoothing (5.4)
+CLIP = TrainOptions().clip_norm  # the Trainer's gradient clipping
 
 
 def add_arguments(parser) -> None:
-  add_common(parser, config="small", batch=64, length=32, reps=5)
+  add_common(parser, config="medium", batch=64, length=32, reps=5)
 
 
 def run(args) -> list[dict]:
@@ -32,10 +33,7 @@ def run(args) -> list[dict]:
   rows: list[dict] = []
   arrays, torch_losses, torch_ms, torch_cpu_ms = None, None, None, None
   for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-    Tensor.manual_seed(0)
-    model = Transformer(cfg, device=backend)
-    if arrays is None: arrays = {k: v.numpy() for k, v in get_state_dict(model).items()}
-    else: copy_weights(model, arrays)
+    model, arrays = same_model(cfg, backend, arrays)
     if torch_losses is None and (torch := torch_or_none(args)) is not None:
       torch_rows = [torch_row(torch, model, src, tgt_in, labels, args, base, n) for n in torch_thread_counts(torch)]
       torch_losses, torch_ms = torch_rows[0]["losses"], min(r["median_ms"] for r in torch_rows)
@@ -48,20 +46,10 @@ def run(args) -> list[dict]:
       opt = FlatAdam(params, lr=LR, b1=BETAS[0], b2=BETAS[1], eps=EPS)   # as tfm.train.Trainer does
       s, ti, y = (Tensor(a.astype(np.int32), device=model.device) for a in (src, tgt_in, labels))
     losses: list[float] = []
-
-    @TinyJit
-    def train_step(s: Tensor, ti: Tensor, y: Tensor) -> Tensor:
-      with Context(TRAINING=1):
-        opt.zero_grad()
-        logits = model.run_decoder(ti, model.run_encoder(s), model.padding_mask(s))
-        loss = logits.sparse_categorical_crossentropy(y, ignore_index=cfg.pad_id, label_smoothing=SMOOTHING)
-        loss.backward()
-        Tensor.realize(loss, *opt.schedule_step())  # the loss of the weights this batch saw, as the Trainer reports
-      return loss
+    train_step = TrainStep(model, opt, SMOOTHING, CLIP)
 
     def step():
-      with model.on_device(): loss = train_step(s, ti, y)
-      losses.append(loss.item())  # now: a replayed jit writes every step's loss into the same buffer
+      losses.append(train_step(s, ti, y).item())  # now: a replayed jit writes every step's loss into the same buffer
 
     load = load_average()
     t = measure(step, args.reps, warmup=2)
@@ -82,7 +70,8 @@ def run(args) -> list[dict]:
 
 
 def torch_row(torch, model: Transformer, src, tgt_in, labels, args, base: dict, threads: int) -> dict:
-  """The same step in PyTorch eager (torch.optim.Adam, F.cross_entropy with the same smoothing and ignore index)."""
+  """The same step in PyTorch eager (torch.optim.Adam, F.cross_entropy with the same smoothing and ignore index, the
+  same gradient clipping)."""
   import torch.nn.functional as F
 
   from benchmarks.torch_reference import TorchTransformer
@@ -96,6 +85,7 @@ def torch_row(torch, model: Transformer, src, tgt_in, labels, args, base: dict, 
     logits = ref(s, ti)
     loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=model.config.pad_id, label_smoothing=SMOOTHING)
     loss.backward()
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), CLIP)
     opt.step()
     losses.append(loss.item())
   default = torch.get_num_threads()

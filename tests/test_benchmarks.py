@@ -14,11 +14,12 @@ from tinygrad.helpers import VERSION, db_connection
 from benchmarks import common, report
 from benchmarks.__main__ import main as bench_main
 from tfm import tune
+from tfm.config import PRESETS
 from tfm.cli import main as cli_main
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is not installed: pip install -e '.[bench]'")
-TINY = dict(common.CONFIGS["tiny"], n_encoder_layers=1, n_decoder_layers=1)  # every kernel kind, half the compiling
+TINY = dict(PRESETS["tiny"], n_encoder_layers=1, n_decoder_layers=1)  # every kernel kind, half the compiling
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def results(tmp_path_factory):
   """Run forward and train through the dispatcher on CPU, once, writing their JSON rows."""
   out = tmp_path_factory.mktemp("bench")
   with pytest.MonkeyPatch.context() as mp:
-    mp.setitem(common.CONFIGS, "tiny", TINY)
+    mp.setitem(PRESETS, "tiny", TINY)
     paths = {}
     for bench in ("forward", "train"):
       paths[bench] = out / f"{bench}.json"
@@ -57,7 +58,7 @@ def test_train_rows_report_matching_losses(results):
 def test_memory_rows_measure_a_load_of_the_model(tmp_path):
   path = tmp_path / "memory.json"
   with pytest.MonkeyPatch.context() as mp:
-    mp.setitem(common.CONFIGS, "tiny", TINY)
+    mp.setitem(PRESETS, "tiny", TINY)
     assert bench_main(["--json", str(path), "memory", "--config", "tiny", "--backends", "CPU"]) == 0
   (row,) = json.loads(path.read_text())
   cfg = common.config("tiny")

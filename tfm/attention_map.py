@@ -19,7 +19,7 @@ from tinygrad import Tensor
 
 from tfm.attention import MultiHeadAttention, attention_weights
 from tfm.errors import InputError, TfmError
-from tfm.generation import generate
+from tfm.generation import generate, lengths_to_eos
 from tfm.model import Transformer
 from tfm.files import atomic_write
 
@@ -97,8 +97,8 @@ def cross_attention(translator, text: str, beam_size: int | None = None, max_len
   if src.shape[1] > model.config.max_len:
     raise InputError(f"the text is {src.shape[1]} tokens long, more than the model's max_len={model.config.max_len}; "
                      f"give a shorter text")
-  ids = [int(i) for i in generate(model, src, max_len=max_len, beam_size=beam_size)[0]]  # row 0: the best hypothesis
-  ids = ids[:ids.index(tokenizer.eos_id) + 1] if tokenizer.eos_id in ids else ids  # drop the padding after eos
+  best = generate(model, src, max_len=max_len, beam_size=beam_size)[:1]   # row 0: the best hypothesis
+  ids = [int(i) for i in best[0, :lengths_to_eos(best, tokenizer.eos_id)[0]]]   # without the padding after eos
   weights = attention_of(model, src, [ids])
   return AttentionMap(text, tokenizer.decode([ids])[0], [_token_text(tokenizer, int(i)) for i in src[0]],
                       [_token_text(tokenizer, i) for i in ids], weights)

@@ -25,13 +25,14 @@ import numpy as np
 from tinygrad import Context, Tensor, dtypes
 
 import backends
+from backends import tables
 from backends.compare import PASS, Run, compare, failed
 from backends.registry import BackendInfo
 from tfm import weights
 from tfm.config import TransformerConfig
 from tfm.files import atomic_write
 from tfm.errors import InputError, TfmError
-from tfm.generation import generate
+from tfm.generation import generate, lengths_to_eos
 from tfm.model import Transformer
 from tfm.reference import Reference
 
@@ -209,9 +210,7 @@ def select_backends(spec: str = "auto") -> tuple[list[BackendInfo], dict[str, st
 
 def generated_tokens(ids: np.ndarray, config: TransformerConfig) -> int:
   """Tokens produced by decoding: each row up to and including its eos (pad after it is not generated)."""
-  ids = np.asarray(ids)
-  is_eos = ids == config.eos_id
-  return int(np.where(is_eos.any(1), is_eos.argmax(1) + 1, ids.shape[1]).sum())
+  return int(lengths_to_eos(ids, config.eos_id).sum())
 
 
 @dataclass
@@ -262,10 +261,8 @@ class Report:
 
   def table(self) -> str:
     """Aligned plain text, one backend a line."""
-    rows = [list(COLUMNS)] + [self.row(r) for r in self.runs]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(COLUMNS) - 1)]
-    lines = [" | ".join([*(r[c].ljust(widths[c]) for c in range(len(widths))), r[-1]]).rstrip() for r in rows]
-    return "\n".join([self.header(), *self.examples(), "", *lines, "", self.summary()])
+    table = tables.aligned([list(COLUMNS)] + [self.row(r) for r in self.runs])
+    return "\n".join([self.header(), *self.examples(), "", table, "", self.summary()])
 
   def examples(self) -> list[str]:
     """'source' -> 'reference backend's greedy output', one line per sample sentence."""
@@ -273,10 +270,8 @@ class Report:
 
   def markdown(self) -> str:
     """A markdown table, with the legend that says what each column measures."""
-    def cell(text: str) -> str: return text.replace("|", "\\|")
-    lines = [f"| {' | '.join(COLUMNS)} |", "|" + "---|" * len(COLUMNS)]
-    lines += [f"| {' | '.join(cell(c) for c in self.row(r))} |" for r in self.runs]
-    return "\n".join([self.header(), *self.examples(), "", *lines, "", self.summary(), "", LEGEND])
+    table = tables.markdown([list(COLUMNS)] + [self.row(r) for r in self.runs])
+    return "\n".join([self.header(), *self.examples(), "", table, "", self.summary(), "", LEGEND])
 
   def to_dict(self) -> dict[str, Any]:
     s = self.subject

@@ -82,7 +82,8 @@ class TransformerConfig:
 
   @classmethod
   def preset(cls, name: str, **overrides: Any) -> TransformerConfig:
-    """A named configuration: "base" and "big" (the paper's table 3) or "tiny" (tests), with fields overridden."""
+    """A named configuration, with fields overridden: "base" and "big" (the paper's table 3), "tiny" (tests), "small"
+    (the bundled model's size), "medium" (the train-step benchmark's)."""
     if name not in PRESETS:
       raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return cls(**{**PRESETS[name], **overrides})
@@ -103,4 +104,8 @@ PRESETS: dict[str, dict[str, Any]] = {
   "base": dict(d_model=512, n_heads=8, d_ff=2048, n_encoder_layers=6, n_decoder_layers=6, dropout=0.1),
   "big": dict(d_model=1024, n_heads=16, d_ff=4096, n_encoder_layers=6, n_decoder_layers=6, dropout=0.3),
   "tiny": dict(vocab_size=64, d_model=32, n_heads=4, d_ff=64, n_encoder_layers=2, n_decoder_layers=2, dropout=0.1, max_len=64),
+  # the bundled dates model's size (tfm/assets/README.md: 287k parameters with its 53-token vocabulary)
+  "small": dict(d_model=64, n_heads=4, d_ff=256, n_encoder_layers=3, n_decoder_layers=2, dropout=0.0, max_len=48),
+  # the train-step benchmark's size (docs/PERFORMANCE.md)
+  "medium": dict(vocab_size=1000, d_model=128, n_heads=4, d_ff=512, n_encoder_layers=2, n_decoder_layers=2, dropout=0.0),
 }

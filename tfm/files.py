@@ -1,7 +1,8 @@
-"""Files written whole or not at all: a temp file beside the target, renamed into place."""
+"""Files and folders written whole or not at all: a temp file (or folder) beside the target, renamed into place."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Callable
 
@@ -14,10 +15,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist; create it first")
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
   os.close(fd)
-  umask = os.umask(0o022); os.umask(umask)
   try:
     write(tmp)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; the result gets the permissions open() would give
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; the result gets the permissions open() would give
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp): os.unlink(tmp)
@@ -30,3 +30,24 @@ def write_text(path: str | os.PathLike, text: str) -> None:
   def write(tmp: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f: f.write(text)
   atomic_write(path, write)
+
+
+def atomic_folder(path: str | os.PathLike, fill: Callable[[str], None]) -> None:
+  """Call fill(tmp) on a temp folder beside path, then rename it into place, replacing a folder already there: a
+  crash never leaves a half-written folder under path."""
+  path = os.fspath(path)
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
+  try:
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private; the result gets the permissions mkdir gives
+    fill(tmp)
+    if os.path.exists(path): shutil.rmtree(path)
+    os.replace(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+
+
+def _umask() -> int:
+  umask = os.umask(0o022)
+  os.umask(umask)
+  return umask

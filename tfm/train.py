@@ -17,49 +17,38 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
-from tinygrad import Context, Tensor, TinyJit, dtypes
-from tinygrad.helpers import TRAINING, tqdm, unwrap
-from tinygrad.nn.optim import LAMB
+from tinygrad import Tensor, dtypes
+from tinygrad.helpers import tqdm
 
 from tfm import weights
 from tfm.config import PRESETS, TransformerConfig
 from tfm.errors import ConfigError, InputError, WeightsError
-from tfm.files import atomic_write
+from tfm.files import atomic_folder, write_text
 from tfm.generation import greedy_search
 from tfm.model import Transformer
 from tfm.tasks import Task, get_task
 from tfm.tokenizer import CharTokenizer
-
-# sizes for `--config NAME` beyond the model presets; vocab_size and the special ids always come from the task
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-  **PRESETS,
-  # the bundled dates model (tfm/assets/README.md): 287k parameters, 1.2 MB, ~0.85 s a step of 128 on one CPU core
-  "small": dict(d_model=64, n_heads=4, d_ff=256, n_encoder_layers=3, n_decoder_layers=2, dropout=0.0, max_len=48),
-}
-
+from tfm.train_step import FlatAdam, TrainStep, loss
 
 def resolve_config(spec: str | dict | TransformerConfig, tokenizer: CharTokenizer) -> TransformerConfig:
   """A preset name, a JSON file, a dict or a config, with the vocabulary size and special ids of the tokenizer."""
   vocab = dict(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
   if isinstance(spec, TransformerConfig): fields = spec.to_dict()
   elif isinstance(spec, dict): fields = dict(spec)
-  elif spec in TRAIN_PRESETS: fields = {**TransformerConfig().to_dict(), **TRAIN_PRESETS[spec], **vocab}
+  elif spec in PRESETS: fields = {**TransformerConfig().to_dict(), **PRESETS[spec], **vocab}   # the task's vocabulary
   elif spec.endswith(".json"):
     try:
       with open(spec, encoding="utf-8") as f: fields = json.load(f)
     except json.JSONDecodeError as e: raise ConfigError(f"config file {spec} is not valid JSON: {e}") from None
     if not isinstance(fields, dict): raise ConfigError(f"config file {spec} must hold a JSON object of TransformerConfig fields")
   else:
-    raise ConfigError(f"--config {spec!r} is neither a preset ({', '.join(TRAIN_PRESETS)}) nor a .json file of config fields")
+    raise ConfigError(f"--config {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a .json file of config fields")
   for name, value in vocab.items():
     if fields.setdefault(name, value) != value:
       raise ConfigError(f"config has {name}={fields[name]} but the task's vocabulary needs {name}={value}; "
@@ -85,12 +74,6 @@ def encode_batch(tokenizer: CharTokenizer, pairs: list[tuple[str, str]], src_len
     src[i, :len(s)], labels[i, :len(t)] = s, t
     tgt_in[i, :len(t)] = [tokenizer.bos_id] + t[:-1]
   return src, tgt_in, labels
-
-
-def loss(model: Transformer, src: Tensor, tgt_in: Tensor, labels: Tensor, label_smoothing: float = 0.1) -> Tensor:
-  """5.4 label-smoothed cross entropy of the teacher-forced logits, averaged over the real (non-pad) target tokens."""
-  logits = model.run_decoder(tgt_in, model.run_encoder(src), model.padding_mask(src))
-  return logits.sparse_categorical_crossentropy(labels, ignore_index=model.config.pad_id, label_smoothing=label_smoothing)
 
 
 # --- evaluation ---------------------------------------------------------------------------------------------------
@@ -153,29 +136,6 @@ class TrainOptions:
       raise ConfigError(f"clip_norm={self.clip_norm!r} must be > 0, or None for no clipping")
 
 
-class FlatAdam(LAMB):
-  """tinygrad's fused Adam (LAMB with adam=True and no weight decay: the same update, moments, and bias correction),
-  with the gradients gathered into one flat buffer by writing each into its slice.
-
-  tinygrad's fused optimizer concatenates the gradients with `Tensor.cat`, which compiles to one kernel that tests
-  every element against every parameter's range; written slice by slice, each gradient's last kernel stores straight
-  into the buffer and the update reads it as one array (what that saves: docs/PERFORMANCE.md). The moments stay two
-  flat buffers, `m[0]` and `v[0]`, as in the fused optimizer, with parameter i at `pos_params[i]:pos_params[i + 1]`."""
-
-  def __init__(self, params: list[Tensor], lr: float = 0.001, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
-    super().__init__(params, lr, b1, b2, eps, weight_decay=0.0, adam=True, fused=True)
-
-  def schedule_step(self) -> list[Tensor]:
-    if not TRAINING: raise RuntimeError("FlatAdam.schedule_step needs Context(TRAINING=1), as tinygrad's optimizers do")
-    pos = self.pos_params
-    grads = Tensor.empty(pos[-1], dtype=self.param_dtype, device=self.device)
-    for i, p in enumerate(self.params): grads[pos[i]:pos[i + 1]].assign(unwrap(p.grad).flatten().cast(self.param_dtype))
-    # the parameters only enter Adam's update through weight decay, which is 0: the flat update needs the gradients alone
-    (update,), extra = self._step([grads], [grads])
-    for i, p in enumerate(self.params): p.assign(self._apply_update(p, update[pos[i]:pos[i + 1]].reshape(p.shape).cast(p.dtype)))
-    return extra + self.params + self.buffers
-
-
 class Trainer:
   """Trains a Transformer on a task: `run()` goes to `options.steps`, checkpointing into `out` when it is given."""
 
@@ -198,26 +158,12 @@ class Trainer:
     self.opt = FlatAdam(self.params, lr=0.0, b1=0.9, b2=0.98, eps=1e-9)
     self.step = self.tokens = 0
     self.losses: list[float] = []  # the loss of every step so far, before that step's update
-    self._jit_step = TinyJit(self._train_step)
+    self._jit_step = TrainStep(self.model, self.opt, self.options.label_smoothing, self.options.clip_norm)
     self.eval_pairs = self.task.examples(self.options.eval_size, "test", seed=0)
 
   def loss(self, src: Tensor, tgt_in: Tensor, labels: Tensor) -> Tensor:
     """The training loss of this trainer's model on a batch (dropout only under Context(TRAINING=1))."""
     return loss(self.model, src, tgt_in, labels, self.options.label_smoothing)
-
-  def _train_step(self, src: Tensor, tgt_in: Tensor, labels: Tensor) -> Tensor:
-    with self.model.on_device(), Context(TRAINING=1):
-      self.opt.zero_grad()
-      loss = self.loss(src, tgt_in, labels)
-      loss.backward()
-      if self.options.clip_norm is not None:
-        # one small reduction per tensor: fused into one, the kernel's name outgrows what OpenCL compilers accept
-        norm = Tensor.stack(*[p.grad.float().square().sum().contiguous() for p in self.params]).sum().sqrt()
-        scale = (self.options.clip_norm / (norm + 1e-6)).minimum(1.0)
-        for p in self.params: p.grad = p.grad * scale.cast(p.grad.dtype)
-      # the loss is realized with the update, so it is the loss of the weights the batch saw
-      Tensor.realize(loss, *self.opt.schedule_step())
-    return loss
 
   def lr(self, step: int) -> float: return noam_lr(step, self.config.d_model, self.options.warmup, self.options.lr_scale)
 
@@ -256,20 +202,13 @@ class Trainer:
     os.makedirs(self.out, exist_ok=True)
     name = f"step-{self.step:08d}"
     final = os.path.join(self.out, name)
-    tmp = tempfile.mkdtemp(dir=self.out, prefix=".tmp-")
-    umask = os.umask(0o022); os.umask(umask)
-    try:
-      os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes the folder private; a checkpoint gets the permissions mkdir gives
+    def fill(tmp: str) -> None:
       weights.save(self.model, os.path.join(tmp, "model.safetensors"))
       save_file(self.optimizer_state(), os.path.join(tmp, "optimizer.safetensors"), metadata=self.state_metadata())
       self.tokenizer.save(os.path.join(tmp, "vocab.json"))
-      if os.path.exists(final): shutil.rmtree(final)
-      os.replace(tmp, final)
-    except BaseException:
-      shutil.rmtree(tmp, ignore_errors=True)
-      raise
+    atomic_folder(final, fill)
     previous = self.latest_checkpoint(self.out)
-    atomic_write(os.path.join(self.out, "latest"), lambda p: Path(p).write_text(name + "\n"))
+    write_text(os.path.join(self.out, "latest"), name + "\n")
     if previous is not None and os.path.basename(previous) != name: shutil.rmtree(previous, ignore_errors=True)
     return final
 

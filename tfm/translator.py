@@ -12,12 +12,11 @@ import threading
 from typing import Any, Sequence
 
 import numpy as np
-from tinygrad import Tensor
-from tinygrad.nn.state import get_state_dict
 
 from tfm.errors import InputError, WeightsError
 from tfm.generation import generate
 from tfm.model import Transformer, resolve_device
+from tfm.weights import copy_to
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 BUNDLED_MODEL, BUNDLED_VOCAB = os.path.join(ASSETS, "dates.safetensors"), os.path.join(ASSETS, "dates.vocab.json")
@@ -29,11 +28,7 @@ LOCK = threading.RLock()
 def moved(model: Transformer, device: str | None) -> Transformer:
   """model itself if it is on `device` (None: where it is), else a copy of it there (weights, generation settings)."""
   if device is None or resolve_device(device)[0] == model.device: return model
-  copy = Transformer(model.config, device=device, initialise=False)
-  state = get_state_dict(model)
-  for name, t in get_state_dict(copy).items(): t.replace(Tensor(state[name].numpy(), device=copy.device).realize())
-  if hasattr(model, "generation_config"): copy.generation_config = model.generation_config
-  return copy
+  return copy_to(model, device)
 
 
 class Translator:

@@ -246,8 +246,20 @@ def save(model: Transformer, path: str | os.PathLike, metadata: dict[str, str] |
 
   dtype: storage dtype, "float32" (exact), "float16" or "bfloat16" (half the size; `load` widens them again).
   """
-  write(path, {name: t.float().numpy() for name, t in unique_state(model).items()}, model.config, "transformer", dtype,
-        metadata, getattr(model, "generation_config", None))
+  write(path, state_arrays(model), model.config, "transformer", dtype, metadata, getattr(model, "generation_config", None))
+
+
+def state_arrays(model: Transformer) -> dict[str, np.ndarray]:
+  """Every distinct weight as a float32 host array, under its first name (what `save` writes and `assign` takes)."""
+  return {name: t.float().numpy() for name, t in unique_state(model).items()}
+
+
+def copy_to(model: Transformer, device: str) -> Transformer:
+  """A copy of model on another device: the same config, weights (in the same dtype) and generation settings."""
+  copy = Transformer(model.config, device=device, initialise=False)
+  assign(unique_state(copy), state_arrays(model), "the model's own weights", model.generator.weight.dtype)
+  if hasattr(model, "generation_config"): copy.generation_config = model.generation_config
+  return copy
 
 
 def model_dtype(dtype: str | DType | None) -> DType:

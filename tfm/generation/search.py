@@ -17,6 +17,12 @@ from tfm.model import Transformer
 CHECK_EVERY = 4        # greedy decoding asks "all rows finished?" every this many steps (every step where that is free)
 
 
+def lengths_to_eos(ids: np.ndarray, eos_id: int) -> np.ndarray:
+  """Each row's generated length (B,): up to and including its first eos, the whole row where it has none."""
+  is_eos = np.asarray(ids) == eos_id
+  return np.where(is_eos.any(1), is_eos.argmax(1) + 1, is_eos.shape[1])
+
+
 def _top(x: np.ndarray, k: int) -> np.ndarray:
   """Indices of the k largest entries of each row, largest first (ties: lower index first)."""
   part = np.argpartition(-x, k - 1, axis=1)[:, :k] if k < x.shape[1] else np.broadcast_to(np.arange(x.shape[1]), x.shape)
@@ -48,8 +54,7 @@ def _greedy(session: Session, s: GenerationSettings) -> tuple[np.ndarray, np.nda
       break
   trace = download(steps.trace)[:, :, 1:done_at + 1]
   ids, logprobs = trace[0].astype(np.int32), trace[1]
-  is_eos = ids == eos
-  lengths = np.where(is_eos.any(1), is_eos.argmax(1) + 1, done_at)
+  lengths = lengths_to_eos(ids, eos)
   after = np.arange(done_at) >= lengths[:, None]
   ids[after] = pad
   return ids, np.where(after, np.float32(0), logprobs).sum(1, dtype=np.float32), lengths

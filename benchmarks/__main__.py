@@ -10,7 +10,7 @@ import sys
 
 from tfm.files import write_text
 
-BENCHMARKS = ("forward", "train", "decode", "memory", "startup")
+BENCHMARKS = ("forward", "train", "decode", "memory", "startup", "translate")
 
 
 def _available() -> list[str]:

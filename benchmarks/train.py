@@ -43,10 +43,10 @@ def run(args) -> list[dict]:
       print_rows(torch_rows, COLUMNS, header=False)
     params = model.parameters()
     with model.on_device():
-      opt = FlatAdam(params, lr=LR, b1=BETAS[0], b2=BETAS[1], eps=EPS)   # as tfm.train.Trainer does
+      opt = FlatAdam(params, lr=LR, b1=BETAS[0], b2=BETAS[1], eps=EPS, clip_norm=CLIP)   # as tfm.train.Trainer does
       s, ti, y = (Tensor(a.astype(np.int32), device=model.device) for a in (src, tgt_in, labels))
     losses: list[float] = []
-    train_step = TrainStep(model, opt, SMOOTHING, CLIP)
+    train_step = TrainStep(model, opt, SMOOTHING)
 
     def step():
       losses.append(train_step(s, ti, y).item())  # now: a replayed jit writes every step's loss into the same buffer

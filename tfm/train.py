@@ -155,10 +155,10 @@ class Trainer:
     self.model = Transformer(self.config, device=device)
     self.params = self.model.parameters()
     # the update of every parameter in one flat buffer: a few kernels instead of a few per parameter
-    self.opt = FlatAdam(self.params, lr=0.0, b1=0.9, b2=0.98, eps=1e-9)
+    self.opt = FlatAdam(self.params, lr=0.0, b1=0.9, b2=0.98, eps=1e-9, clip_norm=self.options.clip_norm)
     self.step = self.tokens = 0
     self.losses: list[float] = []  # the loss of every step so far, before that step's update
-    self._jit_step = TrainStep(self.model, self.opt, self.options.label_smoothing, self.options.clip_norm)
+    self._jit_step = TrainStep(self.model, self.opt, self.options.label_smoothing)
     self.eval_pairs = self.task.examples(self.options.eval_size, "test", seed=0)
 
   def loss(self, src: Tensor, tgt_in: Tensor, labels: Tensor) -> Tensor:

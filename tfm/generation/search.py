@@ -13,7 +13,6 @@ from tfm.generation.settings import GenerationSettings, resolve_settings
 from tfm.memory import download, host_view, upload
 from tfm.model import Transformer
 
-
 CHECK_EVERY = 4        # greedy decoding asks "all rows finished?" every this many steps (every step where that is free)
 
 

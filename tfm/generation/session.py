@@ -18,11 +18,8 @@ from tfm.model import Transformer
 from tfm.replay import CompiledStep
 from tfm.tune import tuned_entry
 
-
 SOURCE_BUCKET = 8      # sources are padded to a multiple of this, so nearby lengths share one compiled step
-
 FIRST_CACHE_LEN = 64   # caches start this long and double when a decode outgrows them
-
 SESSIONS_PER_MODEL = 4
 
 
@@ -120,7 +117,7 @@ class Steps:
       writes = [mine.kv[:, :, :, :shorter.length].assign(theirs.kv) for mine, theirs in zip(self.caches, shorter.caches)]
       Tensor.realize(*writes, self.trace[:, :, :shorter.length + 1].assign(shorter.trace))
 
-  def _applyrule_arrays(self, scores: Tensor, pos: UOp) -> Tensor:
+  def _apply_rules(self, scores: Tensor, pos: UOp) -> Tensor:
     """The generation rules on log-probs (or logits) (N, V), as Hugging Face's logits processors apply them."""
     s, c = self.session, self.session.model.config
     rule = s.rules[pos:pos + 1]
@@ -135,7 +132,7 @@ class Steps:
       logits = s.model.decode_step(last.reshape(-1, 1), pos, self.caches, s.memory_kv, s.src_mask).float()
       top = logits.max(-1, keepdim=True)
       logsumexp = top + (logits - top).exp().sum(-1, keepdim=True).log()
-      ruled = self._applyrule_arrays(logits, pos)  # argmax of ruled logits = argmax of ruled log-probs
+      ruled = self._apply_rules(logits, pos)  # argmax of ruled logits = argmax of ruled log-probs
       best, best_logit = ruled.argmax(-1), ruled.max(-1, keepdim=True)
       logprob = (s.rules[pos:pos + 1] == 2).where(0.0, best_logit - logsumexp)  # a forced token has log-prob 0
       written = Tensor.stack(best.float(), logprob[:, 0]).reshape(2, -1, 1)
@@ -148,7 +145,7 @@ class Steps:
     s = self.session
     with s.model.on_device():
       logits = s.model.decode_step(s.feed[0].reshape(-1, 1), pos, self.caches, s.memory_kv, s.src_mask, origin=s.feed[1])
-      s.logprobs.assign(self._applyrule_arrays(logits.float().log_softmax(-1), pos)).realize()
+      s.logprobs.assign(self._apply_rules(logits.float().log_softmax(-1), pos)).realize()
 
 _SESSIONS: weakref.WeakKeyDictionary[Transformer, OrderedDict] = weakref.WeakKeyDictionary()
 

@@ -28,16 +28,14 @@ class GenerationSettings:
 
 
 # what Hugging Face's GenerationConfig assumes for keys a generation_config.json leaves out
-
-
 HF_DEFAULTS = {"max_new_tokens": 20, "min_length": 0, "num_beams": 1, "length_penalty": 1.0, "early_stopping": False,
                "num_return_sequences": 1}
 # settings that change greedy or beam results and that tfm does not implement, with their no-op values
-
 UNSUPPORTED = {"do_sample": False, "num_beam_groups": 1, "diversity_penalty": 0.0, "repetition_penalty": 1.0,
                "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "renormalize_logits": False,
                "exponential_decay_length_penalty": None, "forced_bos_token_id": None, "begin_suppress_tokens": None,
                "sequence_bias": None, "force_words_ids": None, "constraints": None}
+
 
 def _from_generation_config(model: Transformer) -> dict[str, Any]:
   """Defaults from `model.generation_config`: a dict in Hugging Face's generation_config.json keys, which an imported

@@ -74,7 +74,9 @@ def _tfm_source() -> str:
 
 
 def _settings() -> dict:
-  """tinygrad's current settings (Context variables), which pick optimisations, renderers and tuned kernels."""
+  """tinygrad's current settings (Context variables), which pick optimisations, renderers and tuned kernels. A few
+  variables are defined by modules tinygrad imports when a device opens; every step compiles or is restored after
+  its model's device has opened, so a process that stored an entry and one that looks it up see the same set."""
   from tinygrad.helpers import ContextVar
   return {k: v.value for k, v in sorted(ContextVar._cache.items()) if k not in NOT_IN_KEY and isinstance(v.value, (int, float, str))}
 

@@ -29,7 +29,7 @@ from tinygrad.device import CompileError
 
 import backends
 import tfm
-from tfm import cli, commands, weights
+from tfm import cli, commands, stored, weights
 from tfm.tokenizer import CharTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,7 +222,7 @@ def test_infinite_weight_is_refused(small_file, tmp_path):
   _, data, arrays = small_file
   bad = dict(arrays, **{TENSOR: arrays[TENSOR].copy()})
   bad[TENSOR][3, 4] = -np.inf
-  meta = {k: v for k, v in header_of(data)[0]["__metadata__"].items() if k != weights.CHECKSUM}
+  meta = {k: v for k, v in header_of(data)[0]["__metadata__"].items() if k != stored.CHECKSUM}
   save_file(bad, tmp_path / "inf.safetensors", metadata=meta)  # as another tool would write it: no checksum
   with pytest.raises(tfm.WeightsError, match=f"{TENSOR} has 1 NaN/Inf values"): tfm.load(tmp_path / "inf.safetensors", device=DEVICE)
 
@@ -323,8 +323,8 @@ def test_randomly_damaged_files_load_exactly_or_raise_weights_error(small_file, 
 
 SLOW_WRITE = textwrap.dedent("""
   import os, sys, time
-  from tfm import weights
-  real = weights.serialize_file
+  from tfm import stored
+  real = stored.serialize_file
   def slow(specs, filename, metadata=None):
     # the real bytes, rewritten slowly in chunks: the kill lands while the temp file is half written
     real(specs, filename, metadata=metadata)
@@ -334,7 +334,7 @@ SLOW_WRITE = textwrap.dedent("""
       print("WRITING", filename, len(data), flush=True)
       time.sleep(120)
       f.write(data[len(data) // 2:])
-  weights.serialize_file = slow
+  stored.serialize_file = slow
 """)
 
 
@@ -376,12 +376,12 @@ def test_a_checkpoint_killed_midway_leaves_the_previous_one(tmp_path):
   from tfm.train import Trainer
   out = tmp_path / "run"
   tmp, _ = kill_during_write(f"""
-    from tfm import weights
+    from tfm import stored
     from tfm.train import Trainer, TrainOptions
     trainer = Trainer("copy", "tiny", TrainOptions(eval_size=1), device="CPU", out={str(out)!r})
-    weights.serialize_file = real                            # the first checkpoint is written in full
+    stored.serialize_file = real                             # the first checkpoint is written in full
     trainer.save_checkpoint()
-    weights.serialize_file = slow
+    stored.serialize_file = slow
     trainer.step = 1
     trainer.save_checkpoint()
   """)

@@ -16,7 +16,7 @@ from tinygrad import dtypes
 
 import backends
 import tfm
-from tfm import memory, weights
+from tfm import memory, stored, weights
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def rewrite(src: str, dst: str, change) -> str:
   would write it: without the checksum (a changed file that kept it is refused whatever changed: test_robustness)."""
   with safe_open(src, framework="numpy") as f:
     arrays, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-  meta.pop(weights.CHECKSUM)
+  meta.pop(stored.CHECKSUM)
   change(arrays, meta)
   save_file(arrays, dst, metadata=meta)
   return dst
@@ -208,7 +208,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tiny_model, saved, 
   def crash(specs, filename, metadata=None):
     with open(filename, "wb") as f: f.write(b"half a file")
     raise OSError("disk full")
-  monkeypatch.setattr(weights, "serialize_file", crash)
+  monkeypatch.setattr(stored, "serialize_file", crash)
   with pytest.raises(OSError, match="disk full"): tfm.save(tiny_model, path)
   assert path.read_bytes() == open(saved, "rb").read()
   assert os.listdir(tmp_path) == ["model.safetensors"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tfm import weights
+from tfm import stored, weights
 from tfm.config import TransformerConfig
 from tfm.errors import ConfigError, WeightsError
 from tfm.interop.mapping import Conversion
@@ -144,7 +144,7 @@ def convert_marian(folder: str | os.PathLike) -> Conversion:
   raw = read_config(folder)
   hf = {**DEFAULTS, **raw}
   path = _checkpoint_file(folder)
-  arrays = dict(weights.read_arrays(path, "Marian checkpoint")[1])   # read once; mapped tensors are taken out of it
+  arrays = dict(stored.read_arrays(path, "Marian checkpoint")[1])   # read once; mapped tensors are taken out of it
   conv = Conversion(marian_config(hf, output_bias="final_logits_bias" in arrays), "transformer", {},
                     generation_config=read_generation_config(folder, raw))
   config = conv.config
@@ -177,16 +177,16 @@ def convert_marian(folder: str | os.PathLike) -> Conversion:
   table = sinusoid_table(config.max_len, config.d_model, "half_split")
   for name in POSITIONS:
     if name not in arrays: continue
-    stored = arrays.pop(name)
-    if stored.shape != table.shape or np.abs(stored - table).max() > POSITION_TOLERANCE:
-      diff = f"max difference {np.abs(stored - table).max():.3g}" if stored.shape == table.shape else f"shape {stored.shape}"
+    found = arrays.pop(name)
+    if found.shape != table.shape or np.abs(found - table).max() > POSITION_TOLERANCE:
+      diff = f"max difference {np.abs(found - table).max():.3g}" if found.shape == table.shape else f"shape {found.shape}"
       raise WeightsError(f"{path}: {name} is not Marian's sinusoidal table ({diff} from the half-split table "
                          f"of shape {table.shape}); tfm cannot import learned or other positions")
     conv.notes.append(f"{name} checked equal to tfm's half-split sinusoid table (computed, not loaded)")
   conv.notes.append("positions: half-split sinusoids, computed; post-norm, no final stack norm; "
                     f"activation {config.activation}; scale_embedding={config.scale_embedding}; decoder starts from id {config.start_id}")
 
-  weights.check_arrays(arrays, _layer_shapes(hf), path)
+  stored.check_arrays(arrays, _layer_shapes(hf), path)
   for name, value in arrays.items():
     conv.arrays[_tfm_name(name)] = value
     conv.mapped.append((name, _tfm_name(name)))

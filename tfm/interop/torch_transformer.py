@@ -15,7 +15,7 @@ import numpy as np
 from tinygrad import Context, Tensor
 from tinygrad.nn.state import get_state_dict
 
-from tfm import weights
+from tfm import stored, weights
 from tfm.config import TransformerConfig
 from tfm.errors import InputError, WeightsError
 from tfm.interop.mapping import Conversion
@@ -41,7 +41,7 @@ def read_state_dict(source: str | os.PathLike | dict[str, Any]) -> dict[str, np.
   """A state dict as float32 arrays: a dict of tensors/arrays, a .safetensors file, or a torch.save file (needs torch)."""
   if isinstance(source, dict): return {k: as_numpy(v).astype(np.float32) for k, v in source.items()}
   path = os.fspath(source)
-  if path.endswith(".safetensors"): return dict(weights.read_arrays(path, "state dict file")[1])
+  if path.endswith(".safetensors"): return dict(stored.read_arrays(path, "state dict file")[1])
   if os.path.isdir(path): raise WeightsError(f"{path} is a directory; give a state dict file (.pt, .pth or .safetensors)")
   if not os.path.exists(path): raise WeightsError(f"state dict file {path} does not exist; check the path")
   try:
@@ -95,7 +95,7 @@ def convert_torch_transformer(source: str | os.PathLike | dict[str, Any], nhead:
                              n_decoder_layers=n_dec, dropout=0.0, norm_first=norm_first, activation=activation,
                              layer_norm_eps=layer_norm_eps, final_norm=True)
   expected = {**_expected_torch_shapes("encoder", n_enc, d, d_ff), **_expected_torch_shapes("decoder", n_dec, d, d_ff)}
-  weights.check_arrays(state, expected, where)
+  stored.check_arrays(state, expected, where)
 
   conv = Conversion(config, "stacks", {})
   for key, value in state.items():

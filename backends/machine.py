@@ -30,7 +30,7 @@ def cache_dir() -> Path:
   return Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "tfm"
 
 
-def _stat(path: str | None) -> list | None:
+def file_identity(path: str | None) -> list | None:
   """A file's identity for a fingerprint: its path, size and modification time (a reinstall changes them)."""
   if not path: return None
   try: st = os.stat(path)
@@ -50,11 +50,11 @@ def _cpu() -> str:
     return f"{platform.processor()}-{platform.machine()}"
 
 
-def _drivers(kind: str) -> list:
+def driver_files(kind: str) -> list:
   """The files a backend's driver and compiler come from, as (path, size, mtime)."""
-  if kind == "CPU": return [_stat(shutil.which(os.environ.get("CC", "clang")))]
-  if kind == "CL": return [_stat(p) for p in sorted(glob.glob("/etc/OpenCL/vendors/*.icd"))]
-  if kind in ("CUDA", "NV"): return [_stat(p) for p in sorted(glob.glob("/usr/lib/*/libcuda.so*") + glob.glob("/proc/driver/nvidia/version"))]
+  if kind == "CPU": return [file_identity(shutil.which(os.environ.get("CC", "clang")))]
+  if kind == "CL": return [file_identity(p) for p in sorted(glob.glob("/etc/OpenCL/vendors/*.icd"))]
+  if kind in ("CUDA", "NV"): return [file_identity(p) for p in sorted(glob.glob("/usr/lib/*/libcuda.so*") + glob.glob("/proc/driver/nvidia/version"))]
   return []
 
 
@@ -63,4 +63,4 @@ def fingerprint(target: str) -> dict:
   and the kernel's own source: the processor, the OS, Python, and the driver or compiler files of that backend."""
   kind = target.split(":")[0]
   return {"target": target, "machine": platform.machine(), "system": platform.system(), "python": sys.version,
-          "cpu": _cpu(), "drivers": _drivers(kind) + ([_stat(os.environ.get("LLVM_PATH"))] if "LLVM" in target else [])}
+          "cpu": _cpu(), "drivers": driver_files(kind) + ([file_identity(os.environ.get("LLVM_PATH"))] if "LLVM" in target else [])}

@@ -13,7 +13,7 @@ import dataclasses, hashlib, json, os, platform, shutil, subprocess, sys, tempfi
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from backends.kernels import NVRTC_PIP, nvidia_lib_dir
-from backends.machine import _drivers, _stat, cache_dir, cache_enabled
+from backends.machine import driver_files, file_identity, cache_dir, cache_enabled
 from backends.registry import BACKENDS, COMPILE_ONLY, RUNS, UNAVAILABLE, Backend, BackendInfo, lookup
 
 # generous: a probe is one import and one tiny kernel (1-2 s idle), but a machine busy compiling can take far longer,
@@ -51,8 +51,8 @@ def _environment() -> str:
   env = {k: os.environ.get(k) for k in ("PATH", "LD_LIBRARY_PATH", "CC", "LLVM_PATH", "OCL_ICD_VENDORS", "OCL_ICD_FILENAMES",
                                         "CUDA_PATH", "NVRTC_PATH", "WEBGPU_PATH", "DEV")}
   facts = {"python": sys.executable, "tinygrad": version("tinygrad"), "env": env,
-           "drivers": {kind: _drivers(kind) for kind in ("CPU", "CL", "CUDA")},
-           "devices": [os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/kfd")], "nvrtc": _stat(str(nvidia_lib_dir() or ""))}
+           "drivers": {kind: driver_files(kind) for kind in ("CPU", "CL", "CUDA")},
+           "devices": [os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/kfd")], "nvrtc": file_identity(str(nvidia_lib_dir() or ""))}
   return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 

@@ -32,11 +32,10 @@ def inputs(cfg, batch: int, length: int, seed: int = 0) -> tuple[np.ndarray, np.
 def same_model(cfg, backend: str, arrays: dict[str, np.ndarray] | None) -> tuple[Transformer, dict[str, np.ndarray]]:
   """The model on a backend with the first backend's weights (arrays, None for the first), so every backend and
   PyTorch run the same numbers; and those weights."""
+  if arrays is not None: return weights.build(cfg, arrays, "the first backend's weights", backend), arrays
   Tensor.manual_seed(0)
-  model = Transformer(cfg, device=backend, initialise=arrays is None)
-  if arrays is None: return model, weights.state_arrays(model)
-  weights.assign(weights.unique_state(model), arrays, "the first backend's weights")
-  return model, arrays
+  model = Transformer(cfg, device=backend)
+  return model, weights.state_arrays(model)
 
 
 def tuned_label(model: Transformer) -> str:

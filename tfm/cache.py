@@ -103,7 +103,13 @@ def _drop(path: Path, why: str) -> None:
 def lookup(key: dict) -> bytes | None:
   """The payload stored under key, or None (not there, switched off, or unusable: then dropped, with a warning)."""
   if not cache_enabled(): return None
-  stats.misses += 1   # until it is found good, below
+  payload = _read(key)
+  if payload is None: stats.misses += 1
+  else: stats.hits += 1
+  return payload
+
+
+def _read(key: dict) -> bytes | None:
   key_bytes = _encode(key)
   path = _path(key_bytes)
   try: data = path.read_bytes()
@@ -125,13 +131,12 @@ def lookup(key: dict) -> bytes | None:
     return None
   try: os.utime(path)   # least recently used goes first when the cache is full
   except OSError: pass
-  stats.misses, stats.hits = stats.misses - 1, stats.hits + 1
   return payload
 
 
 def discard(key: dict, why: str) -> None:
   """Drop the entry under key (its payload could not be used), with a warning."""
-  stats.misses, stats.hits = stats.misses + 1, stats.hits - 1
+  stats.misses, stats.hits = stats.misses + 1, stats.hits - 1   # it was counted as found
   _drop(_path(_encode(key)), why)
 
 

@@ -161,9 +161,7 @@ def oracle(subject: Subject, dtype: str = "float32") -> dict[str, np.ndarray]:
 
 def model_on(subject: Subject, device: str, dtype: str = "float32") -> Transformer:
   """The subject's model on a backend, its weights copied in (then cast, for float16)."""
-  model = Transformer(subject.config, device=device, initialise=False)
-  weights.assign(weights.unique_state(model), subject.arrays, subject.name, weights.model_dtype(dtype))
-  return model
+  return weights.build(subject.config, subject.arrays, subject.name, device, weights.model_dtype(dtype))
 
 
 def steps(subject: Subject, dtype: str) -> Callable[[BackendInfo], dict[str, Callable[[], dict[str, np.ndarray]]]]:

@@ -43,6 +43,7 @@ class CompiledStep:
     self.jit.cnt = 1   # capture on the first call: tinygrad's uncaptured first run would schedule everything twice
     self.key_parts, self.named, self.target = key, named, target
     self.launches: list[Launch] | None = None
+    self.key: dict | None = None
     self.looked_up = key is None or named is None
     self._held: list[Buffer] = []   # scratch and constant buffers of a restored step
 
@@ -69,10 +70,10 @@ class CompiledStep:
 
   def _store(self) -> None:
     names = {id(t.uop.buffer.base): name for name, t in self.named().items()}
-    cache.store(self._key(), pickle.dumps(_describe(self.jit, names), protocol=pickle.HIGHEST_PROTOCOL))
+    cache.store(self.key or self._key(), pickle.dumps(_describe(self.jit, names), protocol=pickle.HIGHEST_PROTOCOL))
 
   def _restore(self) -> list[Launch] | None:
-    key = self._key()
+    self.key = key = self._key()   # kept: a miss stores under the same key once the step is captured
     if (payload := cache.lookup(key)) is None: return None
     try:
       described = pickle.loads(payload)

@@ -106,10 +106,18 @@ def state_arrays(model: Transformer) -> dict[str, np.ndarray]:
   return {name: t.float().numpy() for name, t in unique_state(model).items()}
 
 
+def build(config: TransformerConfig, arrays: Mapping[str, np.ndarray], source: str, device: str | None = None,
+          dtype: DType | None = None) -> Transformer:
+  """A Transformer of config on device with the given weights (name -> array, checked as `assign` checks them), in
+  dtype (default float32): no initial weights drawn, no kernel run."""
+  model = Transformer(config, device=device, initialise=False)
+  assign(unique_state(model), arrays, source, dtype)
+  return model
+
+
 def copy_to(model: Transformer, device: str) -> Transformer:
   """A copy of model on another device: the same config, weights (in the same dtype) and generation settings."""
-  copy = Transformer(model.config, device=device, initialise=False)
-  assign(unique_state(copy), state_arrays(model), "the model's own weights", model.generator.weight.dtype)
+  copy = build(model.config, state_arrays(model), "the model's own weights", device, model.generator.weight.dtype)
   if hasattr(model, "generation_config"): copy.generation_config = model.generation_config
   return copy
 
@@ -160,7 +168,6 @@ def load(path: str | os.PathLike, device: str | None = None, dtype: str | DType 
   """
   compute = model_dtype(dtype)
   wf = _read_transformer(path)
-  model = Transformer(wf.config, device=device, initialise=False)
-  assign(unique_state(model), wf.arrays, os.fspath(path), compute)
+  model = build(wf.config, wf.arrays, os.fspath(path), device, compute)
   if wf.generation_config is not None: model.generation_config = wf.generation_config
   return model

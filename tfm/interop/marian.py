@@ -201,7 +201,6 @@ def from_pretrained(folder: str | os.PathLike, device: str | None = None, dtype:
   """
   compute = weights.model_dtype(dtype)
   conv = convert_marian(folder)
-  model = Transformer(conv.config, device=device, initialise=False)
-  weights.assign(weights.unique_state(model), conv.arrays, os.fspath(folder), compute)
+  model = weights.build(conv.config, conv.arrays, os.fspath(folder), device, compute)
   model.generation_config = conv.generation_config  # the checkpoint's decoding defaults, which tfm.generate reads
   return model

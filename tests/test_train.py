@@ -108,6 +108,7 @@ def test_a_training_step_agrees_on_cpu_and_cl():
     params = tfm.weights.unique_state(model)
     value = loss(model, *(Tensor(a, device=model.device) for a in batch))
     grads = value.gradient(*params.values())
+    Tensor.realize(value, *grads)   # one schedule for them all
     results[dev] = value.item(), {name: g.numpy() for name, g in zip(params, grads)}
   (cpu_loss, cpu_grads), (cl_loss, cl_grads) = results["CPU"], results["CL"]
   assert abs(cpu_loss - cl_loss) < 1e-5 and cpu_loss > 1.0

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
-from tinygrad import Tensor, dtypes
+from tinygrad import Tensor
 from tinygrad.helpers import tqdm
 
 from tfm import weights
@@ -28,6 +28,7 @@ from tfm.config import PRESETS, TransformerConfig
 from tfm.errors import ConfigError, InputError, WeightsError
 from tfm.files import atomic_folder, write_text
 from tfm.generation import greedy_search
+from tfm.memory import to_device, upload
 from tfm.model import Transformer
 from tfm.tasks import Task, get_task
 from tfm.tokenizer import CharTokenizer
@@ -155,7 +156,9 @@ class Trainer:
     self.opt = FlatAdam(self.params, lr=0.0, b1=0.9, b2=0.98, eps=1e-9, clip_norm=self.options.clip_norm)
     self.step = self.tokens = 0
     self.losses: list[float] = []  # the loss of every step so far, before that step's update
-    self._jit_step = TrainStep(self.model, self.opt, self.options.label_smoothing)
+    widths = (self.src_len, self.tgt_len, self.tgt_len)
+    self._compiled_step = TrainStep(self.model, self.opt, self.options.label_smoothing,
+                                    tuple((self.options.batch_size, w) for w in widths))
     self.eval_pairs = self.task.examples(self.options.eval_size, "test", seed=0)
 
   def loss(self, src: Tensor, tgt_in: Tensor, labels: Tensor) -> Tensor:
@@ -174,9 +177,8 @@ class Trainer:
     batch = self.next_batch()
     self.tokens += int(sum((a != self.config.pad_id).sum() for a in (batch[0], batch[2])))
     self.step += 1
-    # the learning rate lives in a device buffer the captured step reads, so it is updated in place
-    self.opt.lr.assign(Tensor([self.lr(self.step)], device=self.opt.lr.device, dtype=self.opt.lr.dtype)).realize()
-    loss = self._jit_step(*(Tensor(a, device=self.model.device) for a in batch)).item()
+    self.opt.set_lr(self.lr(self.step))
+    loss = self._compiled_step(*batch)
     self.losses.append(loss)
     return loss
 
@@ -227,7 +229,7 @@ class Trainer:
                              f"the checkpoint is not from this model's trainer")
     flat = {m: np.concatenate([arrays[f"{m}.{i}"].reshape(-1) for i in range(len(self.params))]) for m in "mv"}
     for t, value in ((self.opt.b1_t, arrays["b1_t"]), (self.opt.b2_t, arrays["b2_t"]), (self.opt.m[0], flat["m"]), (self.opt.v[0], flat["v"])):
-      t.assign(Tensor(value.reshape(t.shape), device=t.device, dtype=t.dtype)).realize()
+      upload(t, value.reshape(t.shape))   # in place: the compiled step reads these buffers
 
   @staticmethod
   def latest_checkpoint(out: str) -> str | None:
@@ -248,8 +250,10 @@ class Trainer:
     self.step, self.losses = int(meta["step"]), json.loads(meta["losses"])
     rng = json.loads(meta["rng"])
     Tensor._seed = rng["seed"]
-    for d, v in rng["device_seeds"].items(): Tensor._device_seeds[d] = Tensor(v, device=d, dtype=dtypes.uint32).realize()
-    for d, v in rng["device_counters"].items(): Tensor._device_rng_counters[d] = Tensor(v, device=d, dtype=dtypes.uint32).realize()
+    for table, saved in ((Tensor._device_seeds, rng["device_seeds"]), (Tensor._device_rng_counters, rng["device_counters"])):
+      for d, v in saved.items():   # into the buffers the compiled step reads, where they exist
+        if d in table: upload(table[d], np.array(v, np.uint32))
+        else: table[d] = to_device(np.array(v, np.uint32), d)
     self.rng.bit_generator.state = rng["batches"]
 
   @classmethod

@@ -1,12 +1,18 @@
 """One training step: the label-smoothed loss (paper 5.4), tinygrad's Adam over one flat gradient buffer, and the
-step that runs both as one TinyJit (what tfm.train.Trainer runs and the train benchmark times)."""
+step that runs both as one compiled step (what tfm.train.Trainer runs and the train benchmark times)."""
 from __future__ import annotations
 
-from tinygrad import Context, Tensor, TinyJit
+import numpy as np
+from tinygrad import Context, Tensor, dtypes
 from tinygrad.helpers import TRAINING, unwrap
 from tinygrad.nn.optim import LAMB
+from tinygrad.nn.state import get_state_dict
 
+from tfm.errors import InputError
+from tfm.memory import download, filled, upload
 from tfm.model import Transformer
+from tfm.replay import CompiledStep
+from tfm.tune import tuned_entry
 
 
 def loss(model: Transformer, src: Tensor, tgt_in: Tensor, labels: Tensor, label_smoothing: float = 0.1) -> Tensor:
@@ -32,6 +38,16 @@ class FlatAdam(LAMB):
                clip_norm: float | None = None):
     super().__init__(params, lr, b1, b2, eps, weight_decay=0.0, adam=True, fused=True)
     self.clip_norm = clip_norm
+    # the state as realized buffers, written without kernels (tinygrad's are lazy zeros and ones, realized by the
+    # first step, which a compiled step's capture must not contain)
+    dev, n = self.device, self.pos_params[-1]
+    self.m, self.v = [filled((n,), self.param_dtype, dev)], [filled((n,), self.param_dtype, dev)]
+    self.b1_t, self.b2_t = filled((1,), dtypes.float32, dev, 1.0), filled((1,), dtypes.float32, dev, 1.0)
+    self.lr = filled((1,), self.lr.dtype, dev, lr)
+
+  def set_lr(self, lr: float) -> None:
+    """The learning rate of the next step, written into the buffer the compiled step reads."""
+    upload(self.lr, np.array([lr]))
 
   def schedule_step(self) -> list[Tensor]:
     if not TRAINING: raise RuntimeError("FlatAdam.schedule_step needs Context(TRAINING=1), as tinygrad's optimizers do")
@@ -47,21 +63,58 @@ class FlatAdam(LAMB):
 
 
 class TrainStep:
-  """One optimizer step on a batch, captured once with TinyJit: the label-smoothed loss, backward, the FlatAdam update
-  (with its gradient clipping). Called with (src, decoder input, labels) device tensors, it returns the loss of the
-  weights the batch saw. The Trainer's step, and the one the train benchmark times."""
+  """One optimizer step on a batch, compiled once: the label-smoothed loss, backward, the FlatAdam update (with its
+  gradient clipping). Called with host arrays (src, decoder input, labels) of the shapes it was built for, it returns
+  the loss of the weights the batch saw. The Trainer's step, and the one the train benchmark times.
 
-  def __init__(self, model: Transformer, opt: FlatAdam, label_smoothing: float):
+  It is a CompiledStep (tfm.replay): captured on its first call and kept in the compiled-program cache, so another
+  trainer of the same model and batch shape (a resumed run, the next process) launches it without scheduling anything.
+  The step touches only buffers it names: the weights, Adam's state and learning rate, tinygrad's RNG state (dropout),
+  the batch and the loss."""
+
+  def __init__(self, model: Transformer, opt: FlatAdam, label_smoothing: float, shapes: tuple[tuple[int, int], ...]):
     self.model, self.opt, self.label_smoothing = model, opt, label_smoothing
-    self.jit = TinyJit(self._step)
+    dev, c = model.device, model.config
+    self.batch = [filled(shape, dtypes.int32, dev, c.pad_id) for shape in shapes]
+    self.loss_out = filled((1,), dtypes.float32, dev)
+    if c.dropout > 0: rng_state(dev)   # made before the capture, which must hold kernels only
+    key = {"step": "train", "config": c.to_dict(), "dtype": str(model.generator.weight.dtype), "device": dev,
+           "tuned": tuned_entry(model.target or dev), "batch": [list(s) for s in shapes], "label_smoothing": label_smoothing,
+           "adam": {"b1": opt.b1, "b2": opt.b2, "eps": opt.eps, "clip_norm": opt.clip_norm, "dtype": str(opt.param_dtype)}}
+    self.step = CompiledStep(self._step, None, model.on_device, key, self.named, model.target or dev)
 
-  def _step(self, src: Tensor, tgt_in: Tensor, labels: Tensor) -> Tensor:
-    with self.model.on_device(), Context(TRAINING=1):
+  def named(self) -> dict[str, Tensor]:
+    """Every buffer the step reads or writes, under a name that is the same in every process."""
+    opt, dev = self.opt, self.model.device
+    out = {f"weight:{name}": t for name, t in get_state_dict(self.model).items()}
+    out["positions"] = self.model.positions.table()
+    out.update({"adam.m": opt.m[0], "adam.v": opt.v[0], "adam.b1_t": opt.b1_t, "adam.b2_t": opt.b2_t, "adam.lr": opt.lr,
+                "batch.src": self.batch[0], "batch.tgt_in": self.batch[1], "batch.labels": self.batch[2], "loss": self.loss_out})
+    if dev in Tensor._device_seeds: out.update({"rng.seeds": Tensor._device_seeds[dev], "rng.counter": Tensor._device_rng_counters[dev]})
+    return out
+
+  def _step(self) -> None:
+    src, tgt_in, labels = self.batch
+    with Context(TRAINING=1):
       self.opt.zero_grad()
       value = loss(self.model, src, tgt_in, labels, self.label_smoothing)
       value.backward()
       # the loss is realized with the update, so it is the loss of the weights the batch saw
-      Tensor.realize(value, *self.opt.schedule_step())
-    return value
+      Tensor.realize(self.loss_out.assign(value.reshape(1)), *self.opt.schedule_step())
 
-  def __call__(self, src: Tensor, tgt_in: Tensor, labels: Tensor) -> Tensor: return self.jit(src, tgt_in, labels)
+  def __call__(self, src: np.ndarray, tgt_in: np.ndarray, labels: np.ndarray) -> float:
+    for buffer, array in zip(self.batch, (src, tgt_in, labels), strict=True):
+      if array.shape != buffer.shape:
+        raise InputError(f"this train step takes batches of shapes {[b.shape for b in self.batch]}, got {array.shape}: "
+                         f"make a TrainStep for the new shape")
+      upload(buffer, array)
+    self.step()
+    return float(download(self.loss_out)[0])
+
+
+def rng_state(device: str) -> None:
+  """Realize tinygrad's random-number state for `device` (its seed and counter buffers), which the first random draw
+  there would otherwise create inside the step's capture. Advances nothing: the counter moves by 0."""
+  if device not in Tensor._device_seeds:
+    seed, counter = Tensor._next_counter(device, 0)
+    Tensor.realize(seed, Tensor._device_rng_counters[device], counter)

@@ -45,7 +45,7 @@ def host_view(t: Tensor) -> np.ndarray | None:
 def to_device(array: np.ndarray, device: str, dtype: DType | None = None) -> Tensor:
   """A realized device tensor holding `array` (converted to `dtype`, default float32 for floats, else its own dtype)."""
   array = np.asarray(array)
-  if dtype is None: dtype = dtypes.float32 if array.dtype.kind == "f" else dtypes.from_np(array.dtype)
+  if dtype is None: dtype = dtypes.float32 if array.dtype.kind == "f" else getattr(dtypes, array.dtype.name)  # int32, uint8, bool, ...
   t = Tensor.empty(*array.shape, dtype=dtype, device=device)
   t.uop.buffer.allocate()
   _copy_in(t.uop.buffer, host_bytes(array, dtype))

@@ -1,12 +1,13 @@
 """Write the interop fixtures under tests/fixtures/: small foreign models with non-trivial weights, their inputs, and
 the outputs PyTorch and transformers computed for them, so the tests check tfm's importers without either installed.
 
-    .venv/bin/pip install -e ".[hf]"     # torch==2.13.0 and transformers: not test dependencies, only this script needs them
-    .venv/bin/python tests/make_fixtures.py
+    .venv/bin/pip install -e ".[hf,digits]"   # torch==2.13.0, transformers, scikit-learn: only this script needs them
+    .venv/bin/python tests/make_fixtures.py            # or name groups: tests/make_fixtures.py vit digits
 
 Made with torch 2.13.0+cpu, transformers 5.23.0, sentencepiece 0.2.3, safetensors 0.8.0 (each fixture also records
-the versions in its metadata). Every bias, LayerNorm gain and bias, final_logits_bias and the pad embedding row is
-random, so an importer that drops or misplaces any of them fails the tests. Shapes match the "tiny" preset
+the versions in its metadata); the ViT and digits fixtures with transformers 5.24.0 and scikit-learn 1.9.1. Every
+bias, LayerNorm gain and bias, final_logits_bias and the pad embedding row is random, so an importer that drops or
+misplaces any of them fails the tests. Shapes match the "tiny" preset
 (d_model 32, 4 heads, d_ff 64, vocab 64) and the test batch (2 sequences, source length 7, target length 5).
 
 tests/fixtures/
@@ -16,6 +17,15 @@ tests/fixtures/
                                  (source.spm, target.spm trained here on a few lines; vocab.json)
   marian_tiny.npz                src and tgt ids, expected encoder output and logits
   marian_tokenizer.json          texts, the ids the transformers MarianTokenizer gives them, and its decodings
+  vit_<variant>/                 a ViTForImageClassification or ViTModel checkpoint as save_pretrained writes it
+  vit_<variant>.npz              pixels (2, C, H, W), expected last_hidden_state, logits (with a head) and every
+                                 layer's attention weights (2, heads, tokens, tokens)
+  digits_test.npz                the held-out split of scikit-learn's load_digits that the bundled classifier never saw
+                                 in training (tfm.train_vision.digits_split): 360 images (0..16) and their labels
+
+The ViT variants (d_model 16, 4 heads, FFN 32, 2 layers): "c1" greyscale 8 x 8 in 4 x 4 patches, 3 classes; "c3" RGB
+12 x 12 in 4 x 4 patches, 5 named classes, relu, layer_norm_eps 1e-6; "model_c3" a ViTModel (no head, no pooler) with
+qkv_bias false. Every weight, bias, LayerNorm gain and bias, class token and position embedding is random.
 """
 from __future__ import annotations
 
@@ -23,6 +33,7 @@ import io
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import safetensors
@@ -30,7 +41,7 @@ import sentencepiece
 import torch
 import transformers
 from safetensors.torch import save_file
-from transformers import MarianConfig, MarianMTModel
+from transformers import MarianConfig, MarianMTModel, ViTConfig, ViTForImageClassification, ViTModel
 from transformers import MarianTokenizer as HFMarianTokenizer
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -134,14 +145,61 @@ def marian_fixture(rng: np.random.Generator) -> None:
   with open(os.path.join(HERE, "marian_tokenizer.json"), "w", encoding="utf-8") as f: json.dump(expected, f, ensure_ascii=False, indent=1)
 
 
-def main() -> None:
+VIT_SIZES = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32, patch_size=4)
+VIT_VARIANTS = {
+  "c1": dict(head=True, image_size=8, num_channels=1, num_labels=3),
+  "c3": dict(head=True, image_size=12, num_channels=3, hidden_act="relu", layer_norm_eps=1e-6,
+             id2label={0: "cat", 1: "dog", 2: "bird", 3: "fish", 4: "frog"}),
+  "model_c3": dict(head=False, image_size=12, num_channels=3, qkv_bias=False),
+}
+
+
+def vit_fixture(variant: str, spec: dict, rng: np.random.Generator) -> None:
+  folder = os.path.join(HERE, f"vit_{variant}")
+  shutil.rmtree(folder, ignore_errors=True)
+  spec = dict(spec)
+  head = spec.pop("head")
+  config = ViTConfig(**VIT_SIZES, **spec, attn_implementation="eager")
+  torch.manual_seed(0)
+  model = (ViTForImageClassification(config) if head else ViTModel(config, add_pooling_layer=False)).eval()
+  perturb(dict(model.named_parameters()), rng)
+  model.save_pretrained(folder)
+  pixels = rng.standard_normal((2, config.num_channels, config.image_size, config.image_size)).astype(np.float32)
+  with torch.no_grad():
+    out = model(torch.from_numpy(pixels), output_attentions=True)
+    hidden = (model.vit if head else model)(torch.from_numpy(pixels)).last_hidden_state   # after the final layernorm
+  expected = {"pixels": pixels, "last_hidden_state": hidden.numpy(), "attentions": np.stack([a.numpy() for a in out.attentions])}
+  if head: expected["logits"] = out.logits.numpy()
+  np.savez_compressed(os.path.join(HERE, f"vit_{variant}.npz"), **expected, versions=json.dumps(VERSIONS))
+
+
+def digits_fixture() -> None:
+  """The digits held out from training, as tfm.train_vision.digits_split draws them (needs scikit-learn)."""
+  from tfm.train_vision import digits_split
+  split = digits_split()
+  np.savez_compressed(os.path.join(HERE, "digits_test.npz"), images=split.test_images.astype(np.uint8), labels=split.test_labels.astype(np.uint8))
+
+
+GROUPS = ("torch", "marian", "vit", "digits")
+
+
+def main(groups: list[str]) -> None:
+  """Write the fixtures of the given groups (all when none is named); each group draws from its own seeded generator,
+  so rewriting one leaves the others as committed."""
+  unknown = sorted(set(groups) - set(GROUPS))
+  if unknown: raise SystemExit(f"unknown fixture group(s) {', '.join(unknown)}; choose among {', '.join(GROUPS)}")
+  groups = groups or list(GROUPS)
   os.makedirs(HERE, exist_ok=True)
-  rng = np.random.default_rng(2024)
-  for variant, kwargs in TORCH_VARIANTS.items(): torch_fixture(variant, kwargs, rng)
-  marian_fixture(rng)
+  if "torch" in groups or "marian" in groups:
+    rng = np.random.default_rng(2024)   # the torch fixtures draw first, then Marian, from the one generator
+    for variant, kwargs in TORCH_VARIANTS.items(): torch_fixture(variant, kwargs, rng)
+    marian_fixture(rng)
+  if "vit" in groups:
+    for i, (variant, spec) in enumerate(VIT_VARIANTS.items()): vit_fixture(variant, spec, np.random.default_rng([2026, i]))
+  if "digits" in groups: digits_fixture()
   total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(HERE) for f in files)
   print(f"wrote {HERE} ({total / 1024:.0f} KiB) with {', '.join(f'{k} {v}' for k, v in VERSIONS.items())}")
 
 
 if __name__ == "__main__":
-  main()
+  main(sys.argv[1:])

@@ -42,7 +42,7 @@ class AttentionMap:
 
 
 class _Recording:
-  """Stands in for one decoder layer's encoder_attn: computes what it computes and keeps the attention weights."""
+  """Stands in for one layer's attention module: computes what it computes and keeps the attention weights."""
 
   def __init__(self, attn: MultiHeadAttention):
     self.attn, self.weights = attn, None
@@ -54,15 +54,20 @@ class _Recording:
 
 
 @contextlib.contextmanager
-def _recording(model: Transformer) -> Iterator[list[_Recording]]:
-  """Every decoder layer's encoder_attn recorded for the block, put back afterwards (also on errors)."""
-  layers = model.decoder.layers
-  recorders = [_Recording(layer.encoder_attn) for layer in layers]
-  for layer, rec in zip(layers, recorders): layer.encoder_attn = rec
+def recording(layers: list, attribute: str) -> Iterator[list[_Recording]]:
+  """Each layer's attention module `attribute` (encoder_attn, self_attn) recorded for the block, put back afterwards
+  (also on errors)."""
+  recorders = [_Recording(getattr(layer, attribute)) for layer in layers]
+  for layer, rec in zip(layers, recorders): setattr(layer, attribute, rec)
   try:
     yield recorders
   finally:
-    for layer, rec in zip(layers, recorders): layer.encoder_attn = rec.attn
+    for layer, rec in zip(layers, recorders): setattr(layer, attribute, rec.attn)
+
+
+def _recording(model: Transformer) -> contextlib.AbstractContextManager[list[_Recording]]:
+  """Every decoder layer's encoder_attn recorded for the block."""
+  return recording(model.decoder.layers, "encoder_attn")
 
 
 def attention_of(model: Transformer, src_ids, out_ids) -> np.ndarray:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from tfm.errors import ConfigError
 
@@ -11,8 +11,30 @@ ACTIVATIONS = ("relu", "gelu", "swish")
 POSITIONAL_LAYOUTS = ("interleaved", "half_split")
 
 
+class Fields:
+  """What every config does with its fields: replace some, and to and from a dict (unknown fields are named)."""
+
+  def replace(self, **changes: Any) -> Self: return dataclasses.replace(self, **changes)
+
+  def check_integers(self, positive: tuple[str, ...], counts: tuple[str, ...]) -> None:
+    """Sizes must be positive integers and counts (of layers, of labels) integers >= 0: else an error naming the field."""
+    for names, least, what in ((positive, 1, "a positive integer"), (counts, 0, "an integer >= 0")):
+      for name in names:
+        value = getattr(self, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least: raise ConfigError(f"{name}={value!r} must be {what}")
+
+  def to_dict(self) -> dict[str, Any]: return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> Self:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown: raise ConfigError(f"unknown config field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
+    return cls(**d)
+
+
 @dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(Fields):
   """Every size and switch of the encoder-decoder Transformer.
 
   Defaults are the paper's base model (table 3) with a 37000-token shared vocabulary.
@@ -42,14 +64,7 @@ class TransformerConfig:
   decoder_start_id: int | None = None
 
   def __post_init__(self):
-    for name in ("vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name}={value!r} must be a positive integer")
-    for name in ("n_encoder_layers", "n_decoder_layers"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f"{name}={value!r} must be an integer >= 0")
+    self.check_integers(("vocab_size", "d_model", "n_heads", "d_ff", "max_len"), ("n_encoder_layers", "n_decoder_layers"))
     if self.d_model % self.n_heads != 0:
       raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
                         f"each head gets d_model / n_heads features; pick n_heads among the divisors of {self.d_model}")
@@ -88,16 +103,6 @@ class TransformerConfig:
       raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return cls(**{**PRESETS[name], **overrides})
 
-  def replace(self, **changes: Any) -> TransformerConfig: return dataclasses.replace(self, **changes)
-
-  def to_dict(self) -> dict[str, Any]: return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> TransformerConfig:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown: raise ConfigError(f"unknown config field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
-    return cls(**d)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -108,4 +113,108 @@ PRESETS: dict[str, dict[str, Any]] = {
   "small": dict(d_model=64, n_heads=4, d_ff=256, n_encoder_layers=3, n_decoder_layers=2, dropout=0.0, max_len=48),
   # the train-step benchmark's size (docs/PERFORMANCE.md)
   "medium": dict(vocab_size=1000, d_model=128, n_heads=4, d_ff=512, n_encoder_layers=2, n_decoder_layers=2, dropout=0.0),
+}
+
+
+@dataclass(frozen=True)
+class VisionConfig(Fields):
+  """Every size of the Vision Transformer (ViT): an image cut into patch_size x patch_size patches, each patch a token,
+  through the Transformer's encoder.
+
+  The encoder's fields have TransformerConfig's names (d_model, n_heads, d_ff, activation, layer_norm_eps, dropout), so
+  tfm.layers.EncoderLayer and tfm.model.Encoder build from either config; a ViT's encoder is always pre-norm with a
+  final LayerNorm (`norm_first`, `use_final_norm`). Images are (num_channels, image_size, image_size); `image_mean` and
+  `image_std` (one per channel, default 0.5) normalise pixels in [0, 1] as the model was trained on them; `labels`
+  names the classes (empty: "0", "1", ...). num_labels=0 is an encoder without a classification head.
+  Defaults are ViT-B/16 at 224 x 224 with 1000 classes.
+  """
+  image_size: int = 224
+  patch_size: int = 16
+  num_channels: int = 3
+  num_labels: int = 1000
+  d_model: int = 768
+  n_heads: int = 12
+  d_ff: int = 3072
+  n_layers: int = 12
+  dropout: float = 0.0
+  activation: str = "gelu"
+  layer_norm_eps: float = 1e-6
+  labels: tuple[str, ...] = ()
+  image_mean: tuple[float, ...] | None = None
+  image_std: tuple[float, ...] | None = None
+
+  def __post_init__(self):
+    self.check_integers(("image_size", "patch_size", "num_channels", "d_model", "n_heads", "d_ff"), ("num_labels", "n_layers"))
+    if self.image_size % self.patch_size != 0:
+      raise ConfigError(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}: the patches must "
+                        f"tile the image; pick a patch_size among the divisors of {self.image_size}")
+    if self.d_model % self.n_heads != 0:
+      raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: each head gets d_model / n_heads "
+                        f"features; pick n_heads among the divisors of {self.d_model}")
+    if not 0.0 <= self.dropout < 1.0: raise ConfigError(f"dropout={self.dropout!r} must be in [0, 1)")
+    if self.activation not in ACTIVATIONS:
+      raise ConfigError(f"activation={self.activation!r} is not supported; choose one of {', '.join(ACTIVATIONS)}")
+    if not self.layer_norm_eps > 0: raise ConfigError(f"layer_norm_eps={self.layer_norm_eps!r} must be > 0")
+    object.__setattr__(self, "labels", tuple(self.labels))   # JSON gives lists; tuples keep the config hashable
+    if self.labels and len(self.labels) != self.num_labels:
+      raise ConfigError(f"labels has {len(self.labels)} names but num_labels={self.num_labels}; give one name per class, or none")
+    if not all(isinstance(label, str) for label in self.labels): raise ConfigError(f"labels={self.labels!r} must all be strings")
+    for name in ("image_mean", "image_std"):
+      value = (0.5,) * self.num_channels if getattr(self, name) is None else tuple(float(v) for v in getattr(self, name))
+      if len(value) != self.num_channels:
+        raise ConfigError(f"{name} has {len(value)} values but num_channels={self.num_channels}; give one per channel")
+      object.__setattr__(self, name, value)
+    if not all(s > 0 for s in self.image_std): raise ConfigError(f"image_std={self.image_std!r} must be positive")
+
+  # the encoder stack's view: what EncoderLayer and Encoder read from a TransformerConfig
+  @property
+  def norm_first(self) -> bool: return True
+
+  @property
+  def use_final_norm(self) -> bool: return True
+
+  @property
+  def n_encoder_layers(self) -> int: return self.n_layers
+
+  @property
+  def head_dim(self) -> int: return self.d_model // self.n_heads
+
+  @property
+  def grid(self) -> int:
+    """Patches along each side of the image."""
+    return self.image_size // self.patch_size
+
+  @property
+  def num_patches(self) -> int: return self.grid * self.grid
+
+  @property
+  def patch_dim(self) -> int:
+    """Numbers in one flattened patch: what the patch embedding projects to d_model."""
+    return self.num_channels * self.patch_size * self.patch_size
+
+  def label(self, index: int) -> str:
+    """The name of class `index`."""
+    return self.labels[index] if self.labels else str(index)
+
+  @classmethod
+  def preset(cls, name: str, **overrides: Any) -> VisionConfig:
+    """A named configuration, with fields overridden: "vit-ti16", "vit-s16", "vit-b16", "vit-l16" (224 x 224, 1000
+    classes), "vit-tiny" (tests), "digits" (the bundled 8 x 8 digits classifier's size)."""
+    if name not in VISION_PRESETS:
+      raise ConfigError(f"unknown vision preset {name!r}; choose one of {', '.join(VISION_PRESETS)}")
+    return cls(**{**VISION_PRESETS[name], **overrides})
+
+
+
+# ViT-B/16 and L/16: the ViT paper's table 1 (Dosovitskiy et al., 2021); Ti/16 and S/16: the smaller widths its authors
+# added later ("How to train your ViT", Steiner et al., 2022, as in DeiT). Every one at 224 x 224 with 16 x 16 patches.
+VISION_PRESETS: dict[str, dict[str, Any]] = {
+  "vit-ti16": dict(d_model=192, n_heads=3, d_ff=768, n_layers=12),
+  "vit-s16": dict(d_model=384, n_heads=6, d_ff=1536, n_layers=12),
+  "vit-b16": dict(d_model=768, n_heads=12, d_ff=3072, n_layers=12),
+  "vit-l16": dict(d_model=1024, n_heads=16, d_ff=4096, n_layers=24),
+  "vit-tiny": dict(image_size=8, patch_size=4, num_channels=3, num_labels=5, d_model=32, n_heads=4, d_ff=64, n_layers=2),
+  # the bundled digits classifier (tfm/assets/README.md): 8 x 8 greyscale, 2 x 2 patches (16 tokens and the class token)
+  "digits": dict(image_size=8, patch_size=2, num_channels=1, num_labels=10, d_model=64, n_heads=4, d_ff=128, n_layers=3,
+                 labels=tuple(str(i) for i in range(10))),
 }

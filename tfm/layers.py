@@ -9,7 +9,7 @@ import numpy as np
 from tinygrad import Tensor, nn
 
 from tfm.attention import KVCache, MultiHeadAttention
-from tfm.config import TransformerConfig
+from tfm.config import TransformerConfig, VisionConfig
 from tfm.linear import Linear
 from tfm.memory import to_device
 
@@ -87,9 +87,10 @@ def add_and_norm(x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: LayerNor
 
 
 class EncoderLayer:
-  """3.1 Encoder layer: self-attention, then the feed-forward network, each wrapped in Add & Norm."""
+  """3.1 Encoder layer: self-attention, then the feed-forward network, each wrapped in Add & Norm (also a ViT's layer:
+  pre-norm, from a VisionConfig, which names the fields read here as TransformerConfig does)."""
 
-  def __init__(self, config: TransformerConfig):
+  def __init__(self, config: TransformerConfig | VisionConfig):
     d, eps = config.d_model, config.layer_norm_eps
     self.self_attn = MultiHeadAttention(d, config.n_heads)
     self.self_attn_layer_norm = LayerNorm(d, eps=eps)

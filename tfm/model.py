@@ -16,7 +16,7 @@ from tinygrad.nn.state import get_state_dict
 
 import backends
 from tfm.attention import KVCache, causal_mask, padding_mask, with_ones
-from tfm.config import TransformerConfig
+from tfm.config import TransformerConfig, VisionConfig
 from tfm.errors import BackendError, InputError
 from tfm.layers import DecoderLayer, EncoderLayer, LayerNorm, PositionalEncoding, layer_norm_one_pass
 from tfm.linear import Embedding, Linear
@@ -53,10 +53,34 @@ def _init_rng() -> np.random.Generator:
   return np.random.default_rng([Tensor._seed, _draws[1]])
 
 
-class Encoder:
-  """The encoder stack: N identical layers over embedded inputs, with a final LayerNorm in pre-norm models."""
+def compiling_on(device: str, target: str | None) -> contextlib.AbstractContextManager:
+  """The block in which a model's kernels are built and compiled: tinygrad picks the renderer ("CPU:LLVM" rather than
+  clang) from DEV when it compiles, so realize under this to get the backend that was asked for. The settings
+  registered in COMPILE_SETTINGS apply too (the tuned kernels `tfm tune` stored for this backend)."""
+  settings = {"DEV": target} if target else {}
+  for extra in COMPILE_SETTINGS: settings.update(extra(target or device))
+  return Context(**settings) if settings else contextlib.nullcontext()
 
-  def __init__(self, config: TransformerConfig):
+
+def realized_on(model: Any, compute: Callable[[], Tensor]) -> Tensor:
+  """Run a model's public entry point: at inference its result is realized on the model's backend (under its
+  on_device()); under training it stays lazy so that backward() can reach the weights."""
+  with model.on_device():
+    out = compute()
+    if TRAINING: return out
+    try:
+      return out.realize()
+    except Exception as e:  # a compiler or driver failure: say which backend, keep the cause for --debug
+      first = (str(e).strip().splitlines() or [""])[0][:200]
+      raise BackendError(f"backend {model.target or model.device} failed to run the model ({type(e).__name__}: {first}); "
+                         f"`tfm backends` lists the backends that run here: pass another as device=...") from e
+
+
+class Encoder:
+  """The encoder stack: N identical layers over embedded inputs, with a final LayerNorm in pre-norm models.
+  A VisionConfig builds it too (tfm.vit): the stack reads only the encoder's fields, which both configs name alike."""
+
+  def __init__(self, config: TransformerConfig | VisionConfig):
     self.layers = [EncoderLayer(config) for _ in range(config.n_encoder_layers)]
     self.layer_norm = LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.use_final_norm else None
 
@@ -100,12 +124,8 @@ class Transformer:
     self.positions = PositionalEncoding(config, self.device)
 
   def on_device(self) -> contextlib.AbstractContextManager:
-    """The block in which this model's kernels are built and compiled: tinygrad picks the renderer ("CPU:LLVM"
-    rather than clang) from DEV when it compiles, so realize under this to get the backend that was asked for.
-    The settings registered in COMPILE_SETTINGS apply too (the tuned kernels `tfm tune` stored for this backend)."""
-    settings = {"DEV": self.target} if self.target else {}
-    for extra in COMPILE_SETTINGS: settings.update(extra(self.target or self.device))
-    return Context(**settings) if settings else contextlib.nullcontext()
+    """The block in which this model's kernels are built and compiled (see `compiling_on`)."""
+    return compiling_on(self.device, self.target)
 
   def _initialise(self) -> None:
     """Xavier-uniform matrices and zero biases (as nn.Transformer), N(0, d^-1/2) embeddings (scaled back up by sqrt(d)).
@@ -192,18 +212,7 @@ class Transformer:
       raise InputError(f"src_ids has batch size {src.shape[0]} but tgt_ids has {tgt.shape[0]}: give one target row per source row")
     return self._result(lambda: self.run_decoder(tgt, self.run_encoder(src), self.padding_mask(src)))
 
-  def _result(self, compute) -> Tensor:
-    """Run a public entry point: at inference its result is realized on this model's backend (see on_device);
-    under training it stays lazy so that backward() can reach the weights."""
-    with self.on_device():
-      out = compute()
-      if TRAINING: return out
-      try:
-        return out.realize()
-      except Exception as e:  # a compiler or driver failure: say which backend, keep the cause for --debug
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise BackendError(f"backend {self.target or self.device} failed to run the model ({type(e).__name__}: {first}); "
-                           f"`tfm backends` lists the backends that run here: pass another as device=...") from e
+  def _result(self, compute) -> Tensor: return realized_on(self, compute)
 
   # checked-input versions of encode/decode: ids already on the device (generation and training call these)
 

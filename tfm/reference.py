@@ -3,7 +3,7 @@
 Written from the paper (and the config's documented switches), not from tfm's tinygrad code. It reads weights
 by their checkpoint names from a plain dict of numpy arrays, so it shares nothing with tfm but the names: keep it
 that way (numpy only, no tinygrad, no other tfm module). It ships in the package so that `tfm compare` can check
-backends against it at run time; the tests import it from here too.
+backends against it at run time; the tests import it from here too. `VisionReference` is the Vision Transformer's.
 """
 from __future__ import annotations
 
@@ -111,3 +111,53 @@ class Reference:
     out_w = self.w["src_embed.weight"] if self.cfg["tie_embeddings"] else self.w["generator.weight"]
     y = x @ out_w.T
     return y + self.w["generator.bias"] if "generator.bias" in self.w else y
+
+
+class VisionReference:
+  """Forward pass of the Vision Transformer in float64, written from the ViT paper (eq. 1-4): patches flattened and
+  projected, a class token in front, learned positions added, pre-norm encoder layers, a final LayerNorm, the head
+  on the class token. Weights by their tfm checkpoint names; `cfg` is a VisionConfig as a dict."""
+
+  def __init__(self, weights: dict[str, np.ndarray], cfg: dict):
+    self.w = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
+    self.cfg = cfg
+    self.attention: list[np.ndarray] = []   # each layer's softmax weights (B, H, T, T) of the last forward pass
+
+  def _linear(self, x, name):
+    return x @ self.w[f"{name}.weight"].T + self.w[f"{name}.bias"]
+
+  def _norm(self, x, name):
+    return _layer_norm(x, self.w[f"{name}.weight"], self.w[f"{name}.bias"], self.cfg["layer_norm_eps"])
+
+  def _self_attention(self, name, x):
+    h = self.cfg["n_heads"]
+    b, t, d = x.shape
+    dk = d // h
+    q, k, v = (self._linear(x, f"{name}.{p}_proj").reshape(b, t, h, dk).transpose(0, 2, 1, 3) for p in "qkv")
+    weights = _softmax(q @ k.transpose(0, 1, 3, 2) / math.sqrt(dk))
+    self.attention.append(weights)
+    return self._linear((weights @ v).transpose(0, 2, 1, 3).reshape(b, t, d), f"{name}.out_proj")
+
+  def features(self, pixels):
+    """pixels (B, C, H, W) -> the final LayerNorm's output for every token (B, 1 + patches, d)."""
+    x = np.asarray(pixels, dtype=np.float64)
+    b, c, size, _ = x.shape
+    p = self.cfg["patch_size"]
+    patches = []   # row by row, left to right; each patch channel-major, as a stride-p convolution reads it
+    for i in range(0, size, p):
+      for j in range(0, size, p):
+        patches.append(x[:, :, i:i + p, j:j + p].reshape(b, c * p * p))
+    tokens = self._linear(np.stack(patches, axis=1), "patch_embed")
+    z = np.concatenate([np.broadcast_to(self.w["cls_token"], (b, 1, tokens.shape[2])), tokens], axis=1)
+    z = z + self.w["position_embeddings"]
+    self.attention = []
+    for i in range(self.cfg["n_layers"]):
+      name = f"encoder.layers.{i}"
+      z = z + self._self_attention(f"{name}.self_attn", self._norm(z, f"{name}.self_attn_layer_norm"))
+      h = _activation(self._linear(self._norm(z, f"{name}.final_layer_norm"), f"{name}.ffn.fc1"), self.cfg["activation"])
+      z = z + self._linear(h, f"{name}.ffn.fc2")
+    return self._norm(z, "encoder.layer_norm")
+
+  def logits(self, pixels):
+    """pixels (B, C, H, W) -> class logits (B, num_labels), from the class token."""
+    return self._linear(self.features(pixels)[:, 0], "classifier")

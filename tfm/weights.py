@@ -5,7 +5,8 @@ A tfm weight file (format version 1) holds
             a tied matrix is stored once, under its first name (`src_embed.weight`): the config's tie_embeddings
             says which names share it
   metadata  tfm.format_version = "1", tfm.kind = "transformer" (or "stacks": encoder and decoder stacks alone, as
-            imported from torch.nn.Transformer), tfm.config = the TransformerConfig as JSON, tfm.dtype = the storage
+            imported from torch.nn.Transformer; or "vit": a VisionTransformer, its config a VisionConfig),
+            tfm.config = the model's config as JSON, tfm.dtype = the storage
             dtype of every tensor (float32, float16 or bfloat16), optionally tfm.generation_config (JSON: the
             decoding defaults a checkpoint came with, `model.generation_config`), and any str -> str entries the caller adds;
             tfm.sha256, the checksum of every tensor's stored bytes and every other metadata entry, lets a load refuse a
@@ -25,14 +26,16 @@ import numpy as np
 from tinygrad import Tensor, dtypes
 from tinygrad.dtype import DType
 
-from tfm.config import TransformerConfig
+from tfm.config import TransformerConfig, VisionConfig
 from tfm.errors import ConfigError, WeightsError
 from tfm.memory import drain, to_device
 from tfm.model import Transformer, unique_state
 from tfm.stored import STORAGE_CODES, check_arrays, read_arrays, write_arrays
+from tfm.vit import VisionTransformer
 
 FORMAT_VERSION = 1
-KINDS = ("transformer", "stacks")
+KINDS = ("transformer", "stacks", "vit")
+MODELS = ("transformer", "vit")   # the kinds tfm.load builds a whole model from
 MODEL_DTYPES = {"float32": dtypes.float32, "float16": dtypes.float16, "bfloat16": dtypes.bfloat16}
 
 
@@ -41,7 +44,7 @@ MODEL_DTYPES = {"float32": dtypes.float32, "float16": dtypes.float16, "bfloat16"
 @dataclass(frozen=True)
 class WeightFile:
   """What a tfm weight file holds: its config, kind, storage dtype, float32 arrays and the caller's metadata."""
-  config: TransformerConfig
+  config: TransformerConfig | VisionConfig
   kind: str
   dtype: str
   arrays: Mapping[str, np.ndarray]   # read from the file on demand (StoredArrays) or held
@@ -49,7 +52,7 @@ class WeightFile:
   generation_config: dict[str, Any] | None = None
 
 
-def write(path: str | os.PathLike, arrays: dict[str, np.ndarray], config: TransformerConfig, kind: str = "transformer",
+def write(path: str | os.PathLike, arrays: dict[str, np.ndarray], config: TransformerConfig | VisionConfig, kind: str = "transformer",
           dtype: str = "float32", metadata: dict[str, str] | None = None, generation_config: dict[str, Any] | None = None) -> None:
   """Write arrays under tfm names with the config and format version in the metadata (atomically)."""
   extra = dict(metadata or {})
@@ -76,10 +79,11 @@ def read(path: str | os.PathLike) -> WeightFile:
   kind, dtype = metadata.get("tfm.kind"), metadata.get("tfm.dtype")
   if kind not in KINDS: raise WeightsError(f"{path}: tfm.kind={kind!r} is not one of {', '.join(KINDS)}")
   if dtype not in STORAGE_CODES: raise WeightsError(f"{path}: tfm.dtype={dtype!r} is not one of {', '.join(STORAGE_CODES)}")
+  config_class = VisionConfig if kind == "vit" else TransformerConfig
   try:
-    config = TransformerConfig.from_dict(json.loads(metadata.get("tfm.config", "")))
+    config = config_class.from_dict(json.loads(metadata.get("tfm.config", "")))
   except (json.JSONDecodeError, TypeError, ConfigError) as e:
-    raise WeightsError(f"{path}: tfm.config in the metadata is not a valid TransformerConfig ({e}); write the file again") from None
+    raise WeightsError(f"{path}: tfm.config in the metadata is not a valid {config_class.__name__} ({e}); write the file again") from None
   for name in sorted(codes):
     if codes[name] != STORAGE_CODES[dtype]:
       raise WeightsError(f"{path}: tensor {name} is stored as {codes[name]}, the file says every tensor is {dtype} "
@@ -92,32 +96,34 @@ def read(path: str | os.PathLike) -> WeightFile:
   return WeightFile(config, kind, dtype, arrays, user, generation)
 
 
-def save(model: Transformer, path: str | os.PathLike, metadata: dict[str, str] | None = None, dtype: str = "float32") -> None:
-  """Save a Transformer as one safetensors file: its config (and generation_config, if it has one) travels in the
-  metadata, a tied matrix is stored once.
+def save(model: Transformer | VisionTransformer, path: str | os.PathLike, metadata: dict[str, str] | None = None,
+         dtype: str = "float32") -> None:
+  """Save a Transformer (or a VisionTransformer) as one safetensors file: its config (and generation_config, if it has
+  one) travels in the metadata, a tied matrix is stored once.
 
   dtype: storage dtype, "float32" (exact), "float16" or "bfloat16" (half the size; `load` widens them again).
   """
-  write(path, state_arrays(model), model.config, "transformer", dtype, metadata, getattr(model, "generation_config", None))
+  kind = "vit" if isinstance(model, VisionTransformer) else "transformer"
+  write(path, state_arrays(model), model.config, kind, dtype, metadata, getattr(model, "generation_config", None))
 
 
-def state_arrays(model: Transformer) -> dict[str, np.ndarray]:
+def state_arrays(model: Transformer | VisionTransformer) -> dict[str, np.ndarray]:
   """Every distinct weight as a float32 host array, under its first name (what `save` writes and `assign` takes)."""
   return {name: t.float().numpy() for name, t in unique_state(model).items()}
 
 
-def build(config: TransformerConfig, arrays: Mapping[str, np.ndarray], source: str, device: str | None = None,
-          dtype: DType | None = None) -> Transformer:
-  """A Transformer of config on device with the given weights (name -> array, checked as `assign` checks them), in
-  dtype (default float32): no initial weights drawn, no kernel run."""
-  model = Transformer(config, device=device, initialise=False)
+def build(config: TransformerConfig | VisionConfig, arrays: Mapping[str, np.ndarray], source: str, device: str | None = None,
+          dtype: DType | None = None) -> Transformer | VisionTransformer:
+  """A Transformer of config (a VisionTransformer for a VisionConfig) on device with the given weights (name -> array,
+  checked as `assign` checks them), in dtype (default float32): no initial weights drawn, no kernel run."""
+  model = (VisionTransformer if isinstance(config, VisionConfig) else Transformer)(config, device=device, initialise=False)
   assign(unique_state(model), arrays, source, dtype)
   return model
 
 
-def copy_to(model: Transformer, device: str) -> Transformer:
+def copy_to(model: Transformer | VisionTransformer, device: str) -> Transformer | VisionTransformer:
   """A copy of model on another device: the same config, weights (in the same dtype) and generation settings."""
-  copy = build(model.config, state_arrays(model), "the model's own weights", device, model.generator.weight.dtype)
+  copy = build(model.config, state_arrays(model), "the model's own weights", device, model.parameters()[0].dtype)
   if hasattr(model, "generation_config"): copy.generation_config = model.generation_config
   return copy
 
@@ -132,13 +138,13 @@ def model_dtype(dtype: str | DType | None) -> DType:
 
 def _read_transformer(path: str | os.PathLike) -> WeightFile:
   wf = read(path)
-  if wf.kind != "transformer":
+  if wf.kind not in MODELS:
     raise WeightsError(f"{os.fspath(path)} holds {wf.kind} (encoder and decoder stacks without embeddings), not a Transformer; "
                        f"load it with tfm.interop.load_stacks")
   return wf
 
 
-def load_into(model: Transformer, path: str | os.PathLike) -> Transformer:
+def load_into(model: Transformer | VisionTransformer, path: str | os.PathLike) -> Transformer | VisionTransformer:
   """Replace every weight of model with a file's, all or nothing: the file's config must equal the model's."""
   wf = _read_transformer(path)
   if wf.config != model.config:
@@ -161,8 +167,9 @@ def assign(state: dict[str, Tensor], arrays: Mapping[str, np.ndarray], source: s
     drain(t.device)
 
 
-def load(path: str | os.PathLike, device: str | None = None, dtype: str | DType | None = None) -> Transformer:
-  """A Transformer from a file written by `save`, checked name by name before any weight is used.
+def load(path: str | os.PathLike, device: str | None = None, dtype: str | DType | None = None) -> Transformer | VisionTransformer:
+  """A Transformer (or, for a file of kind "vit", a VisionTransformer) from a file written by `save`, checked name by
+  name before any weight is used.
 
   dtype: the model's compute dtype, float32 when None whatever the storage dtype (float16 is not on every backend).
   """

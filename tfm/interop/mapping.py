@@ -1,19 +1,23 @@
-"""What an importer produced: tfm-named arrays with the config they fit, and a record of every name it mapped."""
+"""What an importer produced: tfm-named arrays with the config they fit, and a record of every name it mapped; and
+what the Hugging Face importers share: finding a folder's model.safetensors."""
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from tfm.config import TransformerConfig
+from tfm.config import TransformerConfig, VisionConfig
+from tfm.errors import WeightsError
 
 
 @dataclass
 class Conversion:
-  """A foreign checkpoint turned into tfm names: `kind` is "transformer" (a whole model) or "stacks" (encoder/decoder)."""
-  config: TransformerConfig
+  """A foreign checkpoint turned into tfm names: `kind` is "transformer" (a whole model), "stacks" (encoder/decoder)
+  or "vit" (a VisionTransformer, whose config is a VisionConfig)."""
+  config: TransformerConfig | VisionConfig
   kind: str
   arrays: dict[str, np.ndarray]
   mapped: list[tuple[str, str]] = field(default_factory=list)  # (source name, tfm name(s)), one pair per source tensor
@@ -52,3 +56,18 @@ def _swap(name: str) -> str:
 def _pair(name: str) -> str:
   """encoder.layers.N.fc1.bias -> encoder.layers.N.fc1.{weight,bias}."""
   return _WEIGHT_OR_BIAS.sub("{weight,bias}", name)
+
+
+def checkpoint_file(folder: str, save_as: str) -> str:
+  """A Hugging Face folder's model.safetensors, or an error that says what the folder holds instead and, for a pickle
+  or another framework's file, the transformers lines (`save_as`, formatted with dir=folder) that convert it once."""
+  path = os.path.join(folder, "model.safetensors")
+  if os.path.isfile(path): return path
+  if os.path.isfile(os.path.join(folder, "model.safetensors.index.json")):
+    raise WeightsError(f"{folder} holds a sharded checkpoint (model.safetensors.index.json); save it as one file with "
+                       f"save_pretrained(..., max_shard_size='100GB')")
+  if any(os.path.isfile(os.path.join(folder, n)) for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")):
+    raise WeightsError(f"{folder} has its weights as a pickle (pytorch_model.bin) or another framework's file, which tfm does "
+                       f"not read (a pickle can run code). Convert it to model.safetensors once, where transformers is installed:\n"
+                       f"    {save_as.format(dir=folder)}")
+  raise WeightsError(f"{folder} has no model.safetensors (it holds: {', '.join(sorted(os.listdir(folder))) or 'nothing'})")

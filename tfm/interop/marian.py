@@ -17,7 +17,7 @@ import numpy as np
 from tfm import stored, weights
 from tfm.config import TransformerConfig
 from tfm.errors import ConfigError, WeightsError
-from tfm.interop.mapping import Conversion
+from tfm.interop.mapping import Conversion, checkpoint_file
 from tfm.layers import sinusoid_table
 from tfm.model import Transformer
 
@@ -50,7 +50,7 @@ def read_config(folder: str) -> dict[str, Any]:
     raise WeightsError(f"{path} is not valid JSON ({e}); download or save the checkpoint again") from None
   if not isinstance(hf, dict) or hf.get("model_type", "marian") != "marian":
     kind = hf.get("model_type") if isinstance(hf, dict) else type(hf).__name__
-    raise WeightsError(f"{path} describes a {kind!r} model; tfm.from_pretrained reads Marian (opus-mt) checkpoints")
+    raise WeightsError(f"{path} describes a {kind!r} model; tfm.from_pretrained reads Marian (opus-mt) and ViT checkpoints")
   return hf
 
 
@@ -123,19 +123,6 @@ def _tied(arrays: dict[str, np.ndarray], names: list[str], where: str) -> tuple[
   return first, present
 
 
-def _checkpoint_file(folder: str) -> str:
-  path = os.path.join(folder, "model.safetensors")
-  if os.path.isfile(path): return path
-  if os.path.isfile(os.path.join(folder, "model.safetensors.index.json")):
-    raise WeightsError(f"{folder} holds a sharded checkpoint (model.safetensors.index.json); save it as one file with "
-                       f"save_pretrained(..., max_shard_size='100GB')")
-  if any(os.path.isfile(os.path.join(folder, n)) for n in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")):
-    raise WeightsError(f"{folder} has its weights as a pickle (pytorch_model.bin) or another framework's file, which tfm does "
-                       f"not read (a pickle can run code). Convert it to model.safetensors once, where transformers is installed:\n"
-                       f"    {SAVE_AS_SAFETENSORS.format(dir=folder)}")
-  raise WeightsError(f"{folder} has no model.safetensors (it holds: {', '.join(sorted(os.listdir(folder))) or 'nothing'})")
-
-
 def convert_marian(folder: str | os.PathLike) -> Conversion:
   """A Marian checkpoint folder -> a tfm Transformer's arrays and config, every name and shape checked."""
   folder = os.fspath(folder)
@@ -143,7 +130,7 @@ def convert_marian(folder: str | os.PathLike) -> Conversion:
     raise WeightsError(f"{folder} is not a directory; give a Marian checkpoint folder (config.json + model.safetensors)")
   raw = read_config(folder)
   hf = {**DEFAULTS, **raw}
-  path = _checkpoint_file(folder)
+  path = checkpoint_file(folder, SAVE_AS_SAFETENSORS)
   arrays = dict(stored.read_arrays(path, "Marian checkpoint")[1])   # read once; mapped tensors are taken out of it
   conv = Conversion(marian_config(hf, output_bias="final_logits_bias" in arrays), "transformer", {},
                     generation_config=read_generation_config(folder, raw))

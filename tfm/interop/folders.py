@@ -1,0 +1,38 @@
+"""Hugging Face checkpoint folders: which importer reads one, decided by config.json's model_type ("vit": tfm.interop.vit,
+anything else: tfm.interop.marian, which names what it reads when the type is another)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from tfm.interop.mapping import Conversion
+
+
+def model_type(folder: str | os.PathLike) -> str | None:
+  """config.json's model_type, or None when the folder has no readable one (the importer then says what is wrong)."""
+  try:
+    with open(os.path.join(os.fspath(folder), "config.json"), encoding="utf-8") as f: config = json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+  return config.get("model_type") if isinstance(config, dict) else None
+
+
+def convert_folder(folder: str | os.PathLike) -> Conversion:
+  """A checkpoint folder -> tfm arrays and config, through the importer of its model_type."""
+  if model_type(folder) == "vit":
+    from tfm.interop.vit import convert_vit
+    return convert_vit(folder)
+  from tfm.interop.marian import convert_marian
+  return convert_marian(folder)
+
+
+def from_pretrained(folder: str | os.PathLike, device: str | None = None, dtype: Any = None):
+  """A tfm model from a Hugging Face checkpoint folder: a VisionTransformer for a ViT (ViTForImageClassification,
+  ViTModel), a Transformer for a Marian (opus-mt) one. Every tensor is mapped by name and shape, none skipped.
+  dtype: the model's compute dtype (float32 when None), as in tfm.load."""
+  if model_type(folder) == "vit":
+    from tfm.interop.vit import from_pretrained as vit
+    return vit(folder, device, dtype)
+  from tfm.interop.marian import from_pretrained as marian
+  return marian(folder, device, dtype)

@@ -25,7 +25,9 @@ HEADINGS = {"first_s": "first call (s)", "median_ms": "median (ms)", "ratio": "t
             "cpu_ratio": "CPU time tfm / PyTorch", "max_abs_diff": "max abs diff", "tuned": "tuned kernels found",
             "gflops": "GFLOP/s", "cores": "cores busy", "load": "load avg", "weights_mb": "weights (MiB)",
             "peak_mb": "peak added (MiB)", "peak_ratio": "peak / weights", "load_s": "load (s)",
-            "cold_s": "fresh process, empty caches (s)", "warm_s": "fresh process, warm caches (s)"}
+            "cold_s": "fresh process, empty caches (s)", "warm_s": "fresh process, warm caches (s)",
+            "rps": "requests/s", "p50_ms": "p50 latency (ms)", "p99_ms": "p99 latency (ms)", "mean_batch": "mean batch",
+            "same": "same answers"}
 
 
 def machine() -> str:

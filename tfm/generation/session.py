@@ -12,6 +12,7 @@ from tinygrad import Tensor, UOp, dtypes
 from tinygrad.nn.state import get_state_dict
 
 from tfm.attention import KVCache
+from tfm.errors import InputError
 from tfm.generation.settings import GenerationSettings, rule_arrays
 from tfm.memory import filled, upload
 from tfm.model import Transformer
@@ -148,6 +149,13 @@ class Steps:
       s.logprobs.assign(self._apply_rules(logits.float().log_softmax(-1), pos)).realize()
 
 _SESSIONS: weakref.WeakKeyDictionary[Transformer, OrderedDict] = weakref.WeakKeyDictionary()
+_KEPT: weakref.WeakKeyDictionary[Transformer, int] = weakref.WeakKeyDictionary()
+
+def keep_sessions(model: Transformer, n: int) -> None:
+  """Let `model` keep at least n decoding sessions (default SESSIONS_PER_MODEL) instead of rebuilding the least recently
+  used: a server that decodes a fixed set of shapes keeps every one it warmed. Each holds its shape's KV caches."""
+  if not isinstance(n, int) or n < 1: raise InputError(f"keep_sessions needs a count >= 1, got {n!r}")
+  _KEPT[model] = max(n, _KEPT.get(model, SESSIONS_PER_MODEL))
 
 def session_for(model: Transformer, rows: int, beam: int, src_len: int) -> Session:
   """The model's session for this shape (least recently used ones are dropped), rebuilt if its weights were replaced."""
@@ -158,7 +166,7 @@ def session_for(model: Transformer, rows: int, beam: int, src_len: int) -> Sessi
   key = (rows, beam, src_len, weights)
   if key not in sessions:
     sessions[key] = Session(model, rows, beam, src_len)
-    while len(sessions) > SESSIONS_PER_MODEL: sessions.popitem(last=False)
+    while len(sessions) > _KEPT.get(model, SESSIONS_PER_MODEL): sessions.popitem(last=False)
   sessions.move_to_end(key)
   return sessions[key]
 
@@ -188,17 +196,18 @@ def encoded(model: Transformer, src: np.ndarray, s: GenerationSettings) -> Sessi
 
 
 def prepare(model: Transformer, batch_sizes: tuple[int, ...] = (1,), beam_sizes: tuple[int, ...] = (1,),
-            max_src_len: int | None = None, progress: bool = True) -> int:
+            max_src_len: int | None = None, progress: bool = True, source_lengths: tuple[int, ...] | None = None) -> int:
   """Compile, ahead of time, every step that decoding batches of `batch_sizes` rows with `beam_sizes` beams and
   sources of up to max_src_len tokens (default: 64, at most config.max_len) can use: the encoder pass of each source
-  bucket and the decode step of each cache length its output budget reaches. Each lands in the compiled-program cache
-  (tfm.cache), so later processes start without compiling. Returns the number of steps prepared."""
+  bucket and the decode step of each cache length its output budget reaches. `source_lengths` prepares the buckets of
+  just those lengths instead (a server that pads its sources to a few lengths). Each lands in the compiled-program
+  cache (tfm.cache), so later processes start without compiling. Returns the number of steps prepared."""
   from tinygrad.helpers import tqdm
 
   from tfm.generation.settings import resolve_settings
   c = model.config
-  longest = min(max_src_len or 64, c.max_len)
-  buckets = sorted({min(-(-n // SOURCE_BUCKET) * SOURCE_BUCKET, c.max_len) for n in range(1, longest + 1)})
+  lengths = source_lengths or range(1, min(max_src_len or 64, c.max_len) + 1)
+  buckets = sorted({min(-(-n // SOURCE_BUCKET) * SOURCE_BUCKET, c.max_len) for n in lengths})
   shapes = [(b, k, n) for b in batch_sizes for k in beam_sizes for n in buckets]
   token = max(c.pad_id, c.bos_id, c.eos_id, c.start_id) + 1
   prepared = 0

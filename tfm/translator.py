@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tfm import batching
 from tfm.errors import InputError, WeightsError
 from tfm.generation import generate
 from tfm.model import Transformer, resolve_device
@@ -56,8 +57,14 @@ class Translator:
     self.model, self.tokenizer = moved(model, device), tokenizer
 
   def translate(self, texts: Sequence[str], beam_size: int | None = None, max_len: int | None = None,
-                return_scores: bool = False) -> list[str] | tuple[list[str], list[float]]:
-    """Translate a batch of texts (padded to the longest); beam_size and max_len as in tfm.generate."""
+                return_scores: bool = False, num_hypotheses: int = 1, max_batch_size: int = 32,
+                batch_type: str = "examples") -> list | tuple[list, list]:
+    """Translate texts; beam_size and max_len as in tfm.generate.
+
+    Up to max_batch_size texts (batch_type "examples"), or texts of up to max_batch_size padded tokens ("tokens"),
+    run as one batch; a longer list is sorted by length and run batch by batch (tfm.batching), so memory stays
+    bounded however long it is, and the results come back in the input order. num_hypotheses > 1 (at most
+    beam_size) returns each text's best translations, best first, as a list per text (and a list of scores)."""
     if isinstance(texts, str): raise InputError("translate takes a list of texts; wrap a single text as [text]")
     try:
       texts = list(texts)
@@ -66,31 +73,91 @@ class Translator:
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
       raise InputError(f"text {bad} is {type(texts[bad]).__name__}, not str; give texts as str (bytes: .decode('utf-8'))")
+    if not isinstance(num_hypotheses, int) or num_hypotheses < 1:
+      raise InputError(f"num_hypotheses={num_hypotheses!r} must be a positive integer")
+    batching.check_bound(max_batch_size, batch_type)
     if not texts: return ([], []) if return_scores else []
-    with LOCK: return self._translate(texts, beam_size, max_len, return_scores)
+    with LOCK:
+      ids = self._encode(texts)
+      lengths = [len(row) for row in ids]
+      one_batch = len(ids) <= max_batch_size if batch_type == "examples" else len(ids) * max(lengths) <= max_batch_size
+      batches = [list(range(len(ids)))] if one_batch else batching.plan(lengths, max_batch_size, batch_type)
+      out: list = [None] * len(ids)
+      scores: list = [None] * len(ids)
+      for batch in batches:
+        rows = [ids[i] for i in batch]
+        if not one_batch:   # a few row counts, so that the batches reuse their compiled steps
+          most = max_batch_size if batch_type == "examples" else max(1, max_batch_size // max(map(len, rows)))
+          rows += rows[:1] * (batching.padded_rows(len(rows), most) - len(rows))
+        found, found_scores = self._generate(rows, beam_size, max_len, num_hypotheses)
+        for j, i in enumerate(batch):
+          out[i], scores[i] = found[j], found_scores[j]
+    if num_hypotheses == 1: out, scores = [o[0] for o in out], [s[0] for s in scores]
+    return (out, scores) if return_scores else out
 
-  def _translate(self, texts: list[str], beam_size: int | None, max_len: int | None, return_scores: bool):
-    """translate() for checked, non-empty texts; the caller holds LOCK."""
+  def _encode(self, texts: list[str]) -> list[list[int]]:
+    """The texts' ids (eos included), each at most the model's max_len tokens; the caller holds LOCK."""
     ids = self.tokenizer.encode(texts)
     longest = max(range(len(ids)), key=lambda i: len(ids[i]))
     if len(ids[longest]) > self.model.config.max_len:
       raise InputError(f"text {longest} is {len(ids[longest])} tokens long, more than the model's max_len="
                        f"{self.model.config.max_len}; split it into shorter texts")
-    src = np.full((len(ids), len(ids[longest])), self.model.config.pad_id, np.int32)
+    return ids
+
+  def _generate(self, ids: list[list[int]], beam_size: int | None, max_len: int | None, n: int):
+    """One batch: per row, its n translations and their scores; the caller holds LOCK."""
+    src = np.full((len(ids), max(map(len, ids))), self.model.config.pad_id, np.int32)
     for i, row in enumerate(ids): src[i, :len(row)] = row
-    out, scores = generate(self.model, src, max_len=max_len, beam_size=beam_size, return_scores=True)
+    if n > 1 and (beam_size or 1) < n:
+      raise InputError(f"num_hypotheses={n} needs beam_size >= {n} (got {beam_size}): beam search keeps beam_size hypotheses")
+    out, scores = generate(self.model, src, max_len=max_len, beam_size=beam_size, num_return=n if n > 1 else None,
+                           return_scores=True)
     decoded = self.tokenizer.decode(out.tolist())
-    return (decoded, [float(s) for s in scores]) if return_scores else decoded
+    return ([decoded[i * n:(i + 1) * n] for i in range(len(ids))],
+            [[float(x) for x in scores[i * n:(i + 1) * n]] for i in range(len(ids))])
+
+  def problems(self, texts: Sequence[str]) -> dict[int, str]:
+    """Why each text that cannot be translated cannot be (a character outside the vocabulary, more tokens than the
+    model's max_len), by index; {} when all can. What translate would raise for them, found one text at a time."""
+    found = {}
+    for i, text in enumerate(texts):
+      try:
+        (row,) = self.tokenizer.encode([text])
+      except InputError as e:
+        found[i] = str(e).removeprefix("text 0 ")
+        continue
+      if len(row) > self.model.config.max_len:
+        found[i] = f"{len(row)} tokens long, more than the model's max_len={self.model.config.max_len}; split it"
+    return found
+
+  def stream(self, text: str, max_len: int | None = None):
+    """Translate one text greedily, yielding the translation piece by piece as its tokens are decoded (joined, the
+    pieces are what translate([text], beam_size=1) returns)."""
+    from tfm.generation import generate_tokens
+    if not isinstance(text, str): raise InputError(f"stream takes one text (str), got {type(text).__name__}")
+    with LOCK:
+      src = np.array(self._encode([text]), np.int32)
+      ids, said = [], ""
+      for step in generate_tokens(self.model, src, max_len=max_len):
+        ids.append(int(step[0]))
+        (now,) = self.tokenizer.decode([ids])
+        if now.startswith(said) and len(now) > len(said):   # a piece may only show once the next one is decoded
+          yield now[len(said):]
+          said = now
+        if ids[-1] == self.model.config.eos_id: break
+      (final,) = self.tokenizer.decode([ids])
+      if final != said and final.startswith(said): yield final[len(said):]
 
   def warmup(self, batch_sizes: Sequence[int] = (1,), beam_sizes: Sequence[int] | None = None, max_src_len: int | None = None,
-             progress: bool = True) -> int:
+             progress: bool = True, source_lengths: Sequence[int] | None = None) -> int:
     """Compile now (or load from the compiled-program cache) what translating batches of `batch_sizes` texts of up to
     max_src_len tokens (default 64, at most the model's max_len) with `beam_sizes` beams (default: the model's own
     setting) will run, so that neither this process's first translation nor a later process's compiles anything.
-    Returns the number of compiled steps."""
+    `source_lengths` compiles for sources of just those lengths (in tokens) instead. Returns the number of compiled steps."""
     from tfm.generation import prepare, resolve_settings
     beams = tuple(beam_sizes) if beam_sizes else (resolve_settings(self.model, np.array([1])).beam_size,)
-    with LOCK: return prepare(self.model, tuple(batch_sizes), beams, max_src_len, progress)
+    lengths = tuple(source_lengths) if source_lengths else None
+    with LOCK: return prepare(self.model, tuple(batch_sizes), beams, max_src_len, progress, lengths)
 
   @classmethod
   def load(cls, path: str | os.PathLike, device: str | None = None) -> Translator:

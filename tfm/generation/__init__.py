@@ -22,8 +22,9 @@ Conventions follow Hugging Face `generate` where they apply, so imported Marian 
 Modules: settings (the knobs and their checks), session (device buffers, KV caches, compiled steps; `prepare`
 compiles ahead of time), search (greedy and beam search, and the functions below). The compiled steps are tfm.replay's.
 """
-from tfm.generation.search import beam_search, generate, greedy_search, incremental_logprobs, lengths_to_eos
+from tfm.generation.search import beam_search, generate, generate_tokens, greedy_search, incremental_logprobs, lengths_to_eos
 from tfm.generation.session import prepare
 from tfm.generation.settings import GenerationSettings, resolve_settings
 
-__all__ = ["GenerationSettings", "beam_search", "generate", "greedy_search", "incremental_logprobs", "lengths_to_eos", "prepare", "resolve_settings"]
+__all__ = ["GenerationSettings", "beam_search", "generate", "generate_tokens", "greedy_search",
+           "incremental_logprobs", "lengths_to_eos", "prepare", "resolve_settings"]

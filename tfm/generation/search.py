@@ -36,17 +36,22 @@ def _all_ended(steps: Steps, pos: int, eos: int) -> bool:
     trace = download(steps.trace)
   return bool((trace[0, :, 1:pos + 2] == eos).any(1).all())
 
+def _greedy_steps(session: Session, pos: int, steps: Steps | None, start_id: int) -> Steps:
+  """The greedy steps for position pos (steps_at), their trace started with the decoder start token at pos 0."""
+  if steps is not None and pos < steps.length: return steps
+  steps = steps_at(session, pos, steps)
+  if pos == 0:
+    start = np.zeros(steps.trace.shape, np.float32)
+    start[0, :, 0] = start_id
+    upload(steps.trace, start)
+  return steps
+
 def _greedy(session: Session, s: GenerationSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Greedy decoding with its state on the device; the host only asks now and then whether all rows are done."""
   eos, pad = session.model.config.eos_id, session.model.config.pad_id
   steps, done_at = None, s.max_len
   for pos in range(s.max_len):
-    if steps is None or pos >= steps.length:
-      steps = steps_at(session, pos, steps)
-      if pos == 0:
-        start = np.zeros(steps.trace.shape, np.float32)
-        start[0, :, 0] = s.start_id
-        upload(steps.trace, start)
+    steps = _greedy_steps(session, pos, steps, s.start_id)
     steps.greedy(pos)
     if _all_ended(steps, pos, eos):
       done_at = pos + 1
@@ -57,6 +62,20 @@ def _greedy(session: Session, s: GenerationSettings) -> tuple[np.ndarray, np.nda
   after = np.arange(done_at) >= lengths[:, None]
   ids[after] = pad
   return ids, np.where(after, np.float32(0), logprobs).sum(1, dtype=np.float32), lengths
+
+def _greedy_tokens(session: Session, s: GenerationSettings):
+  """Greedy decoding as _greedy runs it, reading each step's tokens back as it goes: yields (B,) int32 ids per step,
+  pad for rows that have already ended, until every row has ended or max_len is reached."""
+  eos, pad = session.model.config.eos_id, session.model.config.pad_id
+  steps, ended = None, np.zeros(session.rows, bool)
+  for pos in range(s.max_len):
+    steps = _greedy_steps(session, pos, steps, s.start_id)
+    steps.greedy(pos)
+    view = host_view(steps.trace)
+    ids = (view[0, :, pos + 1] if view is not None else download(steps.trace)[0, :, pos + 1]).astype(np.int32)
+    yield np.where(ended, pad, ids)
+    ended |= ids == eos
+    if ended.all(): return
 
 def _beam_search(session: Session, s: GenerationSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Beam search: the device computes each step's log-probs, the host keeps the hypotheses, in float32 sums and
@@ -137,6 +156,15 @@ def _search(model: Transformer, src_ids: Any, method: str, return_scores: bool, 
   else: ids, scores, lengths = _beam_search(session, s)
   ids = np.ascontiguousarray(ids[:, :int(lengths.max())])
   return (ids, scores.astype(np.float32)) if return_scores else ids
+
+def generate_tokens(model: Transformer, src_ids: Any, max_len: int | None = None, min_len: int | None = None):
+  """Greedy decoding of a batch (B, S) that yields each step's tokens as soon as they are decoded: (B,) int32 ids per
+  step, the same ids `greedy_search` returns column by column (pad once a row has ended, eos included where it ends).
+  For streaming a translation as it is produced; each step waits for the device, so it is slower than greedy_search
+  where the device is not host memory."""
+  src, lengths = sources(model, src_ids)
+  s = dataclasses.replace(resolve_settings(model, lengths, max_len=max_len, min_len=min_len), beam_size=1, num_return=1)
+  yield from _greedy_tokens(encoded(model, src, s), s)
 
 def incremental_logprobs(model: Transformer, src_ids: Any, tgt_ids: Any) -> np.ndarray:
   """Teacher forcing through the KV-cache decode step: log-probs (B, T, vocab_size) of the token after each target

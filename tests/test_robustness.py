@@ -437,6 +437,8 @@ CLI_CASES = {
   "translate": (["translate", "--model", "{tmp}/none.safetensors", "hello"], "none.safetensors does not exist"),
   "compile": (["compile", "{empty}", "--device", "CPU"], "is not a readable safetensors tfm weight file"),
   "cache": (["cache", "info", "--dir", "{empty}"], "is a file, not a cache folder"),
+  "serve": (["serve", "--max-batch", "0"], "--max-batch must be an integer >= 1, got 0"),
+  "classify": (["classify", "{tmp}/none.png", "--device", "CPU"], "none.png does not exist; check the path"),
 }
 
 

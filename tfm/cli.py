@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
   add_tune(sub)
   add_train(sub)
   add_attention(sub)
+  add_classify(sub)
+  add_serve(sub)
   return parser
 
 
@@ -58,9 +60,10 @@ def add_compare(sub) -> None:
                "check each against the float64 oracle and the reference backend, and time it; exits 1 when a backend "
                "that runs is out of tolerance or decodes differently",
                "tfm compare\n  tfm compare --model tiny --backends CPU,CL --dtype float16 --json compare.json")
-  p.add_argument("--model", default=None, metavar="bundled|tiny|PATH|DIR",
-                 help="the bundled model, the tiny config with random weights, a tfm .safetensors file or a Marian "
-                      "checkpoint folder (default: bundled when installed, else tiny)")
+  p.add_argument("--model", default=None, metavar="bundled|tiny|vit|digits|PATH|DIR",
+                 help="the bundled model, the tiny config with random weights, the vit-tiny Vision Transformer with random "
+                      "weights, the bundled digits classifier, a tfm .safetensors file, or a Marian or ViT checkpoint folder "
+                      "(default: bundled when installed, else tiny)")
   p.add_argument("--backends", default="auto", metavar="auto|all|CPU,CL,...",
                  help="auto: every backend but the slow Python emulator; all: every one; or a comma-separated list")
   p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="compute dtype (default: float32)")
@@ -72,19 +75,39 @@ def add_compare(sub) -> None:
 
 def add_translate(sub) -> None:
   p = _command(sub, "translate", "translate texts with the bundled model, a tfm .safetensors file or a Marian checkpoint "
-               "folder: greedy decoding, or beam search with --beam; one line out per text",
+               "folder: greedy decoding, or beam search with --beam; one line out per text, from the command line or a "
+               "file of texts, one per line",
                "tfm translate \"3rd of March, 2021\" \"July 4, 1976\"\n"
-               "  tfm translate --model opus-mt-en-de/ --beam 4 --scores \"How are you?\"")
-  p.add_argument("texts", nargs="+", metavar="TEXT", help="texts to translate, batched together")
+               "  tfm translate --model opus-mt-en-de/ --beam 4 --scores \"How are you?\"\n"
+               "  tfm translate --input dates.txt --output iso.txt --batch-size 64\n"
+               "  tfm translate --stream \"3rd of March, 2021\"")
+  p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to translate, batched together (or give --input)")
   p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",
                  help="the bundled dates model, a tfm .safetensors file (its NAME.vocab.json or vocab.json beside it) or a "
                       "Marian checkpoint folder (default: bundled)")
-  p.add_argument("--beam", type=int, default=None, metavar="N",
+  p.add_argument("--input", metavar="FILE|-", help="translate each line of this UTF-8 file (- for standard input); blank "
+                 "lines stay blank, output order is input order")
+  p.add_argument("--output", metavar="FILE|-", help="write the translations here, one per input line, whole or not at all "
+                 "(default: standard output)")
+  p.add_argument("--beam", "--beam-size", dest="beam", type=int, default=None, metavar="N",
                  help="beam size; 1 is greedy (default: the model's generation settings, else 1)")
+  p.add_argument("--n-best", type=int, default=1, metavar="N", help="print the N best translations of each text, best "
+                 "first, one per line (needs --beam N or more; with --json: an n_best list)")
   p.add_argument("--max-len", type=int, default=None, metavar="N",
                  help="most tokens generated per text (default: the model's setting, else source length + 50, at most its max_len)")
+  p.add_argument("--batch-size", type=int, default=32, metavar="N", help="texts per batch (default: 32); with "
+                 "--batch-type tokens, padded source tokens per batch")
+  p.add_argument("--batch-type", choices=("examples", "tokens"), default="examples",
+                 help="what --batch-size counts (default: examples)")
   p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
   p.add_argument("--scores", action="store_true", help="print each translation's score (log-prob / length) before it, tab-separated")
+  p.add_argument("--json", action="store_true", help="one JSON object per input line: line, source, translation, score "
+                 "(n_best with --n-best, error for a skipped line)")
+  p.add_argument("--skip-bad", action="store_true", help="skip lines the model cannot take (unknown characters, too long), "
+                 "reporting each on stderr and leaving its output line blank, instead of stopping before translating")
+  p.add_argument("--stream", action="store_true", help="print each translation as its tokens are decoded (greedy)")
+  p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                 help="progress bar on stderr for --input (default: when stderr is a terminal)")
   p.set_defaults(func=commands.cmd_translate)
 
 
@@ -121,16 +144,17 @@ def add_kernels(sub) -> None:
                "tfm kernels --target cuda --out kernels/")
   p.add_argument("--target", required=True, choices=sorted(LANGUAGES), help="kernel language to render")
   p.add_argument("--out", required=True, help="directory to write the kernel files into (created if missing)")
-  p.add_argument("--config", default="tiny", help="preset of the model whose forward pass is rendered (default: tiny)")
+  p.add_argument("--config", default="tiny", help="preset of the model whose forward pass is rendered: a Transformer's (tiny, "
+                 "base, ...) or a Vision Transformer's (vit-tiny, vit-s16, digits, ...) (default: tiny)")
   p.add_argument("--arch", default=None, help="architecture, e.g. sm_90 for cuda/ptx or Apple9 for metal")
   p.set_defaults(func=commands.cmd_kernels)
 
 
 def add_convert(sub) -> None:
-  p = _command(sub, "convert", "convert a Marian (opus-mt) checkpoint folder or a torch.nn.Transformer state dict "
+  p = _command(sub, "convert", "convert a Marian (opus-mt) or ViT checkpoint folder or a torch.nn.Transformer state dict "
                "(.pt or .safetensors) into a tfm .safetensors file, listing how every tensor was mapped",
                "tfm convert opus-mt-en-de/ --out en-de.safetensors\n  tfm convert transformer.pt --nhead 8 --out stacks.safetensors")
-  p.add_argument("src", help="a Marian checkpoint folder (config.json + model.safetensors) or a state dict file")
+  p.add_argument("src", help="a Marian or ViT checkpoint folder (config.json + model.safetensors) or a state dict file")
   p.add_argument("--out", required=True, help="the .safetensors file to write (replaced atomically)")
   p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="storage dtype (default: float32)")
   torch_args = p.add_argument_group("torch.nn.Transformer state dicts (what the state dict does not record)")
@@ -158,8 +182,11 @@ def add_train(sub) -> None:
                "Adam); checkpoints go to --out every --checkpoint-every steps and --resume continues exactly where a run stopped",
                "tfm train --task reverse --config tiny --steps 300 --out runs/reverse\n"
                "  tfm train --task dates --config small --steps 3000 --batch-size 128 --device CPU --out runs/dates\n"
-               "  tfm train --out runs/dates --resume --steps 4000")
-  p.add_argument("--task", default=None, choices=["dates", "copy", "reverse"], help="what to learn (default: dates)")
+               "  tfm train --out runs/dates --resume --steps 4000\n"
+               "  tfm train --task digits --steps 3000 --device CPU --out runs/digits    # the ViT digits classifier (scikit-learn)")
+  p.add_argument("--task", default=None, choices=["dates", "copy", "reverse", "digits"],
+                 help="what to learn (default: dates); digits trains a Vision Transformer on scikit-learn's load_digits "
+                      "(tfm.train_vision: --config is then a vision preset, default digits)")
   p.add_argument("--config", default=None, metavar="tiny|small|base|PATH.json",
                  help="model sizes: a preset or a JSON file of TransformerConfig fields; vocab_size and the special "
                       "ids come from the task (default: small)")
@@ -180,12 +207,34 @@ def add_train(sub) -> None:
   p.set_defaults(func=commands.cmd_train)
 
 
+def add_classify(sub) -> None:
+  p = _command(sub, "classify", "classify images with a Vision Transformer: the bundled digits classifier (8x8 greyscale, "
+               "white ink on black as scikit-learn's digits), a tfm .safetensors file of kind vit or a Hugging Face ViT "
+               "checkpoint folder; one line per image with its top-k labels and probabilities",
+               "tfm classify digit.png\n  tfm classify photo.jpg scan.png --model vit-checkpoint/ --resize --top-k 3")
+  p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ... through Pillow) or .npy arrays "
+                 "((H, W) or (H, W, C); uint8, or floats in [0, 1]), classified together")
+  p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",
+                 help="the bundled digits classifier, a tfm .safetensors file of kind vit or a ViT checkpoint folder (default: bundled)")
+  p.add_argument("--top-k", type=int, default=3, metavar="K", help="labels printed per image, most probable first (default: 3)")
+  p.add_argument("--resize", action="store_true", help="resize images to the model's size (bilinear) instead of refusing "
+                 "another size; colour and greyscale are always converted to the model's channels")
+  p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
+  p.set_defaults(func=commands.cmd_classify)
+
+
 def add_attention(sub) -> None:
   p = _command(sub, "attention", "translate one text and draw its cross-attention as a PNG: source tokens across, output "
-               "tokens down, the layer's mean over heads and one panel per head (needs matplotlib: pip install 'tfm[viz]')",
+               "tokens down, the layer's mean over heads and one panel per head; or, with --image, classify one image and "
+               "draw where the class token looks (attention rollout over the layers) over it (needs matplotlib: pip install 'tfm[viz]')",
                "tfm attention \"3rd of March, 2021\" --out map.png\n"
-               "  tfm attention \"12.10.2030\" --layer 0 --model runs/dates/model.safetensors --out layer0.png")
-  p.add_argument("text", metavar="TEXT", help="the text to translate")
+               "  tfm attention \"12.10.2030\" --layer 0 --model runs/dates/model.safetensors --out layer0.png\n"
+               "  tfm attention --image digit.png --out rollout.png")
+  p.add_argument("text", metavar="TEXT", nargs="?", default=None, help="the text to translate (or give --image)")
+  p.add_argument("--image", default=None, metavar="IMAGE",
+                 help="an image (PNG, JPEG, ... or .npy) to classify with a Vision Transformer instead of a text; --model "
+                      "is then the bundled digits classifier (default), a tfm file of kind vit or a ViT checkpoint folder")
+  p.add_argument("--resize", action="store_true", help="with --image: resize it to the model's size instead of refusing another size")
   p.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write (replaced atomically)")
   p.add_argument("--layer", type=int, default=-1, metavar="N",
                  help="decoder layer, counted from 0 as in decoder.layers.N; -1 is the last (default: -1)")
@@ -196,6 +245,45 @@ def add_attention(sub) -> None:
                  help="beam size of the translation; 1 is greedy (default: the model's setting, else 1)")
   p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
   p.set_defaults(func=commands.cmd_attention)
+
+
+def add_serve(sub) -> None:
+  p = _command(sub, "serve", "serve a model over HTTP until SIGTERM or Ctrl-C: POST /translate as LibreTranslate's API "
+               "({\"q\": TEXT or [TEXTS], \"source\": ..., \"target\": ...} -> {\"translatedText\": ...}, plus beam_size, "
+               "alternatives and scores), GET /health (200 once warmed up), GET /info. Requests arriving together are decoded "
+               "together; warm-up first compiles every batch shape (row counts up to --max-batch x --beam x source lengths)",
+               "tfm serve                                     # the bundled dates model on http://127.0.0.1:8000\n"
+               "  curl -s localhost:8000/translate -H 'Content-Type: application/json' -d '{\"q\": \"3rd of March, 2021\"}'\n"
+               "  tfm serve --model opus-mt-en-de/ --source en --target de --beam 1,4 --max-batch 8 --port 5000\n"
+               "  tfm serve --host 0.0.0.0 --max-queue 64 --timeout 10     # reachable from other machines")
+  from tfm.serve import Options
+  d = Options()
+  p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",
+                 help="the bundled dates model, a tfm .safetensors file (its NAME.vocab.json or vocab.json beside it) or a "
+                      "Marian checkpoint folder (default: bundled)")
+  p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
+  p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface (default: 127.0.0.1, this machine only)")
+  p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one and prints it (default: 8000)")
+  p.add_argument("--beam", default=None, metavar="N[,N...]", help="beam sizes served, each warmed up; the first is the default "
+                 "of requests that name none (default: the model's setting, else 1)")
+  p.add_argument("--max-batch", type=int, default=d.max_batch, metavar="N",
+                 help=f"texts decoded together at most; batches are padded to 1, 2, 4, ... N rows (default: {d.max_batch})")
+  p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms, metavar="MS",
+                 help=f"how long a text waits for others to batch with (default: {d.batch_wait_ms:g})")
+  p.add_argument("--no-batching", action="store_true", help="decode one text at a time (to measure what batching buys)")
+  p.add_argument("--max-queue", type=int, default=d.max_queue, metavar="N",
+                 help=f"texts waiting or decoding at most; more get 503 with Retry-After (default: {d.max_queue})")
+  p.add_argument("--timeout", type=float, default=d.timeout, metavar="S",
+                 help=f"seconds a request may wait for its translation, then 504 (default: {d.timeout:g})")
+  p.add_argument("--max-body", type=int, default=d.max_body, metavar="BYTES", help=f"largest request body; more get 413 (default: {d.max_body})")
+  p.add_argument("--max-texts", type=int, default=d.max_texts, metavar="N", help=f"texts per request; more get 413 (default: {d.max_texts})")
+  p.add_argument("--max-src-len", type=int, default=None, metavar="N",
+                 help="tokens per text, eos included; longer get 422 (default: the model's max_len)")
+  p.add_argument("--source", default=None, metavar="CODE", help="the model's source language: requests naming another get 400 "
+                 "(default: any is accepted)")
+  p.add_argument("--target", default=None, metavar="CODE", help="the model's target language, likewise")
+  p.add_argument("--quiet", action="store_true", help="no line per request on stderr")
+  p.set_defaults(func=commands.cmd_serve)
 
 
 def main(argv: list[str] | None = None) -> int:

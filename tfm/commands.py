@@ -29,12 +29,29 @@ def cmd_compare(args) -> int:
 
 
 def cmd_translate(args) -> int:
+  from tfm import textfiles
   from tfm.translator import Translator
   if args.beam is not None and args.beam < 1: raise TfmError(f"--beam must be at least 1 (1 is greedy), got {args.beam}")
   if args.max_len is not None and args.max_len < 1: raise TfmError(f"--max-len must be at least 1, got {args.max_len}")
+  if args.n_best < 1: raise TfmError(f"--n-best must be at least 1, got {args.n_best}")
+  if args.batch_size < 1: raise TfmError(f"--batch-size must be at least 1, got {args.batch_size}")
+  if bool(args.texts) == bool(args.input):
+    raise TfmError("give texts to translate or --input FILE, not both" if args.texts else
+                   "nothing to translate: give texts (tfm translate \"3rd of March, 2021\") or --input FILE (- for stdin)")
+  if args.stream and (args.input or args.json or args.n_best > 1 or (args.beam or 1) > 1):
+    raise TfmError("--stream prints greedy translations of the texts given: leave out --input, --json, --n-best and --beam")
+  lines = textfiles.read_lines(args.input) if args.input else args.texts
   translator = Translator.bundled(args.device) if args.model == "bundled" else Translator.load(args.model, args.device)
-  texts, scores = translator.translate(args.texts, beam_size=args.beam, max_len=args.max_len, return_scores=True)
-  for text, score in zip(texts, scores): print(f"{score:.4f}\t{text}" if args.scores else text)
+  if args.stream:
+    for text in args.texts:
+      for piece in translator.stream(text, max_len=args.max_len): print(piece, end="", flush=True)
+      print()
+    return 0
+  results = textfiles.translate_lines(translator, lines, skip_bad=args.skip_bad, progress=args.progress, beam_size=args.beam,
+                                      max_len=args.max_len, num_hypotheses=args.n_best, max_batch_size=args.batch_size,
+                                      batch_type=args.batch_type)
+  textfiles.report_skipped(results, sys.stderr)
+  textfiles.write_results(results, args.output, as_json=args.json, with_scores=args.scores)
   return 0
 
 
@@ -74,7 +91,17 @@ def _load_model(path: str, device: str):
     from tfm.interop.marian import from_pretrained
     return from_pretrained(path, device=device)
   from tfm.weights import load
-  return load(path, device=device)
+  model = load(path, device=device)
+  _not_a_vit(model, path, "compiles translation steps")
+  return model
+
+
+def _not_a_vit(model, path: str, what: str) -> None:
+  """Commands of the text model refuse a Vision Transformer's file with what to use instead."""
+  from tfm.vit import VisionTransformer
+  if isinstance(model, VisionTransformer):
+    raise TfmError(f"{path} holds a Vision Transformer; this command {what} of a text Transformer: use `tfm classify` or "
+                   f"`tfm compare --model {path}`")
 
 
 def cmd_cache(args) -> int:
@@ -100,8 +127,9 @@ def cmd_cache(args) -> int:
 def cmd_kernels(args) -> int:
   from backends import kernels
   from tfm.compare import kernel_graph
-  from tfm.config import TransformerConfig
-  rendered = kernels.render(kernel_graph(TransformerConfig.preset(args.config)), args.target, args.arch)
+  from tfm.config import VISION_PRESETS, TransformerConfig, VisionConfig
+  config = VisionConfig.preset(args.config) if args.config in VISION_PRESETS else TransformerConfig.preset(args.config)
+  rendered = kernels.render(kernel_graph(config), args.target, args.arch)
   print(kernels.write_kernels(rendered, args.out, args.target, **({"arch": args.arch} if args.arch else {})))
   return 0
 
@@ -110,12 +138,13 @@ def cmd_convert(args) -> int:
   import os
 
   from tfm import weights
-  from tfm.interop import convert_marian, convert_torch_transformer
+  from tfm.interop import convert_folder, convert_torch_transformer
   if os.path.isdir(args.src):
     if args.nhead is not None or args.norm_first:
-      raise TfmError(f"{args.src} is a Marian checkpoint folder, whose config.json sets the heads and the norm placement; "
+      raise TfmError(f"{args.src} is a checkpoint folder, whose config.json sets the heads and the norm placement; "
                      f"drop --nhead / --norm-first (they describe torch.nn.Transformer state dicts)")
-    conv, what, loader = convert_marian(args.src), "Marian checkpoint", "tfm.load"
+    conv, loader = convert_folder(args.src), "tfm.load"
+    what = "ViT checkpoint" if conv.kind == "vit" else "Marian checkpoint"
   else:
     if args.nhead is None:
       raise TfmError("a torch.nn.Transformer state dict does not record its number of heads: add --nhead N")
@@ -140,6 +169,7 @@ def cmd_tune(args) -> int:
   if os.path.isfile(args.config):
     from tfm.weights import load
     model = load(args.config, device=args.backend)
+    _not_a_vit(model, args.config, "tunes the kernels")
   else:
     model = Transformer(TransformerConfig.preset(args.config), device=args.backend)
   if args.length > model.config.max_len:
@@ -150,6 +180,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_train(args) -> int:
+  if args.task == "digits": return _train_digits(args)
   from tfm.train import Trainer, TrainOptions, evaluate_file
   if args.evaluate is not None:
     n, task = args.eval_size or 2000, args.task or "dates"
@@ -177,13 +208,109 @@ def cmd_train(args) -> int:
   return 0
 
 
+def _train_digits(args) -> int:
+  """`tfm train --task digits`: the Vision Transformer on scikit-learn's digits (tfm.train_vision), not the text trainer:
+  the options that describe text runs (checkpoints, resuming, held-out sizes) do not apply."""
+  import dataclasses
+
+  from tfm.train_vision import DigitsTrainer, VisionTrainOptions, accuracy, digits_split
+  unused = [f"--{k.replace('_', '-')}" for k, v in dict(resume=args.resume or None, checkpoint_every=args.checkpoint_every,
+                                                         eval_size=args.eval_size).items() if v is not None]
+  if unused: raise TfmError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --task digits: a run is "
+                            f"minutes and its held-out split is fixed (360 images); leave {'it' if len(unused) == 1 else 'them'} out")
+  if args.evaluate is not None:
+    from tfm.classifier import Classifier
+    split = digits_split()
+    model = Classifier.load(args.evaluate, args.device).model
+    score = accuracy(model, split.test_images, split.test_labels)
+    print(f"{args.evaluate}: accuracy {score:.4f} ({round(score * len(split.test_labels))}/{len(split.test_labels)}) on the "
+          f"held-out digits (load_digits, tfm.train_vision.digits_split)")
+    return 0
+  given = {k: v for k, v in dict(steps=args.steps, batch_size=args.batch_size, seed=args.seed, eval_every=args.eval_every,
+                                 warmup=args.warmup).items() if v is not None}
+  options = VisionTrainOptions(**given)
+  if args.lr_scale is not None: options = dataclasses.replace(options, lr=options.lr * args.lr_scale)
+  trainer = DigitsTrainer(args.config or "digits", options, device=args.device)
+  print(f"training a ViT on the digits on {trainer.model.device}: {trainer.model.num_parameters():,} parameters, "
+        f"{options.steps} steps of {options.batch_size} images", flush=True)
+  score = trainer.run()
+  if args.out:
+    os.makedirs(args.out, exist_ok=True)
+    trainer.save(os.path.join(args.out, "model.safetensors"))
+  print(f"step {trainer.step}: held-out accuracy {score:.4f} on {len(trainer.split.test_labels)} digits" +
+        (f"; model in {os.path.join(args.out, 'model.safetensors')}" if args.out else ""))
+  return 0
+
+
+def cmd_classify(args) -> int:
+  from tfm.classifier import Classifier
+  if args.top_k < 1: raise TfmError(f"--top-k must be at least 1, got {args.top_k}")
+  classifier = Classifier.bundled(args.device) if args.model == "bundled" else Classifier.load(args.model, args.device)
+  for image, predictions in zip(args.images, classifier.classify(args.images, top_k=args.top_k, resize=args.resize)):
+    print(f"{image}: " + ", ".join(f"{p.label} ({p.probability:.1%})" for p in predictions))
+  return 0
+
+
+def _image_attention(args) -> int:
+  from tfm.classifier import Classifier
+  from tfm.image_attention import image_attention, plot
+  if args.text is not None: raise TfmError("give a TEXT or --image, not both")
+  classifier = Classifier.bundled(args.device) if args.model == "bundled" else Classifier.load(args.model, args.device)
+  att = image_attention(classifier, args.image, resize=args.resize)
+  plot(att, args.out)
+  top = att.class_map.argmax()
+  print(f"{args.image}: {att.prediction.label} ({att.prediction.probability:.1%}); the class token's rollout over "
+        f"{att.weights.shape[0]} layers written to {args.out} (most on patch row {top // att.class_map.shape[1]}, "
+        f"column {top % att.class_map.shape[1]})")
+  return 0
+
+
 def cmd_attention(args) -> int:
+  if args.image is not None: return _image_attention(args)
   from tfm.attention_map import cross_attention, plot
   from tfm.translator import Translator
+  if args.text is None: raise TfmError("give the TEXT to translate (or --image IMAGE for a Vision Transformer)")
   if args.beam is not None and args.beam < 1: raise TfmError(f"--beam must be at least 1 (1 is greedy), got {args.beam}")
   translator = Translator.bundled(args.device) if args.model == "bundled" else Translator.load(args.model, args.device)
   amap = cross_attention(translator, args.text, beam_size=args.beam)
   plot(amap, args.out, layer=args.layer)
   print(f"{amap.text!r} -> {amap.translation!r}: cross-attention of decoder layer {args.layer % amap.weights.shape[0]} "
         f"written to {args.out}")
+  return 0
+
+
+def cmd_serve(args) -> int:
+  import signal
+  import threading
+  import time
+
+  from tfm.serve import Options, Server
+  from tfm.translator import Translator
+  beams = _sizes(args.beam, "--beam") if args.beam else None
+  options = dict(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, batching=not args.no_batching,
+                 max_queue=args.max_queue, timeout=args.timeout, max_body=args.max_body, max_texts=args.max_texts,
+                 max_src_len=args.max_src_len, beam_sizes=beams, source=args.source, target=args.target)
+  Options(**options).check()   # a bad flag fails before the model loads
+  def log(line: str) -> None: print(f"tfm serve: {line}", file=sys.stderr, flush=True)
+  translator = Translator.bundled(args.device) if args.model == "bundled" else Translator.load(args.model, args.device)
+  server = Server(translator, args.host, args.port, name=args.model, log=log, access_log=not args.quiet, progress=True, **options)
+  stop = threading.Event()
+  previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    start = time.perf_counter()
+    log(f"warming up {len(server.batcher.shapes)} batch shapes on {translator.model.target or translator.model.device} "
+        f"(compiled once, then loaded from the compiled-program cache)")
+    server.start(wait=False)
+    while not stop.is_set() and not server.batcher.wait_ready(0.2): pass
+    if server.batcher.state == "failed": raise server.batcher.error
+    if not stop.is_set():
+      print(f"tfm serve: ready in {time.perf_counter() - start:.1f} s on {server.url} (POST /translate, GET /health, GET /info); "
+            f"SIGTERM or Ctrl-C stops it", flush=True)
+      stop.wait()
+    log(f"stopping: answering the {server.batcher.queued} texts accepted")
+  finally:
+    server.stop()
+    for sig, handler in previous.items(): signal.signal(sig, handler)
+  stats = server.batcher.stats
+  log(f"stopped after {stats.requests} requests, {stats.texts} texts in {stats.batches} batches")
   return 0

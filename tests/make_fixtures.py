@@ -16,6 +16,8 @@ tests/fixtures/
   marian_tiny/                   a MarianMTModel checkpoint as save_pretrained writes it, plus a Marian tokenizer
                                  (source.spm, target.spm trained here on a few lines; vocab.json)
   marian_tiny.npz                src and tgt ids, expected encoder output and logits
+  marian_decoding.json           transformers' generate on marian_tiny with repetition_penalty, no_repeat_ngram_size,
+                                 bad_words_ids and decoder-input prefixes: ids and beam scores
   marian_tokenizer.json          texts, the ids the transformers MarianTokenizer gives them, and its decodings
   vit_<variant>/                 a ViTForImageClassification or ViTModel checkpoint as save_pretrained writes it
   vit_<variant>.npz              pixels (2, C, H, W), expected last_hidden_state, logits (with a head) and every
@@ -180,7 +182,40 @@ def digits_fixture() -> None:
   np.savez_compressed(os.path.join(HERE, "digits_test.npz"), images=split.test_images.astype(np.uint8), labels=split.test_labels.astype(np.uint8))
 
 
-GROUPS = ("torch", "marian", "vit", "digits")
+# decoding rules that depend on the hypotheses, as transformers' generate applies them to the committed Marian model
+DECODING_CASES = [dict(num_beams=1), dict(num_beams=4), dict(num_beams=1, repetition_penalty=1.5),
+                  dict(num_beams=4, repetition_penalty=1.5), dict(num_beams=1, no_repeat_ngram_size=2),
+                  dict(num_beams=4, no_repeat_ngram_size=2), dict(num_beams=1, bad_words_ids=[[PAD], [28, 28], [43, 46]]),
+                  dict(num_beams=4, bad_words_ids=[[PAD], [28, 28], [43, 46]]),
+                  dict(num_beams=4, no_repeat_ngram_size=3, repetition_penalty=1.3, num_return_sequences=2)]
+
+
+def decoding_fixture() -> None:
+  """marian_decoding.json: per case, transformers' generate settings, its ids (start token dropped) and, for beam
+  search, its sequence scores, on marian_tiny and its committed source batch; and greedy continuations of target
+  prefixes (given to transformers as decoder_input_ids)."""
+  folder = os.path.join(HERE, "marian_tiny")
+  model = MarianMTModel.from_pretrained(folder).eval()
+  src = torch.from_numpy(np.load(os.path.join(HERE, "marian_tiny.npz"))["src"])
+  cases = []
+  for settings in DECODING_CASES:
+    with torch.no_grad():
+      out = model.generate(src, attention_mask=src != PAD, max_length=16, output_scores=True, return_dict_in_generate=True,
+                           **settings)
+    case = {"settings": settings, "ids": out.sequences[:, 1:].tolist()}
+    if settings["num_beams"] > 1: case["scores"] = out.sequences_scores.tolist()
+    cases.append(case)
+  prefixes = []
+  for row, prefix in enumerate(([43, 12], [46])):
+    with torch.no_grad():
+      out = model.generate(src[row:row + 1], attention_mask=src[row:row + 1] != PAD, max_length=16,
+                           decoder_input_ids=torch.tensor([[PAD] + prefix]), num_beams=1)
+    prefixes.append({"row": row, "prefix": prefix, "ids": out[0, 1:].tolist()})
+  with open(os.path.join(HERE, "marian_decoding.json"), "w", encoding="utf-8") as f:
+    json.dump({"src": src.tolist(), "max_len": 15, "cases": cases, "prefixes": prefixes, "versions": VERSIONS}, f, indent=1)
+
+
+GROUPS = ("torch", "marian", "vit", "digits", "decoding")
 
 
 def main(groups: list[str]) -> None:
@@ -197,6 +232,7 @@ def main(groups: list[str]) -> None:
   if "vit" in groups:
     for i, (variant, spec) in enumerate(VIT_VARIANTS.items()): vit_fixture(variant, spec, np.random.default_rng([2026, i]))
   if "digits" in groups: digits_fixture()
+  if "decoding" in groups: decoding_fixture()
   total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(HERE) for f in files)
   print(f"wrote {HERE} ({total / 1024:.0f} KiB) with {', '.join(f'{k} {v}' for k, v in VERSIONS.items())}")
 

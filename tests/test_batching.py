@@ -76,6 +76,17 @@ def test_a_streamed_translation_is_the_greedy_one_piece_by_piece(translator, alo
   assert len(pieces) > 1 and "".join(pieces) == alone[0][0]
 
 
+def test_return_attention_gives_each_translations_cross_attention(translator, alone):
+  from tfm.attention_map import cross_attention
+  texts, attentions = translator.translate(TEXTS[:2], return_attention=True)
+  assert texts == alone[0][:2]
+  for text, weights in zip(TEXTS[:2], attentions):
+    expected = cross_attention(translator, text).weights
+    assert weights.shape == expected.shape and weights.shape[-1] == len(text) + 1   # source characters and eos
+    np.testing.assert_allclose(weights, expected, atol=1e-6)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+
+
 def test_problems_name_each_text_the_model_cannot_take(translator):
   found = translator.problems(["July 4, 1976", "July 4, 1976!", "1" * 60])
   assert sorted(found) == [1, 2]

@@ -168,10 +168,13 @@ def test_generation_config_gives_the_defaults(model, monkeypatch):
 def test_generation_config_keys_map_to_settings(model, monkeypatch):
   monkeypatch.setattr(model, "generation_config", {"num_beams": 6, "max_length": 512, "min_length": 3, "length_penalty": 0.6,
                                                    "bad_words_ids": [[63], [4, 5]], "forced_eos_token_id": 2,
-                                                   "decoder_start_token_id": 7, "no_repeat_ngram_size": 3}, raising=False)
-  with pytest.warns(UserWarning, match="no_repeat_ngram_size=3"): s = gen.resolve_settings(model, np.array([5]))
+                                                   "decoder_start_token_id": 7, "no_repeat_ngram_size": 3,
+                                                   "repetition_penalty": 1.2, "num_beam_groups": 2}, raising=False)
+  with pytest.warns(UserWarning, match="num_beam_groups=2, which tfm.generate does not implement"):
+    s = gen.resolve_settings(model, np.array([5]))
   assert (s.beam_size, s.max_len, s.min_len, s.length_penalty, s.early_stopping) == (6, 64, 2, 0.6, False)
   assert (s.suppress_ids, s.forced_eos_id, s.start_id) == ((63,), 2, 7)
+  assert (s.no_repeat_ngram_size, s.repetition_penalty, s.bad_words, s.sample) == (3, 1.2, ((4, 5),), False)
 
 
 def test_default_max_len_is_source_length_plus_50_capped_by_config(model):

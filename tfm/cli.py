@@ -105,6 +105,17 @@ def add_translate(sub) -> None:
                  "(n_best with --n-best, error for a skipped line)")
   p.add_argument("--skip-bad", action="store_true", help="skip lines the model cannot take (unknown characters, too long), "
                  "reporting each on stderr and leaving its output line blank, instead of stopping before translating")
+  p.add_argument("--repetition-penalty", type=float, default=None, metavar="P", help="divide the scores of tokens already "
+                 "produced by P (multiply where negative); above 1 discourages repeats")
+  p.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N", help="never produce the same N tokens twice")
+  p.add_argument("--prefix", default=None, metavar="TEXT", help="force every translation to start with TEXT")
+  p.add_argument("--sample", action="store_true", help="draw each token at random from the model's distribution "
+                 "(with --temperature, --top-k, --top-p; --seed repeats a run) instead of taking the most probable")
+  p.add_argument("--temperature", type=float, default=None, metavar="T", help="sampling temperature (default: 1.0)")
+  p.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K most probable tokens only")
+  p.add_argument("--top-p", type=float, default=None, metavar="P", help="sample among the most probable tokens that "
+                 "together reach probability P")
+  p.add_argument("--seed", type=int, default=None, help="seed of --sample's random draws: the same seed, the same output")
   p.add_argument("--stream", action="store_true", help="print each translation as its tokens are decoded (greedy)")
   p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                  help="progress bar on stderr for --input (default: when stderr is a terminal)")

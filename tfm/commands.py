@@ -38,8 +38,12 @@ def cmd_translate(args) -> int:
   if bool(args.texts) == bool(args.input):
     raise TfmError("give texts to translate or --input FILE, not both" if args.texts else
                    "nothing to translate: give texts (tfm translate \"3rd of March, 2021\") or --input FILE (- for stdin)")
-  if args.stream and (args.input or args.json or args.n_best > 1 or (args.beam or 1) > 1):
-    raise TfmError("--stream prints greedy translations of the texts given: leave out --input, --json, --n-best and --beam")
+  rules = dict(repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
+               sample=args.sample or None, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+  if args.stream and (args.input or args.json or args.n_best > 1 or (args.beam or 1) > 1 or args.prefix is not None or
+                      any(v is not None for v in rules.values())):
+    raise TfmError("--stream prints plain greedy translations of the texts given: leave out --input, --json, --n-best, "
+                   "--beam, --prefix and the decoding rules")
   lines = textfiles.read_lines(args.input) if args.input else args.texts
   translator = Translator.bundled(args.device) if args.model == "bundled" else Translator.load(args.model, args.device)
   if args.stream:
@@ -49,7 +53,7 @@ def cmd_translate(args) -> int:
     return 0
   results = textfiles.translate_lines(translator, lines, skip_bad=args.skip_bad, progress=args.progress, beam_size=args.beam,
                                       max_len=args.max_len, num_hypotheses=args.n_best, max_batch_size=args.batch_size,
-                                      batch_type=args.batch_type)
+                                      batch_type=args.batch_type, prefix=args.prefix, **rules)
   textfiles.report_skipped(results, sys.stderr)
   textfiles.write_results(results, args.output, as_json=args.json, with_scores=args.scores)
   return 0

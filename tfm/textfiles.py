@@ -44,10 +44,13 @@ class Result:
 
 
 def translate_lines(translator: Translator, lines: list[str], skip_bad: bool = False, progress: bool | None = None,
-                    **options) -> list[Result]:
+                    prefix: str | None = None, **options) -> list[Result]:
   """Each line's Result, in order. A line the model cannot take raises InputError naming it (the first few of them),
-  unless skip_bad: then it is skipped with its reason. Blank lines give no translation. `options` go to
-  Translator.translate (beam_size, max_len, num_hypotheses, max_batch_size, batch_type)."""
+  unless skip_bad: then it is skipped with its reason. Blank lines give no translation. prefix: the start every
+  translation is forced to. `options` go to Translator.translate (beam_size, max_len, num_hypotheses, max_batch_size,
+  batch_type, and the decoding rules); options left None are left out."""
+  options = {k: v for k, v in options.items() if v is not None}
+  if prefix is not None and (why := translator.problems([prefix])): raise InputError(f"--prefix {prefix!r}: {why[0]}")
   results = [Result(line) for line in lines]
   todo = [i for i, line in enumerate(lines) if line.strip()]
   problems = {todo[j]: why for j, why in translator.problems([lines[i] for i in todo]).items()}
@@ -62,7 +65,8 @@ def translate_lines(translator: Translator, lines: list[str], skip_bad: bool = F
   bar = tqdm(total=len(todo), desc="translate", unit="lines", disable=not progress if progress is not None else None)
   for start in range(0, len(todo), BLOCK):
     block = todo[start:start + BLOCK]
-    texts, scores = translator.translate([lines[i] for i in block], return_scores=True, **options)
+    starts = None if prefix is None else [prefix] * len(block)
+    texts, scores = translator.translate([lines[i] for i in block], return_scores=True, target_prefix=starts, **options)
     for i, found, score in zip(block, texts, scores):
       results[i].translations, results[i].scores = (found, score) if n > 1 else ([found], [score])
     bar.update(len(block), close=start + BLOCK >= len(todo))

@@ -15,7 +15,7 @@ import numpy as np
 
 from tfm import batching
 from tfm.errors import InputError, WeightsError
-from tfm.generation import generate
+from tfm.generation import generate, lengths_to_eos
 from tfm.model import Transformer, resolve_device
 from tfm.weights import copy_to
 
@@ -58,13 +58,20 @@ class Translator:
 
   def translate(self, texts: Sequence[str], beam_size: int | None = None, max_len: int | None = None,
                 return_scores: bool = False, num_hypotheses: int = 1, max_batch_size: int = 32,
-                batch_type: str = "examples") -> list | tuple[list, list]:
+                batch_type: str = "examples", target_prefix: Sequence[str | None] | None = None,
+                return_attention: bool = False, **rules: Any) -> list | tuple:
     """Translate texts; beam_size and max_len as in tfm.generate.
 
     Up to max_batch_size texts (batch_type "examples"), or texts of up to max_batch_size padded tokens ("tokens"),
     run as one batch; a longer list is sorted by length and run batch by batch (tfm.batching), so memory stays
     bounded however long it is, and the results come back in the input order. num_hypotheses > 1 (at most
-    beam_size) returns each text's best translations, best first, as a list per text (and a list of scores)."""
+    beam_size) returns each text's best translations, best first, as a list per text (and a list of scores).
+    target_prefix: per text, the start its translation is forced to (None: free). Other keyword arguments are
+    tfm.generate's decoding rules: repetition_penalty, no_repeat_ngram_size, bad_words (token ids), sample,
+    temperature, top_k, top_p, seed.
+    return_attention: also return, per text, the cross-attention of its (best) translation: an array (decoder layers,
+    heads, output tokens, source tokens), row t what output token t attended to (eos included on both sides), as
+    `tfm attention` draws it; one more decoder pass per text. Returns (texts[, scores][, attentions])."""
     if isinstance(texts, str): raise InputError("translate takes a list of texts; wrap a single text as [text]")
     try:
       texts = list(texts)
@@ -76,24 +83,42 @@ class Translator:
     if not isinstance(num_hypotheses, int) or num_hypotheses < 1:
       raise InputError(f"num_hypotheses={num_hypotheses!r} must be a positive integer")
     batching.check_bound(max_batch_size, batch_type)
-    if not texts: return ([], []) if return_scores else []
+    if target_prefix is not None and len(target_prefix) != len(texts):
+      raise InputError(f"target_prefix has {len(target_prefix)} entries for {len(texts)} texts: give one per text (None for none)")
+    out, scores, attentions = ([], [], []) if not texts else self._translate(
+      texts, beam_size, max_len, num_hypotheses, max_batch_size, batch_type, target_prefix, return_attention, rules)
+    extra = ([scores] if return_scores else []) + ([attentions] if return_attention else [])
+    return (out, *extra) if extra else out
+
+  def _translate(self, texts: list[str], beam_size, max_len, num_hypotheses: int, max_batch_size: int, batch_type: str,
+                 target_prefix, return_attention: bool, rules: dict) -> tuple[list, list, list | None]:
+    """translate() for checked, non-empty texts: translations, scores and attentions (None unless asked for)."""
+    attentions = None
     with LOCK:
       ids = self._encode(texts)
+      prefixes = None if target_prefix is None else [[] if p is None else self.tokenizer.encode([p])[0][:-1] for p in target_prefix]
       lengths = [len(row) for row in ids]
       one_batch = len(ids) <= max_batch_size if batch_type == "examples" else len(ids) * max(lengths) <= max_batch_size
       batches = [list(range(len(ids)))] if one_batch else batching.plan(lengths, max_batch_size, batch_type)
       out: list = [None] * len(ids)
       scores: list = [None] * len(ids)
+      best: list = [None] * len(ids)
       for batch in batches:
         rows = [ids[i] for i in batch]
+        starts = None if prefixes is None else [prefixes[i] for i in batch]
         if not one_batch:   # a few row counts, so that the batches reuse their compiled steps
           most = max_batch_size if batch_type == "examples" else max(1, max_batch_size // max(map(len, rows)))
-          rows += rows[:1] * (batching.padded_rows(len(rows), most) - len(rows))
-        found, found_scores = self._generate(rows, beam_size, max_len, num_hypotheses)
+          extra = batching.padded_rows(len(rows), most) - len(rows)
+          rows += rows[:1] * extra
+          if starts is not None: starts += starts[:1] * extra
+        found, found_scores, found_ids = self._generate(rows, beam_size, max_len, num_hypotheses, target_prefix=starts, **rules)
         for j, i in enumerate(batch):
-          out[i], scores[i] = found[j], found_scores[j]
+          out[i], scores[i], best[i] = found[j], found_scores[j], found_ids[j]
+      if return_attention:
+        from tfm.attention_map import attention_of
+        attentions = [attention_of(self.model, np.array([ids[i]], np.int32), [best[i]]) for i in range(len(ids))]
     if num_hypotheses == 1: out, scores = [o[0] for o in out], [s[0] for s in scores]
-    return (out, scores) if return_scores else out
+    return out, scores, attentions
 
   def _encode(self, texts: list[str]) -> list[list[int]]:
     """The texts' ids (eos included), each at most the model's max_len tokens; the caller holds LOCK."""
@@ -104,17 +129,19 @@ class Translator:
                        f"{self.model.config.max_len}; split it into shorter texts")
     return ids
 
-  def _generate(self, ids: list[list[int]], beam_size: int | None, max_len: int | None, n: int):
+  def _generate(self, ids: list[list[int]], beam_size: int | None, max_len: int | None, n: int, **rules: Any):
     """One batch: per row, its n translations and their scores; the caller holds LOCK."""
     src = np.full((len(ids), max(map(len, ids))), self.model.config.pad_id, np.int32)
     for i, row in enumerate(ids): src[i, :len(row)] = row
     if n > 1 and (beam_size or 1) < n:
       raise InputError(f"num_hypotheses={n} needs beam_size >= {n} (got {beam_size}): beam search keeps beam_size hypotheses")
     out, scores = generate(self.model, src, max_len=max_len, beam_size=beam_size, num_return=n if n > 1 else None,
-                           return_scores=True)
+                           return_scores=True, **rules)
     decoded = self.tokenizer.decode(out.tolist())
+    ends = lengths_to_eos(out, self.model.config.eos_id)
     return ([decoded[i * n:(i + 1) * n] for i in range(len(ids))],
-            [[float(x) for x in scores[i * n:(i + 1) * n]] for i in range(len(ids))])
+            [[float(x) for x in scores[i * n:(i + 1) * n]] for i in range(len(ids))],
+            [[int(t) for t in out[i * n, :ends[i * n]]] for i in range(len(ids))])   # each text's best, up to its eos
 
   def problems(self, texts: Sequence[str]) -> dict[int, str]:
     """Why each text that cannot be translated cannot be (a character outside the vocabulary, more tokens than the

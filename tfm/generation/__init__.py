@@ -19,8 +19,14 @@ Conventions follow Hugging Face `generate` where they apply, so imported Marian 
   the top beam_size, early_stopping True (stop once beam_size hypotheses are done), False (stop when the best live
   beam cannot beat the worst kept one at its current length) or "never" (at max_len, for length_penalty > 0).
 
+- repetition_penalty, no_repeat_ngram_size, bad_words (sequences), target_prefix, and sampling (temperature, top_k,
+  top_p, seed): the rules that depend on each hypothesis run on the host (rules.py), on the logits read back from a
+  logits step in greedy decoding and sampling, on the log-probs in beam search, as Hugging Face applies them.
+- generate_tokens: greedy decoding that yields each step's tokens as they come (streaming).
+
 Modules: settings (the knobs and their checks), session (device buffers, KV caches, compiled steps; `prepare`
-compiles ahead of time), search (greedy and beam search, and the functions below). The compiled steps are tfm.replay's.
+compiles ahead of time), search (greedy and beam search, and the functions below), rules (the host-side rules and
+sampling). The compiled steps are tfm.replay's.
 """
 from tfm.generation.search import beam_search, generate, generate_tokens, greedy_search, incremental_logprobs, lengths_to_eos
 from tfm.generation.session import prepare

@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 
 from tfm.errors import InputError
+from tfm.generation import rules
 from tfm.generation.session import Session, Steps, encoded, steps_at
-from tfm.generation.settings import GenerationSettings, resolve_settings
+from tfm.generation.settings import GenerationSettings, check, resolve_settings, rule_arrays
 from tfm.memory import download, host_view, upload
 from tfm.model import Transformer
 
@@ -77,10 +78,43 @@ def _greedy_tokens(session: Session, s: GenerationSettings):
     ended |= ids == eos
     if ended.all(): return
 
-def _beam_search(session: Session, s: GenerationSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Beam search: the device computes each step's log-probs, the host keeps the hypotheses, in float32 sums and
-  Hugging Face's order of operations, so that the same log-probs select the same hypotheses as there."""
+def _host_greedy(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Greedy decoding or sampling with rules that depend on each row's tokens: the device computes the logits, the
+  host applies the rules to them (then the device's own rules, in Hugging Face's order) and picks or draws the token.
+  A token's log-prob is taken as the device's greedy step takes it: its ruled logit minus the raw logits' logsumexp."""
   c = session.model.config
+  n, eos, pad = session.rows, c.eos_id, c.pad_id
+  rule_at, bias = rule_arrays(s, c)
+  rng = np.random.default_rng(s.seed)
+  history = np.full((n, 1), s.start_id, np.int32)
+  ids, logprobs = np.full((n, s.max_len), pad, np.int32), np.zeros((n, s.max_len), np.float32)
+  ended, steps, t = np.zeros(n, bool), None, 0
+  for t in range(s.max_len):
+    steps = steps_at(session, t, steps)
+    upload(session.feed, np.stack([history[:, -1], np.arange(n)]))
+    steps.logits(t)
+    raw = download(session.logprobs)
+    x = rules.apply(raw, history, s) + bias[0]
+    if rule_at[t] == 1: x[:, eos] = -np.inf
+    if rule_at[t] == 2: x = np.broadcast_to(bias[1], x.shape).copy()
+    x = rules.force_prefix(x, t, prefixes)
+    chosen = rules.sample(x, s, rng) if s.sample else x.argmax(1).astype(np.int32)
+    top = raw.max(1)
+    lse = top + np.log(np.exp(raw - top[:, None]).sum(1, dtype=np.float32))
+    lp = np.float32(0) if rule_at[t] == 2 else x[np.arange(n), chosen] - lse
+    ids[:, t], logprobs[:, t] = np.where(ended, pad, chosen), np.where(ended, np.float32(0), lp)
+    ended |= chosen == eos
+    history = np.concatenate([history, ids[:, t:t + 1]], 1)
+    if ended.all(): break
+  ids, logprobs = ids[:, :t + 1], logprobs[:, :t + 1]
+  return ids, logprobs.sum(1, dtype=np.float32), lengths_to_eos(ids, eos)
+
+def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Beam search: the device computes each step's log-probs, the host keeps the hypotheses, in float32 sums and
+  Hugging Face's order of operations, so that the same log-probs select the same hypotheses as there. The rules that
+  depend on the hypotheses (tfm.generation.rules) apply to the log-probs, as Hugging Face's beam search applies them."""
+  c = session.model.config
+  host, rule_at = rules.active(s) or bool(prefixes), rule_arrays(s, c)[0]
   b, k, vocab, max_len = session.rows, s.beam_size, c.vocab_size, s.max_len
   cands = 2 * k  # enough that k continue even when k of them end in eos
   f32 = np.float32
@@ -98,7 +132,12 @@ def _beam_search(session: Session, s: GenerationSettings) -> tuple[np.ndarray, n
     steps = steps_at(session, t, steps)
     upload(session.feed, np.stack([tokens, origin]))
     steps.beam(t)
-    acc = (download(session.logprobs).reshape(b, k, vocab) + running_scores[:, :, None]).reshape(b, k * vocab)
+    lp = download(session.logprobs)
+    if host:   # not at a forced eos step: there the device already left eos alone, as Hugging Face's last processor does
+      history = np.concatenate([np.full((b * k, 1), s.start_id, np.int32), running[:, :, :t].reshape(b * k, t)], 1)
+      if rule_at[t] != 2: lp = rules.apply(lp, history, s)
+      lp = rules.force_prefix(lp, t, prefixes, k)
+    acc = (lp.reshape(b, k, vocab) + running_scores[:, :, None]).reshape(b, k * vocab)
     top = _top(acc, cands)
     top_scores = np.take_along_axis(acc, top, 1)
     beam_of, token = top // vocab, top % vocab
@@ -143,17 +182,37 @@ def sources(model: Transformer, src_ids: Any) -> tuple[np.ndarray, np.ndarray]:
                      f"give every row at least one token, or leave the empty ones out")
   return src, lengths
 
-def _search(model: Transformer, src_ids: Any, method: str, return_scores: bool, **given: Any):
+def _prefixes(model: Transformer, target_prefix: Any, rows: int, max_len: int) -> list[list[int]] | None:
+  """Checked per-row target prefixes (token ids, no eos needed), or None."""
+  if target_prefix is None: return None
+  prefixes = [[] if p is None else [int(i) for i in p] for p in target_prefix]
+  if len(prefixes) != rows:
+    raise InputError(f"target_prefix has {len(prefixes)} entries for {rows} sources: give one per source (None or [] for none)")
+  for i, p in enumerate(prefixes):
+    if len(p) >= max_len: raise InputError(f"target_prefix {i} has {len(p)} tokens, max_len={max_len} leaves no room after it")
+    bad = [x for x in p if not 0 <= x < model.config.vocab_size]
+    if bad: raise InputError(f"target_prefix {i} has token id {bad[0]}, out of range for vocab_size={model.config.vocab_size}")
+  return prefixes if any(prefixes) else None
+
+def _search(model: Transformer, src_ids: Any, method: str, return_scores: bool, bad_words: Any = None,
+            target_prefix: Any = None, **given: Any):
   """Check the inputs, encode, then decode with `method`: "greedy", "beam", or "auto" (greedy for one beam)."""
   src, lengths = sources(model, src_ids)
+  words = None if bad_words is None else [tuple(int(i) for i in w) for w in bad_words]
+  if words is not None:
+    if any(len(w) == 0 for w in words): raise InputError("bad_words has an empty sequence: give each as one or more token ids")
+    given["bad_words"] = tuple(w for w in words if len(w) > 1)
   s = resolve_settings(model, lengths, **given)
+  if words: s = check(dataclasses.replace(s, suppress_ids=tuple(sorted(set(s.suppress_ids) | {w[0] for w in words if len(w) == 1}))),
+                      model.config)
+  prefixes = _prefixes(model, target_prefix, src.shape[0], s.max_len)
   greedy = method == "greedy" or (method == "auto" and s.beam_size == 1)
   if greedy: s = dataclasses.replace(s, beam_size=1, num_return=1)
   session = encoded(model, src, s)
   if greedy:
-    ids, sums, lengths = _greedy(session, s)
+    ids, sums, lengths = _host_greedy(session, s, prefixes) if rules.active(s) or prefixes else _greedy(session, s)
     scores = sums / lengths.astype(np.float32) ** s.length_penalty
-  else: ids, scores, lengths = _beam_search(session, s)
+  else: ids, scores, lengths = _beam_search(session, s, prefixes)
   ids = np.ascontiguousarray(ids[:, :int(lengths.max())])
   return (ids, scores.astype(np.float32)) if return_scores else ids
 
@@ -185,16 +244,27 @@ def incremental_logprobs(model: Transformer, src_ids: Any, tgt_ids: Any) -> np.n
 
 def generate(model: Transformer, src_ids: Any, max_len: int | None = None, beam_size: int | None = None,
              length_penalty: float | None = None, early_stopping: bool | str | None = None, min_len: int | None = None,
-             num_return: int | None = None, return_scores: bool = False):
+             num_return: int | None = None, return_scores: bool = False, *, repetition_penalty: float | None = None,
+             no_repeat_ngram_size: int | None = None, bad_words: Any = None, target_prefix: Any = None,
+             sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
+             top_p: float | None = None, seed: int | None = None):
   """Translate a batch of sources (B, S), pad-padded to a common length: ids (B * num_return, T) [and scores].
 
   Arguments left as None take tfm's defaults: beam_size 1 (greedy), max_len = longest source + 50 (at most
   config.max_len), length_penalty 1.0, early_stopping True, min_len 0, num_return 1; or, for a model that carries a
   `generation_config` dict (an imported checkpoint), that dict's values with Hugging Face's defaults for the keys it
   leaves out. The module doc gives the conventions for ids, scores and lengths.
+
+  The rules that depend on what each hypothesis has produced (tfm.generation.rules): repetition_penalty,
+  no_repeat_ngram_size, bad_words (token sequences never generated; single tokens join suppress_ids),
+  target_prefix (per source: token ids its output starts with, or None), and sampling (sample=True with temperature,
+  top_k, top_p; seed makes it repeatable on every backend). The first four are Hugging Face's; as there, they apply
+  to the logits in greedy decoding and to the log-probs in beam search.
   """
-  return _search(model, src_ids, "auto", return_scores, max_len=max_len, beam_size=beam_size, length_penalty=length_penalty,
-                 early_stopping=early_stopping, min_len=min_len, num_return=num_return)
+  return _search(model, src_ids, "auto", return_scores, bad_words, target_prefix, max_len=max_len, beam_size=beam_size,
+                 length_penalty=length_penalty, early_stopping=early_stopping, min_len=min_len, num_return=num_return,
+                 repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size, sample=sample,
+                 temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
 
 def greedy_search(model: Transformer, src_ids: Any, max_len: int | None = None, length_penalty: float | None = None,
                   min_len: int | None = None, return_scores: bool = False):

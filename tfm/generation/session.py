@@ -106,6 +106,7 @@ class Steps:
     pos = UOp.variable("pos", 0, length - 1)
     self.greedy = session.compiled(self._greedy_step, pos, "greedy", self.named, length=length)
     self.beam = session.compiled(self._beam_step, pos, "beam", self.named, length=length)
+    self.logits = session.compiled(self._logits_step, pos, "logits", self.named, length=length)   # compiled when first used
 
   def named(self) -> dict[str, Tensor]:
     out = {**self.session.named(), "trace": self.trace}
@@ -147,6 +148,13 @@ class Steps:
     with s.model.on_device():
       logits = s.model.decode_step(s.feed[0].reshape(-1, 1), pos, self.caches, s.memory_kv, s.src_mask, origin=s.feed[1])
       s.logprobs.assign(self._apply_rules(logits.float().log_softmax(-1), pos)).realize()
+
+  def _logits_step(self, pos: UOp) -> None:
+    """The beam step's inputs, the raw logits out (no rules): for decoding whose rules run on the host (tfm.generation.rules)."""
+    s = self.session
+    with s.model.on_device():
+      logits = s.model.decode_step(s.feed[0].reshape(-1, 1), pos, self.caches, s.memory_kv, s.src_mask, origin=s.feed[1])
+      s.logprobs.assign(logits.float()).realize()
 
 _SESSIONS: weakref.WeakKeyDictionary[Transformer, OrderedDict] = weakref.WeakKeyDictionary()
 _KEPT: weakref.WeakKeyDictionary[Transformer, int] = weakref.WeakKeyDictionary()

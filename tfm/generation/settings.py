@@ -25,14 +25,22 @@ class GenerationSettings:
   forced_eos_id: int | None = None
   suppress_ids: tuple[int, ...] = ()
   start_id: int = 1
+  # the rules that depend on each hypothesis, and sampling: tfm.generation.rules
+  repetition_penalty: float = 1.0
+  no_repeat_ngram_size: int = 0
+  bad_words: tuple[tuple[int, ...], ...] = ()   # sequences of two or more tokens (single ones are suppress_ids)
+  sample: bool = False
+  temperature: float = 1.0
+  top_k: int = 0          # 0: no top-k cut
+  top_p: float = 1.0
+  seed: int | None = None
 
 
 # what Hugging Face's GenerationConfig assumes for keys a generation_config.json leaves out
 HF_DEFAULTS = {"max_new_tokens": 20, "min_length": 0, "num_beams": 1, "length_penalty": 1.0, "early_stopping": False,
                "num_return_sequences": 1}
 # settings that change greedy or beam results and that tfm does not implement, with their no-op values
-UNSUPPORTED = {"do_sample": False, "num_beam_groups": 1, "diversity_penalty": 0.0, "repetition_penalty": 1.0,
-               "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "renormalize_logits": False,
+UNSUPPORTED = {"num_beam_groups": 1, "diversity_penalty": 0.0, "encoder_no_repeat_ngram_size": 0, "renormalize_logits": False,
                "exponential_decay_length_penalty": None, "forced_bos_token_id": None, "begin_suppress_tokens": None,
                "sequence_bias": None, "force_words_ids": None, "constraints": None}
 
@@ -59,6 +67,12 @@ def _from_generation_config(model: Transformer) -> dict[str, Any]:
   if "decoder_start_token_id" in gc: out["start_id"] = int(gc["decoder_start_token_id"])
   single = [ids[0] for ids in gc.get("bad_words_ids") or [] if len(ids) == 1]
   out["suppress_ids"] = tuple(sorted(set(single) | set(gc.get("suppress_tokens") or [])))
+  out["bad_words"] = tuple(tuple(int(i) for i in ids) for ids in gc.get("bad_words_ids") or [] if len(ids) > 1)
+  out["repetition_penalty"] = float(gc.get("repetition_penalty", 1.0))
+  out["no_repeat_ngram_size"] = int(gc.get("no_repeat_ngram_size", 0))
+  if gc.get("do_sample"):   # Hugging Face's sampling defaults: top_k 50
+    out.update(sample=True, temperature=float(gc.get("temperature", 1.0)), top_k=int(gc.get("top_k", 50)),
+               top_p=float(gc.get("top_p", 1.0)))
   return out
 
 def resolve_settings(model: Transformer, src_lengths: np.ndarray, **given: Any) -> GenerationSettings:
@@ -70,11 +84,10 @@ def resolve_settings(model: Transformer, src_lengths: np.ndarray, **given: Any) 
   values.update({k: v for k, v in given.items() if v is not None})
   # the paper's output budget (section 6.1): input length + 50
   values.setdefault("max_len", min(int(src_lengths.max()) + 50, config.max_len))
-  s = GenerationSettings(**values)
-  _check_settings(s, config)
-  return s
+  return check(GenerationSettings(**values), config)
 
-def _check_settings(s: GenerationSettings, config) -> None:
+def check(s: GenerationSettings, config) -> GenerationSettings:
+  """s itself, when every setting is valid for a model of this config; else an InputError naming the setting."""
   def is_int(x) -> bool: return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
   if not is_int(s.max_len) or not 1 <= s.max_len <= config.max_len:
     raise InputError(f"max_len={s.max_len!r} must be an integer in [1, {config.max_len}]: the decoder has positions "
@@ -90,10 +103,27 @@ def _check_settings(s: GenerationSettings, config) -> None:
     raise InputError(f"early_stopping={s.early_stopping!r} must be True, False or 'never'")
   if not isinstance(s.length_penalty, (int, float)) or not math.isfinite(s.length_penalty):
     raise InputError(f"length_penalty={s.length_penalty!r} must be a finite number (1.0 averages log-probs per token)")
+  if not isinstance(s.repetition_penalty, (int, float)) or not s.repetition_penalty > 0:
+    raise InputError(f"repetition_penalty={s.repetition_penalty!r} must be > 0 (1.0: none; above 1 discourages repeats)")
+  if not is_int(s.no_repeat_ngram_size) or s.no_repeat_ngram_size < 0:
+    raise InputError(f"no_repeat_ngram_size={s.no_repeat_ngram_size!r} must be an integer >= 0 (0: off)")
+  if not isinstance(s.temperature, (int, float)) or not s.temperature > 0:
+    raise InputError(f"temperature={s.temperature!r} must be > 0 (1.0 samples from the model's distribution)")
+  if not is_int(s.top_k) or s.top_k < 0: raise InputError(f"top_k={s.top_k!r} must be an integer >= 0 (0: no cut)")
+  if not isinstance(s.top_p, (int, float)) or not 0 < s.top_p <= 1:
+    raise InputError(f"top_p={s.top_p!r} must be in (0, 1] (1.0: no nucleus cut)")
+  if s.sample and s.beam_size > 1:
+    raise InputError(f"sampling draws one hypothesis per source: use beam_size=1 (got {s.beam_size}), or beam search without sample")
+  if s.seed is not None and not is_int(s.seed): raise InputError(f"seed={s.seed!r} must be an integer")
   for name, ids in (("forced_eos_id", [] if s.forced_eos_id is None else [s.forced_eos_id]), ("suppress_ids", s.suppress_ids),
                     ("start_id", [s.start_id])):
     bad = [i for i in ids if not is_int(i) or not 0 <= i < config.vocab_size]
     if bad: raise InputError(f"{name} has token id {bad[0]!r}, out of range for vocab_size={config.vocab_size}")
+  for words in s.bad_words:
+    if len(words) < 2 or not all(is_int(i) and 0 <= i < config.vocab_size for i in words):
+      raise InputError(f"bad_words entry {words!r} must be two or more token ids in [0, {config.vocab_size - 1}] "
+                       f"(single tokens: suppress_ids)")
+  return s
 
 
 def rule_arrays(s: GenerationSettings, config) -> tuple[np.ndarray, np.ndarray]:

@@ -84,6 +84,9 @@ def test_sampling_repeats_under_a_seed_and_top_k_1_is_greedy():
   hot = dict(sample=True, temperature=1.5)
   first, again = (tr.translate(texts, seed=7, **hot) for _ in range(2))
   assert first == again and first != tr.translate(texts, seed=8, **hot)
+  assert tr.translate(texts, **hot) != tr.translate(texts, **hot)   # no seed: a fresh draw each time
+  streamed = "".join(tr.stream(texts[0], seed=7, **hot))
+  assert streamed == tr.translate(texts[:1], seed=7, **hot)[0]   # one row: the same draws as the batch's first row
   assert tr.translate(texts, sample=True, top_k=1, seed=1) == tr.translate(texts)
   if backends.probe("CL").runs:   # host-side draws: the same on another backend, up to float32 rounding of the logits
     assert tfm.Translator.bundled(device="CL").translate(texts, seed=7, **hot) == first
@@ -117,3 +120,5 @@ def test_the_command_line_takes_a_prefix_and_seeded_sampling(capsys):
   assert cli.main(args) == 0 and capsys.readouterr().out == first
   assert cli.main(["translate", "--device", "CPU", "--prefix", "!", "July 4, 1976"]) == 2
   assert "--prefix '!'" in capsys.readouterr().err
+  assert cli.main(["translate", "--device", "CPU", "--stream", "--prefix", "1976", "3rd of March, 2021"]) == 0
+  assert capsys.readouterr().out == "1976-03-03\n"

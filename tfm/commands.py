@@ -40,15 +40,16 @@ def cmd_translate(args) -> int:
                    "nothing to translate: give texts (tfm translate \"3rd of March, 2021\") or --input FILE (- for stdin)")
   rules = dict(repetition_penalty=args.repetition_penalty, no_repeat_ngram_size=args.no_repeat_ngram_size,
                sample=args.sample or None, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-  if args.stream and (args.input or args.json or args.n_best > 1 or (args.beam or 1) > 1 or args.prefix is not None or
-                      any(v is not None for v in rules.values())):
-    raise TfmError("--stream prints plain greedy translations of the texts given: leave out --input, --json, --n-best, "
-                   "--beam, --prefix and the decoding rules")
+  if args.stream and (args.input or args.json or args.n_best > 1 or (args.beam or 1) > 1):
+    raise TfmError("--stream prints greedy (or sampled) translations of the texts given: leave out --input, --json, "
+                   "--n-best and --beam")
   lines = textfiles.read_lines(args.input) if args.input else args.texts
   translator = Translator.bundled(args.device) if args.model == "bundled" else Translator.load(args.model, args.device)
   if args.stream:
     for text in args.texts:
-      for piece in translator.stream(text, max_len=args.max_len): print(piece, end="", flush=True)
+      chosen = {k: v for k, v in rules.items() if v is not None}
+      for piece in translator.stream(text, max_len=args.max_len, target_prefix=args.prefix, **chosen):
+        print(piece, end="", flush=True)
       print()
     return 0
   results = textfiles.translate_lines(translator, lines, skip_bad=args.skip_bad, progress=args.progress, beam_size=args.beam,

@@ -157,15 +157,17 @@ class Translator:
         found[i] = f"{len(row)} tokens long, more than the model's max_len={self.model.config.max_len}; split it"
     return found
 
-  def stream(self, text: str, max_len: int | None = None):
-    """Translate one text greedily, yielding the translation piece by piece as its tokens are decoded (joined, the
-    pieces are what translate([text], beam_size=1) returns)."""
+  def stream(self, text: str, max_len: int | None = None, target_prefix: str | None = None, **rules: Any):
+    """Translate one text greedily (or by sampling: the keyword arguments are tfm.generate's decoding rules), yielding
+    the translation piece by piece as its tokens are decoded (joined, the pieces are what translate([text],
+    beam_size=1, target_prefix=[target_prefix], **rules) returns)."""
     from tfm.generation import generate_tokens
     if not isinstance(text, str): raise InputError(f"stream takes one text (str), got {type(text).__name__}")
     with LOCK:
       src = np.array(self._encode([text]), np.int32)
       ids, said = [], ""
-      for step in generate_tokens(self.model, src, max_len=max_len):
+      if target_prefix is not None: rules["target_prefix"] = [self.tokenizer.encode([target_prefix])[0][:-1]]
+      for step in generate_tokens(self.model, src, max_len=max_len, **rules):
         ids.append(int(step[0]))
         (now,) = self.tokenizer.decode([ids])
         if now.startswith(said) and len(now) > len(said):   # a piece may only show once the next one is decoded

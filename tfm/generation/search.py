@@ -78,17 +78,17 @@ def _greedy_tokens(session: Session, s: GenerationSettings):
     ended |= ids == eos
     if ended.all(): return
 
-def _host_greedy(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _host_steps(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None):
   """Greedy decoding or sampling with rules that depend on each row's tokens: the device computes the logits, the
   host applies the rules to them (then the device's own rules, in Hugging Face's order) and picks or draws the token.
-  A token's log-prob is taken as the device's greedy step takes it: its ruled logit minus the raw logits' logsumexp."""
+  Yields each step's (tokens (B,), their log-probs (B,)), pad and 0 for rows that have ended, until all have. A
+  token's log-prob is taken as the device's greedy step takes it: its ruled logit minus the raw logits' logsumexp."""
   c = session.model.config
   n, eos, pad = session.rows, c.eos_id, c.pad_id
   rule_at, bias = rule_arrays(s, c)
   rng = np.random.default_rng(s.seed)
   history = np.full((n, 1), s.start_id, np.int32)
-  ids, logprobs = np.full((n, s.max_len), pad, np.int32), np.zeros((n, s.max_len), np.float32)
-  ended, steps, t = np.zeros(n, bool), None, 0
+  ended, steps = np.zeros(n, bool), None
   for t in range(s.max_len):
     steps = steps_at(session, t, steps)
     upload(session.feed, np.stack([history[:, -1], np.arange(n)]))
@@ -101,13 +101,18 @@ def _host_greedy(session: Session, s: GenerationSettings, prefixes: list[list[in
     chosen = rules.sample(x, s, rng) if s.sample else x.argmax(1).astype(np.int32)
     top = raw.max(1)
     lse = top + np.log(np.exp(raw - top[:, None]).sum(1, dtype=np.float32))
-    lp = np.float32(0) if rule_at[t] == 2 else x[np.arange(n), chosen] - lse
-    ids[:, t], logprobs[:, t] = np.where(ended, pad, chosen), np.where(ended, np.float32(0), lp)
+    lp = np.full(n, np.float32(0)) if rule_at[t] == 2 else x[np.arange(n), chosen] - lse
+    tokens, lp = np.where(ended, pad, chosen).astype(np.int32), np.where(ended, np.float32(0), lp).astype(np.float32)
+    yield tokens, lp
     ended |= chosen == eos
-    history = np.concatenate([history, ids[:, t:t + 1]], 1)
-    if ended.all(): break
-  ids, logprobs = ids[:, :t + 1], logprobs[:, :t + 1]
-  return ids, logprobs.sum(1, dtype=np.float32), lengths_to_eos(ids, eos)
+    history = np.concatenate([history, tokens[:, None]], 1)
+    if ended.all(): return
+
+def _host_greedy(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """_host_steps' tokens as greedy_search returns them: ids, summed log-probs, lengths."""
+  tokens, logprobs = zip(*_host_steps(session, s, prefixes))
+  ids = np.stack(tokens, 1)
+  return ids, np.stack(logprobs, 1).sum(1, dtype=np.float32), lengths_to_eos(ids, session.model.config.eos_id)
 
 def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Beam search: the device computes each step's log-probs, the host keeps the hypotheses, in float32 sums and
@@ -194,10 +199,9 @@ def _prefixes(model: Transformer, target_prefix: Any, rows: int, max_len: int) -
     if bad: raise InputError(f"target_prefix {i} has token id {bad[0]}, out of range for vocab_size={model.config.vocab_size}")
   return prefixes if any(prefixes) else None
 
-def _search(model: Transformer, src_ids: Any, method: str, return_scores: bool, bad_words: Any = None,
-            target_prefix: Any = None, **given: Any):
-  """Check the inputs, encode, then decode with `method`: "greedy", "beam", or "auto" (greedy for one beam)."""
-  src, lengths = sources(model, src_ids)
+def _settings(model: Transformer, src: np.ndarray, lengths: np.ndarray, bad_words: Any, target_prefix: Any,
+              **given: Any) -> tuple[GenerationSettings, list[list[int]] | None]:
+  """The resolved settings (single-token bad words joined to suppress_ids) and the checked target prefixes."""
   words = None if bad_words is None else [tuple(int(i) for i in w) for w in bad_words]
   if words is not None:
     if any(len(w) == 0 for w in words): raise InputError("bad_words has an empty sequence: give each as one or more token ids")
@@ -205,7 +209,13 @@ def _search(model: Transformer, src_ids: Any, method: str, return_scores: bool, 
   s = resolve_settings(model, lengths, **given)
   if words: s = check(dataclasses.replace(s, suppress_ids=tuple(sorted(set(s.suppress_ids) | {w[0] for w in words if len(w) == 1}))),
                       model.config)
-  prefixes = _prefixes(model, target_prefix, src.shape[0], s.max_len)
+  return s, _prefixes(model, target_prefix, src.shape[0], s.max_len)
+
+def _search(model: Transformer, src_ids: Any, method: str, return_scores: bool, bad_words: Any = None,
+            target_prefix: Any = None, **given: Any):
+  """Check the inputs, encode, then decode with `method`: "greedy", "beam", or "auto" (greedy for one beam)."""
+  src, lengths = sources(model, src_ids)
+  s, prefixes = _settings(model, src, lengths, bad_words, target_prefix, **given)
   greedy = method == "greedy" or (method == "auto" and s.beam_size == 1)
   if greedy: s = dataclasses.replace(s, beam_size=1, num_return=1)
   session = encoded(model, src, s)
@@ -216,14 +226,19 @@ def _search(model: Transformer, src_ids: Any, method: str, return_scores: bool, 
   ids = np.ascontiguousarray(ids[:, :int(lengths.max())])
   return (ids, scores.astype(np.float32)) if return_scores else ids
 
-def generate_tokens(model: Transformer, src_ids: Any, max_len: int | None = None, min_len: int | None = None):
-  """Greedy decoding of a batch (B, S) that yields each step's tokens as soon as they are decoded: (B,) int32 ids per
-  step, the same ids `greedy_search` returns column by column (pad once a row has ended, eos included where it ends).
-  For streaming a translation as it is produced; each step waits for the device, so it is slower than greedy_search
-  where the device is not host memory."""
+def generate_tokens(model: Transformer, src_ids: Any, max_len: int | None = None, min_len: int | None = None, **rules_given: Any):
+  """Greedy decoding (or sampling) of a batch (B, S) that yields each step's tokens as soon as they are decoded:
+  (B,) int32 ids per step, the same ids `generate` returns column by column for beam_size 1 (pad once a row has
+  ended, eos included where it ends). Keyword arguments: generate's decoding rules (repetition_penalty,
+  no_repeat_ngram_size, bad_words, target_prefix, sample, temperature, top_k, top_p, seed). For streaming a
+  translation as it is produced; each step waits for the device, so it is slower than generate."""
   src, lengths = sources(model, src_ids)
-  s = dataclasses.replace(resolve_settings(model, lengths, max_len=max_len, min_len=min_len), beam_size=1, num_return=1)
-  yield from _greedy_tokens(encoded(model, src, s), s)
+  bad_words, target_prefix = rules_given.pop("bad_words", None), rules_given.pop("target_prefix", None)
+  s, prefixes = _settings(model, src, lengths, bad_words, target_prefix, max_len=max_len, min_len=min_len, **rules_given)
+  s = dataclasses.replace(s, beam_size=1, num_return=1)
+  session = encoded(model, src, s)
+  if rules.active(s) or prefixes: yield from (tokens for tokens, _ in _host_steps(session, s, prefixes))
+  else: yield from _greedy_tokens(session, s)
 
 def incremental_logprobs(model: Transformer, src_ids: Any, tgt_ids: Any) -> np.ndarray:
   """Teacher forcing through the KV-cache decode step: log-probs (B, T, vocab_size) of the token after each target

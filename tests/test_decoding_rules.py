@@ -122,3 +122,17 @@ def test_the_command_line_takes_a_prefix_and_seeded_sampling(capsys):
   assert "--prefix '!'" in capsys.readouterr().err
   assert cli.main(["translate", "--device", "CPU", "--stream", "--prefix", "1976", "3rd of March, 2021"]) == 0
   assert capsys.readouterr().out == "1976-03-03\n"
+
+
+def test_a_marian_prefix_is_read_with_the_target_vocabulary():
+  tr = tfm.Translator.load(FIXTURES / "marian_tiny", device="CPU")
+  ids = tr.tokenizer.encode_target(["die"])[0]
+  assert ids == [tr.tokenizer.vocab[p] for p in tr.tokenizer.target.encode("die", out_type=str)] and tr.tokenizer.unk_id not in ids
+  (text,) = tr.translate(["Hello world"], max_len=8, target_prefix=["die"])
+  assert text.startswith("die") and not tr.translate(["Hello world"], max_len=8)[0].startswith("die")
+
+
+def test_rules_that_leave_no_token_and_sampling_knobs_without_sampling_are_refused(marian):
+  with pytest.raises(InputError, match="the decoding rules leave no token for row 0 at output position 0"):
+    tfm.generate(marian, SRC, max_len=4, min_len=1, no_repeat_ngram_size=1, bad_words=[[i] for i in range(1, 64)])
+  with pytest.raises(InputError, match="shape sampling: pass sample=True"): tfm.generate(marian, SRC, top_k=5)

@@ -297,3 +297,10 @@ def test_stop_answers_every_accepted_request_and_accepts_no_more(translator, alo
     stopping.join(TIMEOUT)
     assert not stopping.is_alive() and s.batcher.state == "stopped"
     assert [f.result()[:2] for f in accepted] == [(200, {"translatedText": alone[t]}) for t in TEXTS[:3]]
+
+
+@pytest.mark.parametrize("field, value", [("timeout", float("inf")), ("batch_wait_ms", float("inf")), ("timeout", 1e10)])
+def test_waits_too_long_for_threading_are_refused_by_name(field, value):
+  from tfm.errors import ConfigError
+  from tfm.serve.protocol import Options
+  with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')} must be"): Options(**{field: value}).check()

@@ -231,3 +231,21 @@ def test_a_checkpoint_of_another_model_is_refused_by_name(learned):
     trainer.restore_optimizer({k: v for k, v in state.items() if k != "v.3"})
   with pytest.raises(WeightsError, match=r"optimizer state m.0 is of shape \(1, \d+\)"):
     trainer.restore_optimizer({**state, "m.0": state["m.0"].reshape(1, -1)})
+
+
+def test_evaluating_a_vision_model_on_a_text_task_says_so(capsys):
+  assert cli.main(["train", "--evaluate", str(ASSETS / "digits.safetensors"), "--task", "dates", "--device", "CPU"]) == 2
+  assert "holds a VisionTransformer, not a text model; evaluate it with --task digits" in capsys.readouterr().err
+
+
+def test_a_checkpoint_loaded_after_training_steps_is_what_the_next_steps_train(learned, tmp_path):
+  trainer, _ = learned
+  trainer.out = str(tmp_path)
+  saved = trainer.save_checkpoint()
+  before = _weights(trainer)
+  for _ in range(2): trainer.train_step()   # the weights move on from the checkpoint ...
+  trainer.load_checkpoint(saved)           # ... and come back: new buffers, which the next step must train
+  loaded = _weights(trainer)
+  for name, value in before.items(): np.testing.assert_array_equal(loaded[name], value, err_msg=name)
+  trainer.train_step()
+  assert any(not np.array_equal(value, before[name]) for name, value in _weights(trainer).items())

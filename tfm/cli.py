@@ -201,7 +201,8 @@ def add_train(sub) -> None:
   p.add_argument("--config", default=None, metavar="tiny|small|base|PATH.json",
                  help="model sizes: a preset or a JSON file of TransformerConfig fields; vocab_size and the special "
                       "ids come from the task (default: small)")
-  p.add_argument("--steps", type=int, default=None, help="total optimizer steps, counted from the start of the run (default: 1000)")
+  p.add_argument("--steps", type=int, default=None,
+                 help="total optimizer steps, counted from the start of the run (default: 1000; 3000 for --task digits)")
   p.add_argument("--batch-size", type=int, default=None, help="examples per step (default: 64)")
   p.add_argument("--device", default="auto", help="backend to train on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
   p.add_argument("--out", default=None, help="folder for checkpoints and the trained model (model.safetensors, vocab.json)")
@@ -209,8 +210,9 @@ def add_train(sub) -> None:
   p.add_argument("--seed", type=int, default=None, help="seed of the weights, dropout and batches (default: 0)")
   p.add_argument("--eval-every", type=int, default=None, help="steps between held-out evaluations (default: 500)")
   p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default: 500)")
-  p.add_argument("--warmup", type=int, default=None, help="warmup steps of the learning-rate schedule (default: 400)")
-  p.add_argument("--lr-scale", type=float, default=None, help="factor on the paper's learning-rate schedule (default: 1.0)")
+  p.add_argument("--warmup", type=int, default=None, help="warmup steps of the learning-rate schedule (default: 400; 200 for --task digits)")
+  p.add_argument("--lr-scale", type=float, default=None, help="factor on the paper's learning-rate schedule (default: 1.0); "
+                 "for --task digits, on AdamW's peak rate 2e-3 (linear warmup, cosine decay)")
   p.add_argument("--eval-size", type=int, default=None, help="held-out examples per evaluation (default: 200 while training, 2000 with --evaluate)")
   p.add_argument("--evaluate", default=None, metavar="MODEL",
                  help="do not train: greedy-decode --eval-size held-out examples of --task with this saved model and "

@@ -56,7 +56,7 @@ def cmd_translate(args) -> int:
                                       max_len=args.max_len, num_hypotheses=args.n_best, max_batch_size=args.batch_size,
                                       batch_type=args.batch_type, prefix=args.prefix, **rules)
   textfiles.report_skipped(results, sys.stderr)
-  textfiles.write_results(results, args.output, as_json=args.json, with_scores=args.scores)
+  textfiles.write_results(results, args.output, as_json=args.json, with_scores=args.scores, n_best=args.n_best)
   return 0
 
 

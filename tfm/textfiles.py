@@ -50,7 +50,9 @@ def translate_lines(translator: Translator, lines: list[str], skip_bad: bool = F
   translation is forced to. `options` go to Translator.translate (beam_size, max_len, num_hypotheses, max_batch_size,
   batch_type, and the decoding rules); options left None are left out."""
   options = {k: v for k, v in options.items() if v is not None}
-  if prefix is not None and (why := translator.problems([prefix])): raise InputError(f"--prefix {prefix!r}: {why[0]}")
+  if prefix is not None:
+    try: translator.prefix_ids(prefix, 0)
+    except InputError as e: raise InputError(f"--prefix {prefix!r}: {str(e).removeprefix('target_prefix[0]: ')}") from None
   results = [Result(line) for line in lines]
   todo = [i for i, line in enumerate(lines) if line.strip()]
   problems = {todo[j]: why for j, why in translator.problems([lines[i] for i in todo]).items()}
@@ -73,7 +75,7 @@ def translate_lines(translator: Translator, lines: list[str], skip_bad: bool = F
   return results
 
 
-def format_result(result: Result, line: int, as_json: bool, with_scores: bool) -> str:
+def format_result(result: Result, line: int, as_json: bool, with_scores: bool, n_best: int = 1) -> str:
   """The output for one input line: one JSON object, or one text line per translation (blank for a blank or skipped
   line), with its score before it when asked."""
   if as_json:
@@ -84,13 +86,14 @@ def format_result(result: Result, line: int, as_json: bool, with_scores: bool) -
       if len(result.translations) > 1: obj["n_best"] = [{"translation": t, "score": s} for t, s in zip(result.translations, result.scores)]
     else: obj["translation"] = ""
     return json.dumps(obj, ensure_ascii=False)
-  if not result.translations: return ""
+  if not result.translations: return "\n".join([""] * n_best)   # a blank or skipped line: as many lines as the others
   return "\n".join(f"{s:.4f}\t{t}" if with_scores else t for t, s in zip(result.translations, result.scores))
 
 
-def write_results(results: list[Result], path: str | None, as_json: bool = False, with_scores: bool = False) -> None:
+def write_results(results: list[Result], path: str | None, as_json: bool = False, with_scores: bool = False,
+                  n_best: int = 1) -> None:
   """All results, in order, to path (atomically: the file appears whole or not at all) or to standard output."""
-  text = "".join(format_result(r, i + 1, as_json, with_scores) + "\n" for i, r in enumerate(results))
+  text = "".join(format_result(r, i + 1, as_json, with_scores, n_best) + "\n" for i, r in enumerate(results))
   if path is None or path == "-":
     sys.stdout.write(text)
     return

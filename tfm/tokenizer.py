@@ -46,6 +46,10 @@ class CharTokenizer:
       out.append([self.index[c] for c in text] + [self.eos_id])
     return out
 
+  def encode_target(self, texts: Sequence[str]) -> list[list[int]]:
+    """Each text -> its character ids without eos: the start of a translation (one vocabulary for both sides)."""
+    return [row[:-1] for row in self.encode(texts)]
+
   def decode(self, ids: Iterable[Iterable[int]]) -> list[str]:
     """Each id sequence -> text: stops at the first eos, drops pad and bos."""
     out = []
@@ -128,6 +132,11 @@ class MarianTokenizer:
 
   @property
   def vocab_size(self) -> int: return len(self.vocab)
+
+  def encode_target(self, texts: Sequence[str]) -> list[list[int]]:
+    """Each text -> the vocab.json ids of its target.spm pieces, without eos: the start of a translation."""
+    if isinstance(texts, str): raise InputError("encode_target takes a list of strings; wrap a single text as [text]")
+    return [[self.vocab.get(piece, self.unk_id) for piece in self.target.encode(text, out_type=str)] for text in texts]
 
   def encode(self, texts: Sequence[str]) -> list[list[int]]:
     """Each text -> the vocab.json ids of its source.spm pieces, then eos."""

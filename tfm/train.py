@@ -1,6 +1,7 @@
 """Training (paper section 5): teacher forcing, label smoothing, the warmup schedule, Adam, checkpoints that resume exactly.
 
-One jitted step does forward, backward and the Adam update; the loss it reports is the one before the update.
+One compiled step (tfm.train_step, kept in the compiled-program cache) does forward, backward and the Adam update;
+the loss it reports is the one before the update.
 A run in `out/` keeps its checkpoints in `out/step-NNNNNNNN/` (model, optimizer, step, every RNG) with `out/latest`
 naming the newest, and leaves the trained model in `out/model.safetensors` with its vocabulary in `out/vocab.json`.
 
@@ -62,7 +63,7 @@ def noam_lr(step: int, d_model: int, warmup: int, scale: float = 1.0) -> float:
 def encode_batch(tokenizer: CharTokenizer, pairs: list[tuple[str, str]], src_len: int, tgt_len: int) -> tuple[np.ndarray, ...]:
   """(source, target) texts -> padded src (B, src_len), decoder input bos + target (B, tgt_len), labels target + eos.
 
-  Fixed widths keep every batch the same shape, so the jitted step replays instead of recompiling.
+  Fixed widths keep every batch the same shape: the one the compiled train step was built for.
   """
   src = np.full((len(pairs), src_len), tokenizer.pad_id, np.int32)
   tgt_in, labels = src[:, :tgt_len].copy(), src[:, :tgt_len].copy()
@@ -101,6 +102,8 @@ def evaluate_file(path: str | os.PathLike, task: str = "dates", n: int = 2000, s
                   device: str | None = None) -> dict[str, float]:
   """Greedy exact match and token accuracy of a saved model on n held-out examples of its task (the task's vocabulary)."""
   model, tokenizer = weights.load(path, device=device), get_task(task).tokenizer
+  if not isinstance(model, Transformer):
+    raise ConfigError(f"{os.fspath(path)} holds a {type(model).__name__}, not a text model; evaluate it with --task digits")
   if model.config.vocab_size != tokenizer.vocab_size:
     raise ConfigError(f"{os.fspath(path)} has vocab_size={model.config.vocab_size}, the {task} task's vocabulary has "
                       f"{tokenizer.vocab_size}: was it trained on another task?")
@@ -156,10 +159,20 @@ class Trainer:
     self.opt = FlatAdam(self.params, lr=0.0, b1=0.9, b2=0.98, eps=1e-9, clip_norm=self.options.clip_norm)
     self.step = self.tokens = 0
     self.losses: list[float] = []  # the loss of every step so far, before that step's update
-    widths = (self.src_len, self.tgt_len, self.tgt_len)
-    self._compiled_step = TrainStep(self.model, self.opt, self.options.label_smoothing,
-                                    tuple((self.options.batch_size, w) for w in widths))
+    self._compiled_step = self._new_step()
     self.eval_pairs = self.task.examples(self.options.eval_size, "test", seed=0)
+
+  def _new_step(self) -> TrainStep:
+    """The compiled train step over the model's current buffers (looked up in the compiled-program cache)."""
+    widths = (self.src_len, self.tgt_len, self.tgt_len)
+    return TrainStep(self.model, self.opt, self.options.label_smoothing, tuple((self.options.batch_size, w) for w in widths))
+
+  def _rng_tables(self) -> tuple[dict, dict]:
+    """tinygrad's RNG seeds and counters per device, the model's device's as this trainer's step reads them (another
+    trainer's Tensor.manual_seed may have replaced tinygrad's own since)."""
+    seeds, counters = dict(Tensor._device_seeds), dict(Tensor._device_rng_counters)
+    if (own := self._compiled_step.rng) is not None: seeds[self.model.device], counters[self.model.device] = own
+    return seeds, counters
 
   def loss(self, src: Tensor, tgt_in: Tensor, labels: Tensor) -> Tensor:
     """The training loss of this trainer's model on a batch (dropout only under Context(TRAINING=1))."""
@@ -188,10 +201,9 @@ class Trainer:
   # --- checkpoints ---
 
   def state_metadata(self) -> dict[str, str]:
-    rng = {"seed": Tensor._seed,
-           "device_seeds": {d: t.numpy().tolist() for d, t in Tensor._device_seeds.items()},
-           "device_counters": {d: t.numpy().tolist() for d, t in Tensor._device_rng_counters.items()},
-           "batches": self.rng.bit_generator.state}
+    seeds, counters = self._rng_tables()
+    rng = {"seed": Tensor._seed, "device_seeds": {d: t.numpy().tolist() for d, t in seeds.items()},
+           "device_counters": {d: t.numpy().tolist() for d, t in counters.items()}, "batches": self.rng.bit_generator.state}
     return {"step": str(self.step), "task": self.task.name, "options": json.dumps(dataclasses.asdict(self.options)),
             "rng": json.dumps(rng), "losses": json.dumps(self.losses)}
 
@@ -246,13 +258,15 @@ class Trainer:
     if meta.get("task") != self.task.name:
       raise ConfigError(f"checkpoint {path} trains task {meta.get('task')!r}, not {self.task.name!r}; resume with --task {meta.get('task')}")
     weights.load_into(self.model, os.path.join(path, "model.safetensors"))
+    self._compiled_step = self._new_step()   # the weights are new buffers: a step over them
     self.restore_optimizer(load_file(opt_path))
     self.step, self.losses = int(meta["step"]), json.loads(meta["losses"])
     rng = json.loads(meta["rng"])
     Tensor._seed = rng["seed"]
-    for table, saved in ((Tensor._device_seeds, rng["device_seeds"]), (Tensor._device_rng_counters, rng["device_counters"])):
+    for table, own, saved in zip((Tensor._device_seeds, Tensor._device_rng_counters), self._rng_tables(),
+                                 (rng["device_seeds"], rng["device_counters"])):
       for d, v in saved.items():   # into the buffers the compiled step reads, where they exist
-        if d in table: upload(table[d], np.array(v, np.uint32))
+        if d in own: upload(own[d], np.array(v, np.uint32))
         else: table[d] = to_device(np.array(v, np.uint32), d)
     self.rng.bit_generator.state = rng["batches"]
 

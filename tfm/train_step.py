@@ -78,6 +78,8 @@ class TrainStep:
     self.batch = [filled(shape, dtypes.int32, dev, c.pad_id) for shape in shapes]
     self.loss_out = filled((1,), dtypes.float32, dev)
     if c.dropout > 0: rng_state(dev)   # made before the capture, which must hold kernels only
+    # the RNG buffers the step reads (tinygrad's, until a Tensor.manual_seed replaces its tables), or None
+    self.rng = (Tensor._device_seeds[dev], Tensor._device_rng_counters[dev]) if dev in Tensor._device_seeds else None
     key = {"step": "train", "config": c.to_dict(), "dtype": str(model.generator.weight.dtype), "device": dev,
            "tuned": tuned_entry(model.target or dev), "batch": [list(s) for s in shapes], "label_smoothing": label_smoothing,
            "adam": {"b1": opt.b1, "b2": opt.b2, "eps": opt.eps, "clip_norm": opt.clip_norm, "dtype": str(opt.param_dtype)}}
@@ -85,12 +87,12 @@ class TrainStep:
 
   def named(self) -> dict[str, Tensor]:
     """Every buffer the step reads or writes, under a name that is the same in every process."""
-    opt, dev = self.opt, self.model.device
+    opt = self.opt
     out = {f"weight:{name}": t for name, t in get_state_dict(self.model).items()}
     out["positions"] = self.model.positions.table()
     out.update({"adam.m": opt.m[0], "adam.v": opt.v[0], "adam.b1_t": opt.b1_t, "adam.b2_t": opt.b2_t, "adam.lr": opt.lr,
                 "batch.src": self.batch[0], "batch.tgt_in": self.batch[1], "batch.labels": self.batch[2], "loss": self.loss_out})
-    if dev in Tensor._device_seeds: out.update({"rng.seeds": Tensor._device_seeds[dev], "rng.counter": Tensor._device_rng_counters[dev]})
+    if self.rng is not None: out.update({"rng.seeds": self.rng[0], "rng.counter": self.rng[1]})
     return out
 
   def _step(self) -> None:
@@ -100,7 +102,7 @@ class TrainStep:
       value = loss(self.model, src, tgt_in, labels, self.label_smoothing)
       value.backward()
       # the loss is realized with the update, so it is the loss of the weights the batch saw
-      Tensor.realize(self.loss_out.assign(value.reshape(1)), *self.opt.schedule_step())
+      Tensor.realize(self.loss_out.assign(value.reshape(1).float()), *self.opt.schedule_step())
 
   def __call__(self, src: np.ndarray, tgt_in: np.ndarray, labels: np.ndarray) -> float:
     for buffer, array in zip(self.batch, (src, tgt_in, labels), strict=True):

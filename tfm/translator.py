@@ -15,7 +15,7 @@ import numpy as np
 
 from tfm import batching
 from tfm.errors import InputError, WeightsError
-from tfm.generation import generate, lengths_to_eos
+from tfm.generation import generate, lengths_to_eos, resolve_settings
 from tfm.model import Transformer, resolve_device
 from tfm.weights import copy_to
 
@@ -96,7 +96,7 @@ class Translator:
     attentions = None
     with LOCK:
       ids = self._encode(texts)
-      prefixes = None if target_prefix is None else [[] if p is None else self.tokenizer.encode([p])[0][:-1] for p in target_prefix]
+      prefixes = None if target_prefix is None else [self.prefix_ids(p, i) for i, p in enumerate(target_prefix)]
       lengths = [len(row) for row in ids]
       one_batch = len(ids) <= max_batch_size if batch_type == "examples" else len(ids) * max(lengths) <= max_batch_size
       batches = [list(range(len(ids)))] if one_batch else batching.plan(lengths, max_batch_size, batch_type)
@@ -120,6 +120,16 @@ class Translator:
     if num_hypotheses == 1: out, scores = [o[0] for o in out], [s[0] for s in scores]
     return out, scores, attentions
 
+  def prefix_ids(self, prefix: str | None, i: int) -> list[int]:
+    """target_prefix[i] as the ids of the target vocabulary, [] for None."""
+    if prefix is None: return []
+    if not isinstance(prefix, str): raise InputError(f"target_prefix[{i}] is {type(prefix).__name__}, not str (or None)")
+    encode = getattr(self.tokenizer, "encode_target", None)
+    try:
+      return encode([prefix])[0] if encode is not None else self.tokenizer.encode([prefix])[0][:-1]
+    except InputError as e:
+      raise InputError(f"target_prefix[{i}]: {str(e).removeprefix('text 0 ')}") from None
+
   def _encode(self, texts: list[str]) -> list[list[int]]:
     """The texts' ids (eos included), each at most the model's max_len tokens; the caller holds LOCK."""
     ids = self.tokenizer.encode(texts)
@@ -133,8 +143,9 @@ class Translator:
     """One batch: per row, its n translations and their scores; the caller holds LOCK."""
     src = np.full((len(ids), max(map(len, ids))), self.model.config.pad_id, np.int32)
     for i, row in enumerate(ids): src[i, :len(row)] = row
-    if n > 1 and (beam_size or 1) < n:
-      raise InputError(f"num_hypotheses={n} needs beam_size >= {n} (got {beam_size}): beam search keeps beam_size hypotheses")
+    beams = beam_size or resolve_settings(self.model, np.array([1])).beam_size   # None: the model's own setting
+    if n > 1 and beams < n:
+      raise InputError(f"num_hypotheses={n} needs beam_size >= {n} (got {beams}): beam search keeps beam_size hypotheses")
     out, scores = generate(self.model, src, max_len=max_len, beam_size=beam_size, num_return=n if n > 1 else None,
                            return_scores=True, **rules)
     decoded = self.tokenizer.decode(out.tolist())
@@ -160,13 +171,14 @@ class Translator:
   def stream(self, text: str, max_len: int | None = None, target_prefix: str | None = None, **rules: Any):
     """Translate one text greedily (or by sampling: the keyword arguments are tfm.generate's decoding rules), yielding
     the translation piece by piece as its tokens are decoded (joined, the pieces are what translate([text],
-    beam_size=1, target_prefix=[target_prefix], **rules) returns)."""
+    beam_size=1, target_prefix=[target_prefix], **rules) returns). The translation holds the module's LOCK until
+    the generator is exhausted or closed: iterate it to the end (or close it) before translating elsewhere."""
     from tfm.generation import generate_tokens
     if not isinstance(text, str): raise InputError(f"stream takes one text (str), got {type(text).__name__}")
     with LOCK:
       src = np.array(self._encode([text]), np.int32)
       ids, said = [], ""
-      if target_prefix is not None: rules["target_prefix"] = [self.tokenizer.encode([target_prefix])[0][:-1]]
+      if target_prefix is not None: rules["target_prefix"] = [self.prefix_ids(target_prefix, 0)]
       for step in generate_tokens(self.model, src, max_len=max_len, **rules):
         ids.append(int(step[0]))
         (now,) = self.tokenizer.decode([ids])

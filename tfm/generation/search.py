@@ -98,6 +98,9 @@ def _host_steps(session: Session, s: GenerationSettings, prefixes: list[list[int
     if rule_at[t] == 1: x[:, eos] = -np.inf
     if rule_at[t] == 2: x = np.broadcast_to(bias[1], x.shape).copy()
     x = rules.force_prefix(x, t, prefixes)
+    if (stuck := ~ended & np.isneginf(x).all(1)).any():
+      raise InputError(f"the decoding rules leave no token for row {int(np.argmax(stuck))} at output position {t} (every "
+                       f"one is banned by no_repeat_ngram_size, bad_words, suppress_ids or min_len together); loosen them")
     chosen = rules.sample(x, s, rng) if s.sample else x.argmax(1).astype(np.int32)
     top = raw.max(1)
     lse = top + np.log(np.exp(raw - top[:, None]).sum(1, dtype=np.float32))

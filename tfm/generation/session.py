@@ -212,6 +212,7 @@ def prepare(model: Transformer, batch_sizes: tuple[int, ...] = (1,), beam_sizes:
   cache (tfm.cache), so later processes start without compiling. Returns the number of steps prepared."""
   from tinygrad.helpers import tqdm
 
+  from tfm.generation.rules import active as host_rules
   from tfm.generation.settings import resolve_settings
   c = model.config
   lengths = source_lengths or range(1, min(max_src_len or 64, c.max_len) + 1)
@@ -227,7 +228,8 @@ def prepare(model: Transformer, batch_sizes: tuple[int, ...] = (1,), beam_sizes:
     prepared += 1
     for length in cache_lengths(c):
       steps = session.steps_for(length)
-      (steps.greedy if beam == 1 else steps.beam)(0)   # its first call compiles it (or loads it from the cache)
+      # its first call compiles it (or loads it from the cache); greedy under host-side rules runs the logits step
+      (steps.beam if beam > 1 else steps.logits if host_rules(s) else steps.greedy)(0)
       prepared += 1
       if length >= s.max_len: break
   return prepared

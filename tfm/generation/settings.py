@@ -112,6 +112,9 @@ def check(s: GenerationSettings, config) -> GenerationSettings:
   if not is_int(s.top_k) or s.top_k < 0: raise InputError(f"top_k={s.top_k!r} must be an integer >= 0 (0: no cut)")
   if not isinstance(s.top_p, (int, float)) or not 0 < s.top_p <= 1:
     raise InputError(f"top_p={s.top_p!r} must be in (0, 1] (1.0: no nucleus cut)")
+  if not s.sample and (s.temperature != 1.0 or s.top_k or s.top_p != 1.0):
+    raise InputError(f"temperature={s.temperature}, top_k={s.top_k}, top_p={s.top_p} shape sampling: pass sample=True "
+                     f"(--sample) to sample, or leave them out for greedy or beam search")
   if s.sample and s.beam_size > 1:
     raise InputError(f"sampling draws one hypothesis per source: use beam_size=1 (got {s.beam_size}), or beam search without sample")
   if s.seed is not None and not is_int(s.seed): raise InputError(f"seed={s.seed!r} must be an integer")

@@ -45,10 +45,11 @@ class Options:
     for name in ("max_batch", "max_queue", "max_body", "max_texts"):
       value = getattr(self, name)
       if not _is_int(value) or value < 1: raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-    if not _is_number(self.timeout) or not self.timeout > 0:
-      raise ConfigError(f"--timeout must be a positive number of seconds, got {self.timeout!r}")
-    if not _is_number(self.batch_wait_ms) or not self.batch_wait_ms >= 0:
-      raise ConfigError(f"--batch-wait-ms must be a number >= 0, got {self.batch_wait_ms!r}")
+    # finite and within what threading's waits take (they raise OverflowError past TIMEOUT_MAX)
+    if not _is_number(self.timeout) or not 0 < self.timeout <= 86400:
+      raise ConfigError(f"--timeout must be a positive number of seconds, at most 86400 (a day), got {self.timeout!r}")
+    if not _is_number(self.batch_wait_ms) or not 0 <= self.batch_wait_ms <= 86_400_000:
+      raise ConfigError(f"--batch-wait-ms must be a number of milliseconds in [0, 86400000] (a day), got {self.batch_wait_ms!r}")
     if self.max_texts > self.max_queue:
       raise ConfigError(f"--max-texts {self.max_texts} exceeds --max-queue {self.max_queue}: a request that large could never "
                         f"be queued; lower --max-texts or raise --max-queue")

@@ -144,7 +144,9 @@ class Server:
     self._http_thread.start()
     if wait:
       self.batcher.wait_ready()
-      if self.batcher.state == "failed": raise self.batcher.error
+      if self.batcher.state == "failed":
+        self.stop()   # the port and the HTTP thread are released before the error goes up
+        raise self.batcher.error
     return self
 
   def stop(self) -> None:

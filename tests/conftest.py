@@ -12,7 +12,7 @@ from tinygrad.nn.state import get_state_dict
 
 import tfm
 from tfm import weights
-from tfm.compare import random_arrays
+from tfm.subjects import random_arrays
 
 DEVICE = "CPU"
 

@@ -13,7 +13,7 @@ from tinygrad import Tensor
 import backends
 from backends import compare as bc
 from backends.kernels import nvrtc_path
-from tfm import compare
+from tfm import compare, subjects
 from tfm.cli import main
 
 X = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
@@ -137,13 +137,13 @@ def test_tolerances_live_in_one_place():
 
 
 def test_the_float16_oracle_uses_the_weights_rounded_as_the_backend_holds_them():
-  s = compare.tiny_subject(seed=1)
+  s = subjects.tiny_subject(seed=1)
   exact, rounded = compare.oracle(s)["logits"], compare.oracle(s, "float16")["logits"]
   assert 0 < np.abs(exact - rounded).max() < compare.TOLERANCE["float16"]
 
 
 def test_random_weights_make_every_bias_and_gain_count():
-  arrays = compare.tiny_subject(seed=0).arrays
+  arrays = subjects.tiny_subject(seed=0).arrays
   gains = [v for k, v in arrays.items() if "layer_norm" in k and k.endswith(".weight")]
   biases = [v for k, v in arrays.items() if k.endswith(".bias") and "layer_norm" not in k]
   assert gains and biases and all(np.abs(g - 1).max() > 0.1 for g in gains) and all(np.abs(b).max() > 0.1 for b in biases)

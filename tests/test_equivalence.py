@@ -17,16 +17,16 @@ from tinygrad import Context, Tensor
 
 import backends
 from backends.compare import dtype_unsupported
-from tfm import compare, weights
+from tfm import compare, subjects, weights
 from tfm.compare import TOLERANCE
 from tfm.generation import generate
 from tfm.reference import Reference
 
 GREEDY_LEN = 6   # greedy decoding steps: enough to pass eos-free positions through the KV cache, cheap on the emulator
-TINY = compare.tiny_subject(seed=3, dropout=0.0)
+TINY = subjects.tiny_subject(seed=3, dropout=0.0)
 # the emulator's subject: every kernel kind of the model, at sizes it interprets in seconds
 MICRO = dataclasses.replace(
-  compare.tiny_subject(seed=4, dropout=0.0, d_model=8, n_heads=2, d_ff=16, n_encoder_layers=1, n_decoder_layers=1,
+  subjects.tiny_subject(seed=4, dropout=0.0, d_model=8, n_heads=2, d_ff=16, n_encoder_layers=1, n_decoder_layers=1,
                        vocab_size=12, max_len=8),
   src=np.array([[5, 6, 7, 2], [9, 10, 2, 0]], np.int32), tgt=np.array([[1, 5, 6], [1, 9, 10]], np.int32))
 
@@ -44,7 +44,7 @@ def cache() -> dict:
   return {}
 
 
-def subject_for(name: str) -> compare.Subject: return MICRO if name == "PYTHON" else TINY
+def subject_for(name: str) -> subjects.Subject: return MICRO if name == "PYTHON" else TINY
 
 
 # CPU:X86 (the CPU device with tinygrad's own x86 code generator) compiles slowest and would add about 40% to this
@@ -73,7 +73,7 @@ def model(cache, info, dtype="float32"):
 
 # --- the oracle's side ------------------------------------------------------------------------------------------
 
-def oracle_loss(arrays: dict[str, np.ndarray], subject: compare.Subject) -> float:
+def oracle_loss(arrays: dict[str, np.ndarray], subject: subjects.Subject) -> float:
   """Mean cross-entropy of next-token prediction over the targets, in float64."""
   logits = Reference(arrays, subject.config.to_dict()).logits(subject.src, subject.tgt[:, :-1])
   logits = logits - logits.max(-1, keepdims=True)
@@ -81,7 +81,7 @@ def oracle_loss(arrays: dict[str, np.ndarray], subject: compare.Subject) -> floa
   return float(-np.take_along_axis(logp, subject.tgt[:, 1:, None], -1).mean())
 
 
-def finite_difference(subject: compare.Subject, name: str, index: tuple[int, ...], eps: float = 1e-6) -> float:
+def finite_difference(subject: subjects.Subject, name: str, index: tuple[int, ...], eps: float = 1e-6) -> float:
   """d loss / d weight[index] by central differences on the float64 oracle (error ~1e-9 at this eps)."""
   arrays = {k: v.astype(np.float64) for k, v in subject.arrays.items()}
   base = arrays[name][index]
@@ -91,7 +91,7 @@ def finite_difference(subject: compare.Subject, name: str, index: tuple[int, ...
   return (up - oracle_loss(arrays, subject)) / (2 * eps)
 
 
-def oracle_greedy(subject: compare.Subject, steps: int, arrays: dict[str, np.ndarray] | None = None,
+def oracle_greedy(subject: subjects.Subject, steps: int, arrays: dict[str, np.ndarray] | None = None,
                   margins: list | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Greedy decoding with the oracle: ids (argmax of the last position, finished rows padded, cut to the longest row)
   and scores (mean log-probability of each row's tokens, eos counted), as tfm.generate returns them.
@@ -234,6 +234,6 @@ def test_float16_logits_of_the_bundled_model_match_the_oracle(probed):
   # a trained model's logits are larger than the tiny random model's: float16 holds them only with LayerNorm and the
   # softmax computed in float32 (in float16 throughout, CPU was off by 2.2e-2)
   info = running("CPU", probed)
-  s = compare.load_subject("bundled")
+  s = subjects.load_subject("bundled")
   with backends.use(info): logits = compare.model_on(s, info.name, "float16")(s.src, s.tgt).numpy().astype(np.float64)
   assert np.abs(logits - compare.oracle(s, "float16")["logits"]).max() <= TOLERANCE["float16"]

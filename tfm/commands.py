@@ -18,11 +18,11 @@ def cmd_backends(args) -> int:
 
 
 def cmd_compare(args) -> int:
-  from tfm import compare
-  if args.model is None and not compare.BUNDLED.exists():
-    print(f"tfm compare: the bundled model is not installed ({compare.BUNDLED}); comparing the tiny config with random "
+  from tfm import compare, subjects
+  if args.model is None and not subjects.BUNDLED.exists():
+    print(f"tfm compare: the bundled model is not installed ({subjects.BUNDLED}); comparing the tiny config with random "
           f"weights", file=sys.stderr)
-  report = compare.run(compare.load_subject(args.model), args.backends, args.dtype, args.repeat)
+  report = compare.run(subjects.load_subject(args.model), args.backends, args.dtype, args.repeat)
   print(report.markdown() if args.markdown else report.table())
   if args.json: report.write_json(args.json)
   return 0 if report.ok else 1

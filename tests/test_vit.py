@@ -272,6 +272,8 @@ def test_cli_attention_image_draws_the_rollout_over_the_image(digits, tmp_path, 
   assert att.class_map.shape == (4, 4) and 0 < att.class_map.sum() < 1   # the patches' share; the rest is the class token's
   assert main(["attention", "--image", str(png), "some text", "--out", str(out)]) == 2
   assert "not both" in capsys.readouterr().err
+  assert main(["attention", "--image", str(png), "--layer", "0", "--out", str(out)]) == 2
+  assert "--image draws the rollout over all layers" in capsys.readouterr().err
 
 
 # --- tfm compare --------------------------------------------------------------------------------------------------

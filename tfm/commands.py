@@ -260,6 +260,8 @@ def _image_attention(args) -> int:
   from tfm.classifier import Classifier
   from tfm.image_attention import image_attention, plot
   if args.text is not None: raise TfmError("give a TEXT or --image, not both")
+  if args.layer != -1 or args.beam is not None:   # the rollout runs through every layer, and nothing is decoded
+    raise TfmError("--layer and --beam apply to a translation's cross-attention; --image draws the rollout over all layers")
   classifier = Classifier.bundled(args.device) if args.model == "bundled" else Classifier.load(args.model, args.device)
   att = image_attention(classifier, args.image, resize=args.resize)
   plot(att, args.out)

@@ -90,7 +90,7 @@ class Batcher:
     self._open = 0            # texts accepted and not yet answered
     self._stopping = False
     self._cv = threading.Condition()
-    self._encoding = threading.Lock()   # tokenizers are not documented as thread-safe
+    self._encoding = threading.Lock()   # tokenizers are not documented as thread-safe: encode and decode under it
     self._ready = threading.Event()
     self._thread = threading.Thread(target=self._run, name="tfm-serve-model", daemon=True)
 
@@ -224,7 +224,7 @@ class Batcher:
     for r, row in enumerate(ids): src[r, :len(row)] = row
     src[len(ids):] = src[0]
     with LOCK: out, scores = generate(model, src, beam_size=beam, num_return=n_best, return_scores=True)
-    texts = tokenizer.decode(out[:len(ids) * n_best].tolist())
+    with self._encoding: texts = tokenizer.decode(out[:len(ids) * n_best].tolist())
     with self._cv: self.stats.batches, self.stats.rows = self.stats.batches + 1, self.stats.rows + rows
     return [(texts[r * n_best:(r + 1) * n_best], [float(s) for s in scores[r * n_best:(r + 1) * n_best]]) for r in range(len(ids))]
 

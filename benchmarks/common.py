@@ -73,6 +73,20 @@ def measure(fn: Callable[[], object], reps: int, warmup: int = 1) -> Timing:
   return Timing(first, statistics.median(times), cpu / wall if wall > 0 else 0.0, cpu / len(times))
 
 
+def timed_torch(torch, forward: Callable, threads: int, reps: int, base: dict) -> dict:
+  """One PyTorch eager row: forward() timed with `threads` intra-op threads (restored after), and its output as
+  numpy under "logits" (the cores it kept busy are in "cores")."""
+  default = torch.get_num_threads()
+  torch.set_num_threads(threads)
+  try:
+    load = load_average()
+    timing = measure(forward, reps, warmup=1)
+    logits = forward().numpy()
+  finally: torch.set_num_threads(default)
+  return {**base, "backend": f"torch {threads}T", "mode": "eager", "first_s": timing.first_s, "median_ms": timing.median_s * 1e3,
+          "cpu_ms": timing.cpu_s * 1e3, "cores": timing.cores, "load": load, "logits": logits}
+
+
 def torch_thread_counts(torch) -> list[int]:
   """PyTorch's default thread count, and 1: on a loaded machine its OpenMP threads can wait on each other for longer
   than one thread takes, so both are timed and tfm is compared with the faster."""

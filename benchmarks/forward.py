@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from tinygrad import Device, GlobalCounters, Tensor, TinyJit
 
-from benchmarks.common import (Timing, add_common, config, load_average, measure, print_rows, ratio, torch_or_none,
-                               torch_thread_counts)
+from benchmarks.common import (Timing, add_common, config, load_average, measure, print_rows, ratio, timed_torch,
+                               torch_or_none, torch_thread_counts)
 from tfm.model import Transformer
 from tfm import tune, weights
 from tfm.tune import tuned_settings
@@ -112,13 +112,4 @@ def torch_row(torch, model: Transformer, src: np.ndarray, tgt: np.ndarray, args,
 
   def forward():
     with torch.inference_mode(): return ref(s, t)
-  default = torch.get_num_threads()
-  torch.set_num_threads(threads)
-  try:
-    load = load_average()
-    timing = measure(forward, args.reps, warmup=1)
-    logits = forward().numpy()
-  finally: torch.set_num_threads(default)
-  return {**base, "backend": f"torch {threads}T", "mode": "eager", "first_s": timing.first_s,
-          "median_ms": timing.median_s * 1e3, "cpu_ms": timing.cpu_s * 1e3, "cores": timing.cores, "load": load,
-          "logits": logits}
+  return timed_torch(torch, forward, threads, args.reps, base)

@@ -15,7 +15,7 @@ import tempfile
 import numpy as np
 from tinygrad import Device, Tensor, TinyJit
 
-from benchmarks.common import Timing, load_average, measure, print_rows, ratio, torch_or_none, torch_thread_counts
+from benchmarks.common import Timing, load_average, measure, print_rows, ratio, timed_torch, torch_or_none, torch_thread_counts
 from benchmarks.forward import counted
 from tfm import weights
 from tfm.config import VISION_PRESETS, VisionConfig
@@ -53,15 +53,7 @@ def torch_row(torch, folder: str, pixels: np.ndarray, args, base: dict, threads:
 
   def forward():
     with torch.inference_mode(): return model(pixel_values=x).logits
-  default = torch.get_num_threads()
-  torch.set_num_threads(threads)
-  try:
-    load = load_average()
-    timing = measure(forward, args.reps, warmup=1)
-    logits = forward().numpy()
-  finally: torch.set_num_threads(default)
-  return {**base, "backend": f"torch {threads}T", "mode": "eager", "first_s": timing.first_s, "median_ms": timing.median_s * 1e3,
-          "cpu_ms": timing.cpu_s * 1e3, "cores": timing.cores, "load": load, "logits": logits}
+  return timed_torch(torch, forward, threads, args.reps, base)
 
 
 def run(args) -> list[dict]:

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
 from tinygrad.nn.state import get_state_dict
 
 import tfm
@@ -28,6 +32,21 @@ def randomize(model: tfm.Transformer, seed: int = 0) -> tfm.Transformer:
   weights `tfm compare` uses for the tiny config."""
   weights.assign(weights.unique_state(model), random_arrays(model.config, seed), f"random weights (seed {seed})")
   return model
+
+
+def copied_checkpoint(source: Path, folder: Path, change=None, config_change=None) -> Path:
+  """A Hugging Face checkpoint folder copied to `folder`, its tensors passed through change(arrays) and config.json
+  through config_change(dict): a checkpoint that differs from a committed fixture in one known way."""
+  shutil.copytree(source, folder)
+  if change:
+    with safe_open(folder / "model.safetensors", framework="numpy") as f: arrays = {k: f.get_tensor(k) for k in f.keys()}
+    change(arrays)
+    save_file(arrays, folder / "model.safetensors", metadata={"format": "pt"})
+  if config_change:
+    hf = json.loads((folder / "config.json").read_text())
+    config_change(hf)
+    (folder / "config.json").write_text(json.dumps(hf))
+  return folder
 
 
 def state_numpy(model: tfm.Transformer) -> dict[str, np.ndarray]:

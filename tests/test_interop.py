@@ -7,14 +7,12 @@ Where torch / transformers are installed the same comparisons also run live.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEVICE
+from conftest import DEVICE, copied_checkpoint
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
 import tfm
 from tfm.cli import main
@@ -198,17 +196,7 @@ def test_marian_folder_without_generation_config_json_takes_them_from_config_jso
 
 def marian_copy(tmp_path: Path, change=None, config_change=None) -> Path:
   """The Marian fixture folder copied, with its tensors passed through change(arrays) and config.json through config_change."""
-  folder = tmp_path / "marian"
-  shutil.copytree(MARIAN, folder)
-  if change:
-    with safe_open(folder / "model.safetensors", framework="numpy") as f: arrays = {k: f.get_tensor(k) for k in f.keys()}
-    change(arrays)
-    save_file(arrays, folder / "model.safetensors", metadata={"format": "pt"})
-  if config_change:
-    hf = json.loads((folder / "config.json").read_text())
-    config_change(hf)
-    (folder / "config.json").write_text(json.dumps(hf))
-  return folder
+  return copied_checkpoint(MARIAN, tmp_path / "marian", change, config_change)
 
 
 def test_marian_file_with_every_tied_name_and_the_position_tables_imports_the_same(tmp_path):

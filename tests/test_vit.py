@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEVICE
-from safetensors import safe_open
-from safetensors.numpy import save_file
+from conftest import DEVICE, copied_checkpoint
 from tinygrad import Context
 
 import backends
@@ -94,17 +91,7 @@ def test_the_oracle_agrees_with_transformers_and_tfm(imported, variant):
 
 def vit_copy(tmp_path: Path, change=None, config_change=None, variant: str = "c3") -> Path:
   """A ViT fixture folder copied, its tensors passed through change(arrays) and config.json through config_change."""
-  folder = tmp_path / "vit"
-  shutil.copytree(FIXTURES / f"vit_{variant}", folder)
-  if change:
-    with safe_open(folder / "model.safetensors", framework="numpy") as f: arrays = {k: f.get_tensor(k) for k in f.keys()}
-    change(arrays)
-    save_file(arrays, folder / "model.safetensors", metadata={"format": "pt"})
-  if config_change:
-    hf = json.loads((folder / "config.json").read_text())
-    config_change(hf)
-    (folder / "config.json").write_text(json.dumps(hf))
-  return folder
+  return copied_checkpoint(FIXTURES / f"vit_{variant}", tmp_path / "vit", change, config_change)
 
 
 @pytest.mark.parametrize("change, config_change, message", [

@@ -82,6 +82,15 @@ def test_cache_mask_lets_position_pos_see_slots_up_to_pos_only():
   np.testing.assert_array_equal(mask.reshape(-1), [True, True, True, True, False, False])
 
 
+def test_step_logits_over_a_padded_vocabulary_equal_the_generator():
+  # 70 tokens: the decode step's generator runs over 128 rows (GENERATOR_MULTIPLE) and slices 70 off
+  m = randomize(tfm.Transformer(tfm.TransformerConfig.preset("tiny", vocab_size=70, output_bias=True), device=DEVICE), seed=4)
+  x = Tensor(np.random.default_rng(0).standard_normal((3, 1, 32)).astype(np.float32), device=DEVICE)
+  with m.on_device(): padded, plain = m.step_logits(x).numpy(), m.generator(x).numpy()
+  assert padded.shape == (3, 1, 70)
+  np.testing.assert_allclose(padded, plain, rtol=0, atol=1e-5)
+
+
 # --- greedy ---------------------------------------------------------------------------------------------------------
 
 def test_greedy_takes_the_argmax_of_the_full_forward_pass_at_every_step(model, full):
@@ -101,6 +110,25 @@ def test_beam_search_with_one_beam_is_greedy(model):
   beam_ids, beam_scores = gen.beam_search(model, SRC, beam_size=1, max_len=12, return_scores=True)
   np.testing.assert_array_equal(beam_ids, greedy_ids)
   np.testing.assert_allclose(beam_scores, greedy_scores, atol=1e-6)
+
+
+@pytest.mark.parametrize("beams,vocab", [(4, 58101), (3, 1000), (4, 64), (1, 20000)])
+def test_beam_ranking_by_chunks_equals_ranking_every_continuation(beams, vocab):
+  # _best_continuations against a full stable sort of every (beam, token) sum; ties (rounded scores, -inf bans,
+  # beams started at -1e9) must come out lower index first, as the full sort orders them
+  rng = np.random.default_rng(vocab)
+  rows, cands = 3, 2 * beams
+  for trial in range(6):
+    lp = rng.standard_normal((rows * beams, vocab)).astype(np.float32) - 10
+    if trial % 3 == 1: lp = np.round(lp * 2) / 2
+    if trial % 3 == 2: lp[:, rng.integers(0, vocab, vocab // 2)] = -np.inf
+    running = rng.standard_normal((rows, beams)).astype(np.float32)
+    if trial == 0: running[:, 1:] = -1e9
+    acc = (lp.reshape(rows, beams, vocab) + running[:, :, None]).reshape(rows, beams * vocab)
+    expected = np.argsort(-acc, axis=1, kind="stable")[:, :cands]
+    top, scores = gen.search._best_continuations(lp, running, cands)
+    np.testing.assert_array_equal(top, expected)
+    np.testing.assert_array_equal(scores, np.take_along_axis(acc, expected, 1))
 
 
 # --- beam search against the numpy reference -----------------------------------------------------------------------

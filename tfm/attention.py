@@ -119,5 +119,6 @@ class KVCache:
     origin[i] held (beam search reorders its hypotheses every step)."""
     hd = k.shape[-1]
     if origin is not None: self.kv[:, :, :, :pos].assign(self.kv[:, origin, :, :pos])
-    self.kv[:, :, :, pos:pos + 1, :hd].assign(Tensor.stack(k, v).cast(self.kv.dtype))  # (2, rows, H, 1, hd)
+    # k and v made first: fused into the write, their two projections compile to one kernel several times slower
+    self.kv[:, :, :, pos:pos + 1, :hd].assign(Tensor.stack(k.contiguous(), v.contiguous()).cast(self.kv.dtype))  # (2, rows, H, 1, hd)
     return self.kv[0, :, :, :, :hd], self.kv[1]

@@ -43,6 +43,8 @@ def unique_state(obj: Any) -> dict[str, Tensor]:
 # tfm.tune registers the one that turns its tuned kernels on, so the model itself knows nothing of tuning
 COMPILE_SETTINGS: list[Callable[[str], dict]] = []
 
+GENERATOR_MULTIPLE = 64  # decode steps compute the generator over the vocabulary rounded up to this (step_logits)
+
 _draws: list = [None, 0]  # [tinygrad's RNG state the count belongs to, models initialised under it]
 
 
@@ -244,7 +246,18 @@ class Transformer:
       for layer, cache, kv in zip(self.decoder.layers, caches, memory_kv, strict=True):
         x = layer.step(x, cache, kv, src_mask, pos, origin)
       if self.decoder.layer_norm is not None: x = layer_norm_one_pass(self.decoder.layer_norm, x)
-      return self.generator(x)[:, 0]
+      return self.step_logits(x)[:, 0]
+
+  def step_logits(self, x: Tensor) -> Tensor:
+    """The generator over a decode step's rows, computed for the vocabulary rounded up to a multiple of
+    GENERATOR_MULTIPLE (zero rows, sliced off): a vocabulary such as 58,101 = 3 x 19,367 leaves tinygrad's kernel
+    heuristics no tile wider than 3, and the padded product runs 1.5 to 1.8 times faster (docs/PERFORMANCE.md)."""
+    w, b = self.generator.weight, self.generator.bias
+    extra = -w.shape[0] % GENERATOR_MULTIPLE
+    if not extra: return self.generator(x)
+    out = x @ w.pad(((0, extra), (0, 0))).T
+    if b is not None: out = out + b.pad(((0, extra),))
+    return out.contiguous()[..., :w.shape[0]]
 
   def parameters(self) -> list[Tensor]:
     """Every weight once (a tied matrix once): what an optimizer updates."""

@@ -21,6 +21,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+
 from backends.machine import cache_dir
 from benchmarks.common import load_average, print_rows
 
@@ -38,7 +40,8 @@ def add_arguments(parser) -> None:
   parser.add_argument("--backends", default="CL,CPU", help="comma-separated tfm backends (default: CL,CPU)")
   parser.add_argument("--modes", default=",".join(MODES), help=f"decodes to time, of {', '.join(MODES)} (default: all)")
   parser.add_argument("--reps", type=int, default=3, help="timed calls after the first; the median is reported (default: 3)")
-  parser.add_argument("--systems", default="tfm,torch,ct2,ct2-int8", help="which systems to run (default: all installed)")
+  parser.add_argument("--systems", default="tfm,tfm-int8,torch,ct2,ct2-int8",
+                      help="which systems to run (default: all installed; tfm-int8 is tfm with int8 Linear weights)")
 
 
 def model_dir() -> Path:
@@ -92,11 +95,11 @@ def peak_mb() -> float:
 def load_system(system: str, backend: str, folder: str):
   """decode(src ids, beam) -> generated ids per row (NEW_TOKENS each), for one system on the checkpoint folder."""
   pad, eos = OPUS["pad_token_id"], OPUS["eos_token_id"]
-  if system == "tfm":
+  if system in ("tfm", "tfm-int8"):
     import numpy as np
 
     import tfm
-    model = tfm.from_pretrained(folder, device=backend)
+    model = tfm.from_pretrained(folder, device=backend, dtype="int8" if system == "tfm-int8" else None)
     def decode(src, beam):
       out = tfm.generate(model, np.array(src), beam_size=beam, max_len=NEW_TOKENS, min_len=NEW_TOKENS, early_stopping=True,
                          length_penalty=1.0)
@@ -157,6 +160,11 @@ def _worker(system: str, backend: str, folder: Path, modes: list[str], reps: int
   return [json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")]
 
 
+def _agreement(ids: np.ndarray, reference: np.ndarray) -> float:
+  """The fraction of token positions where ids equal the reference's (0 when their shapes differ)."""
+  return float((ids == reference).mean()) if ids.shape == reference.shape else 0.0
+
+
 def _installed(module: str) -> bool:
   from importlib.util import find_spec
   return find_spec(module) is not None
@@ -170,7 +178,8 @@ def run(args) -> list[dict]:
   if not (_installed("torch") and _installed("transformers")):
     raise SystemExit("the opus-shaped model is made with transformers: pip install -e .[bench]")
   folder = model_dir()
-  runs = [("tfm", b.strip()) for b in args.backends.split(",") if b.strip()] if "tfm" in wanted else []
+  backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+  runs = [(system, b) for system in ("tfm", "tfm-int8") if system in wanted for b in backends]
   if "torch" in wanted: runs.append(("torch", "PyTorch CPU"))
   for s in ("ct2", "ct2-int8"):
     if s in wanted and _installed("ctranslate2"): runs.append((s, "CPU"))
@@ -179,11 +188,11 @@ def run(args) -> list[dict]:
     load = load_average()
     for r in _worker(system, backend, folder, modes, args.reps):
       beam, batch = MODES[r["mode"]]
-      ids = [row[:NEW_TOKENS - 1] for row in r.pop("ids")]   # the 32nd is the forced eos, or not (see the module doc)
+      ids = np.array([row[:NEW_TOKENS - 1] for row in r.pop("ids")])   # the 32nd is the forced eos, or not (module doc)
       reference_ids.setdefault(r["mode"], ids)
       rows.append({"bench": "translate", "system": system, "backend": backend, "mode": r["mode"], "load_s": r["load_s"],
                    "first_s": r["first_s"], "median_ms": r["median_s"] * 1e3, "ms_per_token": r["median_s"] * 1e3 / NEW_TOKENS,
-                   "tokens_per_s": batch * NEW_TOKENS / r["median_s"], "same_ids": ids == reference_ids[r["mode"]],
+                   "tokens_per_s": batch * NEW_TOKENS / r["median_s"], "same_ids": _agreement(ids, reference_ids[r["mode"]]),
                    "peak_mb": r["peak_mb"], "load": load})
       print_rows(rows[-1:], COLUMNS, header=len(rows) == 1)
   for row in rows:   # ratios of time: below 1 is faster than the anchor
@@ -191,6 +200,6 @@ def run(args) -> list[dict]:
       base = next((r for r in rows if r["system"] == anchor and r["mode"] == row["mode"]), None)
       row[column] = row["median_ms"] / base["median_ms"] if base else None
   print("\nvs_torch, vs_ct2: median time / the anchor's median time for the same decode (below 1 is faster); "
-        "same_ids: the first system's ids")
+        "same_ids: the fraction of tokens equal to the first system's")
   print_rows(rows, COLUMNS)
   return rows

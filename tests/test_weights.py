@@ -184,7 +184,7 @@ def test_another_config_is_refused_by_load_into(tiny_config, saved):
 
 
 def test_unknown_load_dtype_is_refused(saved):
-  with pytest.raises(tfm.WeightsError, match="dtype='int8' is not supported"): tfm.load(saved, dtype="int8")
+  with pytest.raises(tfm.WeightsError, match="dtype='int4' is not supported"): tfm.load(saved, dtype="int4")
 
 
 def test_non_finite_weights_are_not_saved(tiny_model, tmp_path):

@@ -80,7 +80,7 @@ def oracle(subject: Subject | VisionSubject, dtype: str = "float32") -> dict[str
 
 def model_on(subject: Subject | VisionSubject, device: str, dtype: str = "float32") -> Transformer | VisionTransformer:
   """The subject's model on a backend, its weights copied in (then cast, for float16)."""
-  return weights.build(subject.config, subject.arrays, subject.name, device, weights.model_dtype(dtype))
+  return weights.build(subject.config, subject.arrays, subject.name, device, dtype)
 
 
 def vision_steps(subject: VisionSubject, dtype: str) -> Callable[[BackendInfo], dict[str, Callable[[], dict[str, np.ndarray]]]]:

@@ -19,7 +19,7 @@ from tfm.attention import KVCache, causal_mask, padding_mask, with_ones
 from tfm.config import TransformerConfig, VisionConfig
 from tfm.errors import BackendError, InputError
 from tfm.layers import DecoderLayer, EncoderLayer, LayerNorm, PositionalEncoding, layer_norm_one_pass
-from tfm.linear import Embedding, Linear
+from tfm.linear import Embedding, Linear, linear_layers
 from tfm.memory import to_device
 
 
@@ -252,12 +252,27 @@ class Transformer:
     """The generator over a decode step's rows, computed for the vocabulary rounded up to a multiple of
     GENERATOR_MULTIPLE (zero rows, sliced off): a vocabulary such as 58,101 = 3 x 19,367 leaves tinygrad's kernel
     heuristics no tile wider than 3, and the padded product runs 1.5 to 1.8 times faster (docs/PERFORMANCE.md)."""
-    w, b = self.generator.weight, self.generator.bias
-    extra = -w.shape[0] % GENERATOR_MULTIPLE
-    if not extra: return self.generator(x)
-    out = x @ w.pad(((0, extra), (0, 0))).T
-    if b is not None: out = out + b.pad(((0, extra),))
-    return out.contiguous()[..., :w.shape[0]]
+    return self.generator.padded(x, GENERATOR_MULTIPLE)
+
+  @property
+  def dtype(self):
+    """The dtype activations are computed in: the embeddings' (int8 models keep float32 embeddings)."""
+    return self.src_embed.weight.dtype
+
+  @property
+  def quantized(self) -> bool:
+    """Are the Linear layers int8 (quantize)?"""
+    return self.generator.scale is not None
+
+  def quantize(self) -> Transformer:
+    """Make every Linear layer int8 with per-output-row scales (tfm.linear.quantize_rows): the projections, the FFNs
+    and the generator, which a tied model unties from its float32 embedding (the embeddings stay float32). About a
+    quarter of the bytes each decode step reads; an approximation whose error `python -m benchmarks int8` measures.
+    In place; returns the model. An int8 model decodes and scores, but cannot be trained."""
+    if self.dtype != dtypes.float32: raise InputError(f"quantize() needs a float32 model, this one computes in {self.dtype}")
+    if not self.quantized:
+      for layer in linear_layers(self): layer.quantize()
+    return self
 
   def parameters(self) -> list[Tensor]:
     """Every weight once (a tied matrix once): what an optimizer updates."""
@@ -269,5 +284,6 @@ class Transformer:
 
   def to_float(self, dtype=dtypes.float32) -> Transformer:
     """Cast every weight in place (e.g. dtypes.float16) and return the model."""
+    if self.quantized: raise InputError("to_float() cannot widen int8 weights back: load the float32 weights in the dtype wanted")
     for p in self.parameters(): p.replace(p.cast(dtype).realize())
     return self

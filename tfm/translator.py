@@ -201,28 +201,29 @@ class Translator:
     with LOCK: return prepare(self.model, tuple(batch_sizes), beams, max_src_len, progress, lengths)
 
   @classmethod
-  def load(cls, path: str | os.PathLike, device: str | None = None) -> Translator:
+  def load(cls, path: str | os.PathLike, device: str | None = None, dtype: str | None = None) -> Translator:
     """A Marian checkpoint folder (config.json, model.safetensors, source.spm, target.spm, vocab.json), or a tfm
-    weight file with its character vocabulary beside it (NAME.vocab.json or vocab.json, as training writes it)."""
+    weight file with its character vocabulary beside it (NAME.vocab.json or vocab.json, as training writes it).
+    dtype: the model's compute dtype, as tfm.load takes it (float32 when None; "int8" for int8 Linear weights)."""
     from tfm.interop.marian import from_pretrained
     from tfm.tokenizer import CharTokenizer, MarianTokenizer
     from tfm.weights import load
     path = os.fspath(path)
-    if os.path.isdir(path): return cls(from_pretrained(path, device=device), MarianTokenizer.from_dir(path))
+    if os.path.isdir(path): return cls(from_pretrained(path, device=device, dtype=dtype), MarianTokenizer.from_dir(path))
     if not os.path.isfile(path):
       raise WeightsError(f"{path} does not exist; give a Marian checkpoint folder or a .safetensors file written by tfm")
     stem = os.path.splitext(path)[0]
     vocab = next((v for v in (stem + ".vocab.json", os.path.join(os.path.dirname(path), "vocab.json")) if os.path.isfile(v)), None)
     if vocab is None:
       raise WeightsError(f"no vocabulary found for {path}: expected {os.path.basename(stem)}.vocab.json or vocab.json beside it")
-    return cls(load(path, device=device), CharTokenizer.load(vocab))
+    return cls(load(path, device=device, dtype=dtype), CharTokenizer.load(vocab))
 
   @classmethod
-  def bundled(cls, device: str | None = None) -> Translator:
+  def bundled(cls, device: str | None = None, dtype: str | None = None) -> Translator:
     """The model that ships with tfm: trained on the dates task (tfm.tasks), loaded from tfm/assets."""
     missing = [os.path.basename(p) for p in (BUNDLED_MODEL, BUNDLED_VOCAB) if not os.path.isfile(p)]
     if missing:
       raise WeightsError(f"the bundled model is missing from this installation ({', '.join(missing)} not in {ASSETS}); "
                          f"train it with `tfm train` and copy model.safetensors and vocab.json there as {', '.join(missing)}, "
                          f"or pass --model PATH")
-    return cls.load(BUNDLED_MODEL, device=device)
+    return cls.load(BUNDLED_MODEL, device=device, dtype=dtype)

@@ -37,6 +37,7 @@ FORMAT_VERSION = 1
 KINDS = ("transformer", "stacks", "vit")
 MODELS = ("transformer", "vit")   # the kinds tfm.load builds a whole model from
 MODEL_DTYPES = {"float32": dtypes.float32, "float16": dtypes.float16, "bfloat16": dtypes.bfloat16}
+INT8 = "int8"   # a loader's dtype for int8 Linear weights with float32 activations (Transformer.quantize)
 
 
 # --- the tfm format ---------------------------------------------------------------------------------------------
@@ -109,16 +110,22 @@ def save(model: Transformer | VisionTransformer, path: str | os.PathLike, metada
 
 def state_arrays(model: Transformer | VisionTransformer) -> dict[str, np.ndarray]:
   """Every distinct weight as a float32 host array, under its first name (what `save` writes and `assign` takes)."""
+  if getattr(model, "quantized", False):
+    raise WeightsError("an int8 model's weights are not written out or copied (tfm weight files hold float weights): "
+                       "save or copy the float32 model, and load it with dtype='int8' where it runs")
   return {name: t.float().numpy() for name, t in unique_state(model).items()}
 
 
 def build(config: TransformerConfig | VisionConfig, arrays: Mapping[str, np.ndarray], source: str, device: str | None = None,
-          dtype: DType | None = None) -> Transformer | VisionTransformer:
+          dtype: str | DType | None = None) -> Transformer | VisionTransformer:
   """A Transformer of config (a VisionTransformer for a VisionConfig) on device with the given weights (name -> array,
-  checked as `assign` checks them), in dtype (default float32): no initial weights drawn, no kernel run."""
+  checked as `assign` checks them), in dtype (model_dtype; default float32): no initial weights drawn, no kernel run.
+  dtype "int8" builds it in float32, then quantizes its Linear layers (Transformer.quantize)."""
+  if dtype == INT8 and isinstance(config, VisionConfig):
+    raise WeightsError("dtype='int8' is for translation models; load a Vision Transformer in float32, float16 or bfloat16")
   model = (VisionTransformer if isinstance(config, VisionConfig) else Transformer)(config, device=device, initialise=False)
-  assign(unique_state(model), arrays, source, dtype)
-  return model
+  assign(unique_state(model), arrays, source, model_dtype(dtype))
+  return model.quantize() if dtype == INT8 else model
 
 
 def copy_to(model: Transformer | VisionTransformer, device: str) -> Transformer | VisionTransformer:
@@ -129,11 +136,11 @@ def copy_to(model: Transformer | VisionTransformer, device: str) -> Transformer 
 
 
 def model_dtype(dtype: str | DType | None) -> DType:
-  """A loader's dtype argument -> the tinygrad dtype the model computes in (None: float32)."""
-  if dtype is None: return dtypes.float32
+  """A loader's dtype argument -> the tinygrad dtype the model computes in (None and "int8": float32)."""
+  if dtype is None or dtype == INT8: return dtypes.float32
   if isinstance(dtype, DType) and dtype in MODEL_DTYPES.values(): return dtype
   if isinstance(dtype, str) and dtype in MODEL_DTYPES: return MODEL_DTYPES[dtype]
-  raise WeightsError(f"dtype={dtype!r} is not supported; choose one of {', '.join(MODEL_DTYPES)} (or None for float32)")
+  raise WeightsError(f"dtype={dtype!r} is not supported; choose one of {', '.join(MODEL_DTYPES)}, {INT8} (or None for float32)")
 
 
 def _read_transformer(path: str | os.PathLike) -> WeightFile:
@@ -171,10 +178,11 @@ def load(path: str | os.PathLike, device: str | None = None, dtype: str | DType 
   """A Transformer (or, for a file of kind "vit", a VisionTransformer) from a file written by `save`, checked name by
   name before any weight is used.
 
-  dtype: the model's compute dtype, float32 when None whatever the storage dtype (float16 is not on every backend).
+  dtype: the model's compute dtype, float32 when None whatever the storage dtype (float16 is not on every backend);
+  "int8" for int8 Linear weights over float32 activations (Transformer.quantize).
   """
-  compute = model_dtype(dtype)
+  model_dtype(dtype)   # a bad dtype is refused before the file is read
   wf = _read_transformer(path)
-  model = build(wf.config, wf.arrays, os.fspath(path), device, compute)
+  model = build(wf.config, wf.arrays, os.fspath(path), device, dtype)
   if wf.generation_config is not None: model.generation_config = wf.generation_config
   return model

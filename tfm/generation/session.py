@@ -32,7 +32,7 @@ class Session:
     c, dev, n = model.config, model.device, rows * beam
     self.model_ref = weakref.ref(model)
     self.rows, self.beam, self.src_len, self.device = rows, beam, src_len, dev
-    self.dtype = model.generator.weight.dtype
+    self.dtype = model.dtype
     with model.on_device():
       self.src = filled((rows, src_len), dtypes.int32, dev, c.pad_id)
       # per decoder layer: keys (n, H, S, hd) and values with a ones column (n, H, S, hd + 1), see memory_kv
@@ -47,7 +47,8 @@ class Session:
       self.rules = filled((c.max_len,), dtypes.int32, dev)
       self.bias = filled((2, c.vocab_size), dtypes.float32, dev)
     self.steps: dict[int, Steps] = {}
-    self.key = {"config": c.to_dict(), "dtype": str(self.dtype), "device": dev, "tuned": tuned_entry(model.target or dev),
+    self.key = {"config": c.to_dict(), "dtype": "int8" if model.quantized else str(self.dtype), "device": dev,
+                "tuned": tuned_entry(model.target or dev),
                 "rows": rows, "beam": beam, "src_len": src_len}
     self.prefill = self.compiled(self._prefill, None, "prefill", self.named)
 

@@ -186,8 +186,8 @@ def from_pretrained(folder: str | os.PathLike, device: str | None = None, dtype:
   Every tensor of the file is mapped by name and shape; a name tfm does not know is an error, never skipped.
   dtype: the model's compute dtype (float32 when None), as in tfm.load.
   """
-  compute = weights.model_dtype(dtype)
+  weights.model_dtype(dtype)   # a bad dtype is refused before the folder is read
   conv = convert_marian(folder)
-  model = weights.build(conv.config, conv.arrays, os.fspath(folder), device, compute)
+  model = weights.build(conv.config, conv.arrays, os.fspath(folder), device, dtype)
   model.generation_config = conv.generation_config  # the checkpoint's decoding defaults, which tfm.generate reads
   return model

@@ -209,6 +209,6 @@ def from_pretrained(folder: str | os.PathLike, device: str | None = None, dtype:
   Every tensor of the file is mapped by name and shape; a name tfm does not know is an error, never skipped.
   dtype: the model's compute dtype (float32 when None), as in tfm.load.
   """
-  compute = weights.model_dtype(dtype)
+  weights.model_dtype(dtype)   # a bad dtype is refused before the folder is read
   conv = convert_vit(folder)
-  return weights.build(conv.config, conv.arrays, os.fspath(folder), device, compute)
+  return weights.build(conv.config, conv.arrays, os.fspath(folder), device, dtype)

@@ -1,0 +1,105 @@
+"""int8 weights (Transformer.quantize, tfm.load(..., dtype="int8")): the rows and scales, the int8 model computing
+exactly the function of its dequantized weights (forward and the KV-cache decode step), its error against the
+float32 model, and the clear refusals (training, saving, a ViT)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import DEVICE, randomize
+from tinygrad import Context, dtypes
+from tinygrad.nn.state import get_state_dict
+
+import tfm
+from tfm import weights
+from tfm import generation as gen
+from tfm.linear import linear_layers, quantize_rows
+
+SRC = np.array([[5, 9, 12, 33, 41, 7, 8, 2], [7, 8, 9, 10, 11, 2, 0, 0]], np.int32)
+TGT = np.array([[1, 20, 21, 22, 23, 24], [1, 30, 31, 32, 33, 34]], np.int32)
+
+
+@pytest.fixture(scope="module")
+def pair():
+  """A tiny float32 model with 70 tokens (the decode step pads its generator to 128 rows) and its int8 twin."""
+  config = tfm.TransformerConfig.preset("tiny", vocab_size=70, output_bias=True)
+  f32 = randomize(tfm.Transformer(config, device=DEVICE), seed=5)
+  return f32, weights.build(config, weights.state_arrays(f32), "the float32 twin", DEVICE, "int8")
+
+
+def test_rows_round_to_int8_within_half_a_step():
+  w = np.random.default_rng(0).standard_normal((6, 40)).astype(np.float32)
+  w[3] = 0.0
+  q, scale = quantize_rows(w)
+  assert q.dtype == np.int8 and scale.dtype == np.float32
+  assert np.abs(q).max() == 127 and np.abs(q[3]).max() == 0 and scale[3] == 1.0
+  assert (np.abs(q * scale[:, None] - w) <= scale[:, None] / 2 + 1e-7).all()
+
+
+def test_int8_model_holds_int8_linears_and_float32_embeddings(pair):
+  f32, q8 = pair
+  assert q8.quantized and not f32.quantized and q8.dtype == dtypes.float32
+  layers = linear_layers(q8)
+  assert len(layers) == 2 * 4 + 2 * 8 + 2 * 2 + 2 * 2 + 1   # attention projections, FFNs, generator
+  assert {layer.weight.dtype for layer in layers} == {dtypes.int8}
+  assert q8.src_embed.weight.dtype == dtypes.float32 and q8.generator.weight is not q8.src_embed.weight
+  np.testing.assert_array_equal(q8.src_embed.weight.numpy(), f32.src_embed.weight.numpy())   # untied, not changed
+
+
+def dequantized(q8: tfm.Transformer) -> tfm.Transformer:
+  """A float32 model whose Linear weights are the int8 model's rows times their scales (untied: the int8 generator
+  is not the embedding)."""
+  state = get_state_dict(q8)
+  arrays = {name: t.numpy().astype(np.float32) for name, t in weights.unique_state(q8).items() if not name.endswith(".scale")}
+  for name, scale in state.items():
+    if name.endswith(".scale"):
+      weight = name[:-len("scale")] + "weight"
+      arrays[weight] = state[weight].numpy().astype(np.float32) * scale.numpy()[:, None]
+  arrays["tgt_embed.weight"] = arrays["src_embed.weight"]
+  return weights.build(q8.config.replace(tie_embeddings=False), arrays, "dequantized", DEVICE)
+
+
+def test_int8_forward_is_the_function_of_its_dequantized_weights(pair):
+  f32, q8 = pair
+  got, plain = q8(SRC, TGT).numpy(), f32(SRC, TGT).numpy()
+  np.testing.assert_allclose(got, dequantized(q8)(SRC, TGT).numpy(), rtol=0, atol=1e-4)
+  # the quantization error itself, against the float32 model: 12% of the logits' spread at most for this 32-wide
+  # random model (measured; opus-mt's width gives about 6%, docs/PERFORMANCE.md), the argmax mostly kept
+  assert np.abs(got - plain).max() < 0.2 * plain.std()
+  assert (got.argmax(-1) == plain.argmax(-1)).mean() >= 0.9
+
+
+def test_int8_decode_step_gives_the_int8_forward_log_probs(pair):
+  _, q8 = pair
+  cached = gen.incremental_logprobs(q8, SRC, TGT)
+  full = q8(SRC, TGT).log_softmax(-1).numpy()
+  np.testing.assert_allclose(cached, full, rtol=0, atol=1e-5)
+  ids = tfm.generate(q8, SRC, max_len=6, min_len=6)
+  teacher = q8(SRC, np.concatenate([TGT[:, :1], ids[:, :5]], 1)).numpy().argmax(-1)
+  np.testing.assert_array_equal(ids, teacher)
+
+
+def test_bundled_translator_in_int8_translates_as_in_float32():
+  texts = ["3rd of March, 2021", "July 4 1999", "the 1st of January 2000", "Feb 29, 2024", "31.12.1999"]
+  f32, q8 = tfm.Translator.bundled(device=DEVICE), tfm.Translator.bundled(device=DEVICE, dtype="int8")
+  assert q8.model.quantized
+  assert q8.translate(texts) == f32.translate(texts)
+
+
+def test_int8_models_refuse_training_saving_and_widening(pair, tmp_path):
+  _, q8 = pair
+  with pytest.raises(tfm.InputError, match="int8 model cannot be trained"), Context(TRAINING=1): q8(SRC, TGT)
+  with pytest.raises(tfm.WeightsError, match="save or copy the float32 model"): tfm.save(q8, tmp_path / "q.safetensors")
+  assert not (tmp_path / "q.safetensors").exists()
+  with pytest.raises(tfm.InputError, match="cannot widen int8"): q8.to_float(dtypes.float16)
+
+
+def test_int8_is_for_translation_models():
+  config = tfm.VisionConfig.preset("vit-tiny")
+  with pytest.raises(tfm.WeightsError, match="dtype='int8' is for translation models"):
+    weights.build(config, {}, "a ViT", DEVICE, "int8")
+
+
+def test_tfm_translate_takes_dtype_int8(capsys):
+  from tfm.cli import main
+  assert main(["translate", "--dtype", "int8", "--device", DEVICE, "3rd of March, 2021"]) in (0, None)
+  assert capsys.readouterr().out.strip() == "2021-03-03"

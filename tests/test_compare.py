@@ -13,6 +13,7 @@ from tinygrad import Tensor
 import backends
 from backends import compare as bc
 from backends.kernels import nvrtc_path
+import tfm
 from tfm import compare, subjects
 from tfm.cli import main
 
@@ -131,7 +132,7 @@ def test_the_backend_layer_does_not_import_tfm():
 # --- tfm compare ----------------------------------------------------------------------------------------------------
 
 def test_tolerances_live_in_one_place():
-  assert compare.TOLERANCE == {"float32": 1e-4, "float16": 2e-2}
+  assert compare.TOLERANCE == {"float32": 1e-4, "float16": 2e-2, "int8": 1e-4}
   import test_model
   assert test_model.FLOAT32_TOLERANCE is compare.TOLERANCE["float32"]
 
@@ -140,6 +141,19 @@ def test_the_float16_oracle_uses_the_weights_rounded_as_the_backend_holds_them()
   s = subjects.tiny_subject(seed=1)
   exact, rounded = compare.oracle(s)["logits"], compare.oracle(s, "float16")["logits"]
   assert 0 < np.abs(exact - rounded).max() < compare.TOLERANCE["float16"]
+
+
+def test_the_int8_oracle_uses_the_dequantized_weights_and_int8_passes_on_cpu(capsys, probed):
+  s = subjects.tiny_subject(seed=1)
+  exact, rounded = compare.oracle(s)["logits"], compare.oracle(s, "int8")["logits"]
+  assert np.abs(exact - rounded).max() > 100 * compare.TOLERANCE["int8"]   # the quantization moves the logits...
+  cpu_and(probed)
+  code = main(["compare", "--model", "tiny", "--backends", "CPU", "--dtype", "int8", "--repeat", "1"])
+  text = capsys.readouterr().out
+  assert code == 0, text   # ...and the int8 model computes the function of its dequantized weights within 1e-4
+  row = next(line for line in text.splitlines() if line.startswith("CPU") or line.strip().startswith("CPU"))
+  assert "pass" in row
+  with pytest.raises(tfm.InputError, match="int8' is for translation models"): compare.run(subjects.load_subject("vit"), "CPU", "int8")
 
 
 def test_random_weights_make_every_bias_and_gain_count():

@@ -66,7 +66,8 @@ def add_compare(sub) -> None:
                       "(default: bundled when installed, else tiny)")
   p.add_argument("--backends", default="auto", metavar="auto|all|CPU,CL,...",
                  help="auto: every backend but the slow Python emulator; all: every one; or a comma-separated list")
-  p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="compute dtype (default: float32)")
+  p.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"],
+                 help="compute dtype (default: float32); int8 is checked against the oracle of its dequantized weights")
   p.add_argument("--repeat", type=int, default=3, metavar="N", help="warm calls timed after the first (default: 3)")
   p.add_argument("--json", default=None, metavar="FILE", help="also write the full report as JSON (replaced atomically)")
   p.add_argument("--markdown", action="store_true", help="print the table as markdown (as in docs/BACKENDS.md)")

@@ -38,13 +38,14 @@ from tfm.config import TransformerConfig, VisionConfig
 from tfm.files import atomic_write
 from tfm.errors import InputError
 from tfm.generation import generate
+from tfm.linear import int8_twin, linear_layers
 from tfm.model import Transformer
 from tfm.reference import Reference, VisionReference
 from tfm.subjects import BEAM_SIZE, Subject, VisionSubject
 from tfm.vit import VisionTransformer
 
 # max abs error vs the float64 oracle that a running backend may show: the numerical contract (docs/BACKENDS.md)
-TOLERANCE = {"float32": 1e-4, "float16": 2e-2}
+TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "int8": 1e-4}   # int8: against the oracle of its dequantized weights
 REPEAT = 3
 SLOW = {"PYTHON": "the Python emulator takes minutes even on small models: ask for it with --backends PYTHON or all"}
 COLUMNS = ("backend", "status", "max abs err vs oracle", "vs reference backend", "outputs identical",
@@ -65,6 +66,10 @@ def oracle(subject: Subject | VisionSubject, dtype: str = "float32") -> dict[str
   """The float64 oracle's encoder output and logits (a ViT's features and logits) for the subject's inputs, from the
   weights as a backend holds them in `dtype` (rounded to float16 for float16, and so are a ViT's pixels: the tolerance
   then measures the backend's arithmetic alone)."""
+  if dtype == "int8":   # the weights the int8 model holds, dequantized (tfm.linear.int8_twin)
+    config, arrays = int8_twin(subject.config, subject.arrays)
+    ref = Reference(arrays, config.to_dict())
+    return {"encoder": ref.encode(subject.src), "logits": ref.logits(subject.src, subject.tgt)}
   arrays = subject.arrays if dtype == "float32" else {k: v.astype(np.float16) for k, v in subject.arrays.items()}
   if isinstance(subject, VisionSubject):
     vref = VisionReference(arrays, subject.config.to_dict())
@@ -136,6 +141,9 @@ def kernel_graph(config: TransformerConfig | VisionConfig, dtype: str = "float32
   def forward() -> Tensor:
     model = Transformer(config, device=None, initialise=False)   # on NULL nothing runs and nothing is allocated
     for p in weights.unique_state(model).values(): p.replace(Tensor.empty(*p.shape, dtype=dtypes.float16 if half else p.dtype))
+    if dtype == "int8":
+      for layer in linear_layers(model):
+        layer.weight, layer.scale = Tensor.empty(*layer.weight.shape, dtype=dtypes.int8), Tensor.empty(layer.weight.shape[0])
     source = model.ids(src, "src")
     return model.run_decoder(model.ids(tgt, "tgt"), model.run_encoder(source), model.padding_mask(source))
   return forward
@@ -233,6 +241,8 @@ def run(subject: Subject | VisionSubject, backend_spec: str = "auto", dtype: str
         progress: bool | None = None, reference: str = "CPU") -> Report:
   """Compare the subject on the selected backends; `reference` is the backend the others' ids must equal."""
   if dtype not in TOLERANCE: raise InputError(f"dtype={dtype!r} is not supported; choose one of {', '.join(TOLERANCE)}")
+  if dtype == "int8" and isinstance(subject, VisionSubject):
+    raise InputError("dtype='int8' is for translation models; compare a Vision Transformer in float32 or float16")
   infos, skip = select_backends(backend_spec)
   runs = compare(steps(subject, dtype), infos, expected=oracle(subject, dtype), tolerance=TOLERANCE[dtype], reference=reference,
                  repeat=repeat, dtype=dtype, graph=kernel_graph(subject.config, dtype), skip=skip, progress=progress)

@@ -103,3 +103,10 @@ def test_tfm_translate_takes_dtype_int8(capsys):
   from tfm.cli import main
   assert main(["translate", "--dtype", "int8", "--device", DEVICE, "3rd of March, 2021"]) in (0, None)
   assert capsys.readouterr().out.strip() == "2021-03-03"
+
+
+def test_the_int8_benchmark_counts_agreement_over_padded_rows():
+  from benchmarks.int8 import _agreement
+  a, b = np.array([[5, 6, 2], [7, 8, 2]]), np.array([[5, 6, 2, 0], [7, 9, 9, 2]])
+  assert _agreement(a, b, 0) == (5 / 8, 0.5)
+  assert _agreement(b, b, 0) == (1.0, 1.0)

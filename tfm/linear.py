@@ -72,9 +72,10 @@ class Linear(nn.Linear):
     if self.bias is not None: y = y + pad(self.bias)
     return y.contiguous()[..., :self.weight.shape[0]]
 
-  def quantize(self) -> None:
-    """Replace the weight by its int8 rows and their scales (quantize_rows), in place; the bias stays as it is."""
-    q, scale = quantize_rows(download(self.weight))
+  def quantize(self, weight: np.ndarray | None = None) -> None:
+    """Replace the weight by its int8 rows and their scales (quantize_rows), in place; the bias stays as it is.
+    `weight`: the float weight as a host array (a loader's), instead of the one on the device."""
+    q, scale = quantize_rows(download(self.weight) if weight is None else weight)
     self.weight, self.scale = to_device(q, self.weight.device, dtypes.int8), to_device(scale, self.weight.device)
 
 

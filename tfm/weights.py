@@ -28,6 +28,7 @@ from tinygrad.dtype import DType
 
 from tfm.config import TransformerConfig, VisionConfig
 from tfm.errors import ConfigError, WeightsError
+from tfm.linear import linear_layers
 from tfm.memory import drain, to_device
 from tfm.model import Transformer, unique_state
 from tfm.stored import STORAGE_CODES, check_arrays, read_arrays, write_arrays
@@ -124,8 +125,22 @@ def build(config: TransformerConfig | VisionConfig, arrays: Mapping[str, np.ndar
   if dtype == INT8 and isinstance(config, VisionConfig):
     raise WeightsError("dtype='int8' is for translation models; load a Vision Transformer in float32, float16 or bfloat16")
   model = (VisionTransformer if isinstance(config, VisionConfig) else Transformer)(config, device=device, initialise=False)
-  assign(unique_state(model), arrays, source, model_dtype(dtype))
-  return model.quantize() if dtype == INT8 else model
+  if dtype == INT8: _assign_int8(model, arrays, source)
+  else: assign(unique_state(model), arrays, source, model_dtype(dtype))
+  return model
+
+
+def _assign_int8(model: Transformer, arrays: Mapping[str, np.ndarray], source: str) -> None:
+  """`assign` for an int8 model: each Linear weight quantized from its host array (never on the device in float32),
+  the embeddings and every other tensor copied in float32; a tied matrix is both."""
+  state = unique_state(model)
+  check_arrays(arrays, {name: t.shape for name, t in state.items()}, source)
+  owner = {id(layer.weight): layer for layer in linear_layers(model)}
+  embeddings = {id(model.src_embed.weight), id(model.tgt_embed.weight)}
+  for name, t in state.items():
+    if id(t) in owner: owner[id(t)].quantize(arrays[name])
+    if id(t) not in owner or id(t) in embeddings: t.replace(to_device(arrays[name], t.device, dtypes.float32))
+    drain(t.device)
 
 
 def copy_to(model: Transformer | VisionTransformer, device: str) -> Transformer | VisionTransformer:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
 from conftest import DEVICE, randomize
 from tinygrad import Context, dtypes
 from tinygrad.nn.state import get_state_dict
 
 import tfm
-from tfm import weights
+from tfm import stored, weights
 from tfm import generation as gen
 from tfm.linear import linear_layers, quantize_rows
 
@@ -85,12 +87,49 @@ def test_bundled_translator_in_int8_translates_as_in_float32():
   assert q8.translate(texts) == f32.translate(texts)
 
 
-def test_int8_models_refuse_training_saving_and_widening(pair, tmp_path):
+def test_int8_models_refuse_training_float_saving_and_widening(pair, tmp_path):
   _, q8 = pair
   with pytest.raises(tfm.InputError, match="int8 model cannot be trained"), Context(TRAINING=1): q8(SRC, TGT)
-  with pytest.raises(tfm.WeightsError, match="save or copy the float32 model"): tfm.save(q8, tmp_path / "q.safetensors")
+  with pytest.raises(tfm.WeightsError, match="an int8 model is saved as int8, not float16"):
+    tfm.save(q8, tmp_path / "q.safetensors", dtype="float16")
   assert not (tmp_path / "q.safetensors").exists()
   with pytest.raises(tfm.InputError, match="cannot widen int8"): q8.to_float(dtypes.float16)
+
+
+def test_an_int8_model_saves_as_int8_and_loads_back_exactly(pair, tmp_path):
+  f32, q8 = pair
+  path = tmp_path / "q8.safetensors"
+  tfm.save(q8, path)
+  with safe_open(str(path), framework="numpy") as f:
+    assert f.metadata()["tfm.dtype"] == "int8"
+    codes = {name: f.get_slice(name).get_dtype() for name in f.keys()}
+  assert codes["generator.weight"] == codes["decoder.layers.0.ffn.fc1.weight"] == "I8"
+  assert codes["generator.scale"] == codes["src_embed.weight"] == codes["generator.bias"] == "F32"
+  again = tfm.load(path, device=DEVICE)
+  assert again.quantized
+  np.testing.assert_array_equal(again(SRC, TGT).numpy(), q8(SRC, TGT).numpy())
+  np.testing.assert_array_equal(weights.copy_to(q8, DEVICE)(SRC, TGT).numpy(), q8(SRC, TGT).numpy())
+  # the float model written as int8 (what `tfm convert --dtype int8` does) is the same file's model
+  tfm.save(f32, tmp_path / "f.safetensors", dtype="int8")
+  np.testing.assert_array_equal(tfm.load(tmp_path / "f.safetensors", device=DEVICE)(SRC, TGT).numpy(), q8(SRC, TGT).numpy())
+  tfm.save(f32, tmp_path / "f32.safetensors")
+  assert (tmp_path / "f.safetensors").stat().st_size < 0.6 * (tmp_path / "f32.safetensors").stat().st_size
+  with pytest.raises(tfm.WeightsError, match="holds int8 weights: load it with dtype='int8'"): tfm.load(path, dtype="float16")
+
+
+def test_an_int8_file_with_rows_out_of_range_is_refused(pair, tmp_path):
+  _, q8 = pair
+  tfm.save(q8, tmp_path / "q8.safetensors")
+  with safe_open(str(tmp_path / "q8.safetensors"), framework="numpy") as f:
+    arrays, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+  meta.pop(stored.CHECKSUM)
+  wide = {**arrays, "generator.weight": arrays["generator.weight"].astype(np.float32)}   # F32 where I8 belongs
+  save_file(wide, str(tmp_path / "wide.safetensors"), metadata=meta)
+  with pytest.raises(tfm.WeightsError, match="tensor generator.weight is stored as F32, where int8 files store it as I8"):
+    tfm.load(tmp_path / "wide.safetensors", device=DEVICE)
+  arrays["generator.weight"][0, 0] = -128   # int8, but outside the symmetric [-127, 127] of quantize_rows
+  save_file(arrays, str(tmp_path / "low.safetensors"), metadata=meta)
+  with pytest.raises(tfm.WeightsError, match="generator.weight is not int8 rows"): tfm.load(tmp_path / "low.safetensors", device=DEVICE)
 
 
 def test_int8_is_for_translation_models():

@@ -261,6 +261,15 @@ def test_convert_cli_marian_then_load_gives_the_same_logits(marian, tmp_path, ca
   assert loaded.generation_config == model.generation_config
 
 
+def test_convert_cli_to_int8_gives_the_int8_model_of_the_checkpoint(marian, tmp_path, capsys):
+  out = tmp_path / "en-de.int8.safetensors"
+  assert main(["convert", str(MARIAN), "--dtype", "int8", "--out", str(out)]) == 0
+  _, io = marian
+  loaded, direct = tfm.load(out, device=DEVICE), tfm.from_pretrained(MARIAN, device=DEVICE, dtype="int8")
+  assert loaded.quantized and "(int8," in capsys.readouterr().out
+  np.testing.assert_array_equal(loaded(io["src"], io["tgt"]).numpy(), direct(io["src"], io["tgt"]).numpy())
+
+
 def test_live_transformers_agrees(marian):
   torch = pytest.importorskip("torch", reason="PyTorch not installed: compared against the stored fixture outputs only")
   pytest.importorskip("transformers", reason="transformers not installed: compared against the stored fixture outputs only")

@@ -170,7 +170,8 @@ def add_convert(sub) -> None:
                "tfm convert opus-mt-en-de/ --out en-de.safetensors\n  tfm convert transformer.pt --nhead 8 --out stacks.safetensors")
   p.add_argument("src", help="a Marian or ViT checkpoint folder (config.json + model.safetensors) or a state dict file")
   p.add_argument("--out", required=True, help="the .safetensors file to write (replaced atomically)")
-  p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="storage dtype (default: float32)")
+  p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "int8"],
+                 help="storage dtype (default: float32); int8: Linear weights as int8 rows with float32 scales, loaded as an int8 model")
   torch_args = p.add_argument_group("torch.nn.Transformer state dicts (what the state dict does not record)")
   torch_args.add_argument("--nhead", type=int, help="number of attention heads (required for a state dict)")
   torch_args.add_argument("--norm-first", action="store_true", help="the model was built with norm_first=True")

@@ -72,11 +72,15 @@ class Linear(nn.Linear):
     if self.bias is not None: y = y + pad(self.bias)
     return y.contiguous()[..., :self.weight.shape[0]]
 
+  def set_int8(self, rows: np.ndarray, scale: np.ndarray) -> None:
+    """Make the weight these int8 rows (values in [-127, 127], any integer-valued array) and per-row scales."""
+    self.weight = to_device(np.asarray(rows).astype(np.int8), self.weight.device, dtypes.int8)
+    self.scale = to_device(np.asarray(scale, np.float32), self.weight.device)
+
   def quantize(self, weight: np.ndarray | None = None) -> None:
     """Replace the weight by its int8 rows and their scales (quantize_rows), in place; the bias stays as it is.
     `weight`: the float weight as a host array (a loader's), instead of the one on the device."""
-    q, scale = quantize_rows(download(self.weight) if weight is None else weight)
-    self.weight, self.scale = to_device(q, self.weight.device, dtypes.int8), to_device(scale, self.weight.device)
+    self.set_int8(*quantize_rows(download(self.weight) if weight is None else weight))
 
 
 def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

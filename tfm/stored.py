@@ -21,7 +21,9 @@ from tfm.errors import WeightsError
 from tfm.files import atomic_write
 from tfm.memory import bfloat16_bits, widen_bfloat16
 
-STORAGE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # tfm.dtype -> safetensors dtype code
+# tfm.dtype -> the safetensors dtype code of every tensor; an "int8" file holds I8 quantized weights, the rest F32
+STORAGE_CODES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int8": "F32"}
+FLOAT_OF = {"float32": "float32", "float16": "float16", "bfloat16": "float32", "int8": "float32"}   # floats' numpy dtype
 SHOWN = 5  # names listed in an error before "and N more"
 CHECKSUM = "tfm.sha256"
 
@@ -56,7 +58,7 @@ def _header(f) -> tuple[dict[str, Any], list[str]]:
   return (header if isinstance(header, dict) else {}), dups
 
 
-_STORED = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}   # numpy dtype of each code's bytes
+_STORED = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I8": np.int8}   # numpy dtype of each code's bytes
 
 
 class StoredArrays(Mapping[str, np.ndarray]):
@@ -98,17 +100,21 @@ class StoredArrays(Mapping[str, np.ndarray]):
 
 
 def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict[str, str], dtype: str) -> None:
-  """Store float arrays as one safetensors file in the storage dtype, atomically."""
+  """Store float arrays as one safetensors file in the storage dtype, atomically. In an "int8" file the int8 arrays
+  (quantized weights) are stored as I8 and every other array as float32."""
   if dtype not in STORAGE_CODES:
     raise WeightsError(f"storage dtype {dtype!r} is not supported; choose one of {', '.join(STORAGE_CODES)}")
   stored = {}
   for name, arr in arrays.items():
+    if dtype == "int8" and np.asarray(arr).dtype == np.int8:
+      stored[name] = np.ascontiguousarray(arr)
+      continue
     arr = np.asarray(arr, dtype=np.float32)
     if not np.isfinite(arr).all():
       raise WeightsError(f"tensor {name} has NaN or Inf values; refusing to save weights that cannot be loaded "
                          f"(the model diverged: save an earlier checkpoint)")
     with np.errstate(over="ignore"):  # an overflow is reported below, naming the tensor
-      stored[name] = bfloat16_bits(arr) if dtype == "bfloat16" else np.ascontiguousarray(arr.astype(dtype))
+      stored[name] = bfloat16_bits(arr) if dtype == "bfloat16" else np.ascontiguousarray(arr.astype(FLOAT_OF[dtype]))
     if not np.isfinite(widen_bfloat16(stored[name]) if dtype == "bfloat16" else stored[name]).all():
       raise WeightsError(f"tensor {name} has values up to {np.abs(arr).max():.3g}, beyond what {dtype} holds; "
                          f"save as dtype='float32'" + (" or 'bfloat16'" if dtype == "float16" else ""))
@@ -133,10 +139,10 @@ def read_arrays(path: str | os.PathLike, what: str = "weight file") -> tuple[dic
     with safe_open(path, framework="numpy") as f:   # checks the header: offsets, sizes, dtypes
       metadata = f.metadata() or {}
       codes = {name: f.get_slice(name).get_dtype() for name in f.keys()}
-    bad = {n: c for n, c in codes.items() if c not in STORAGE_CODES.values()}
+    bad = {n: c for n, c in codes.items() if c not in _STORED}
     if bad:
       name = sorted(bad)[0]
-      raise WeightsError(f"{path}: tensor {name} has dtype {bad[name]}; weights must be F32, F16 or BF16 floats")
+      raise WeightsError(f"{path}: tensor {name} has dtype {bad[name]}; weights must be F32, F16 or BF16 floats (or I8, quantized)")
     if CHECKSUM in metadata and metadata[CHECKSUM] != checksum(arrays.stored(), metadata):
       raise WeightsError(f"{path}: its contents do not match the checksum ({CHECKSUM}) written with them: the file was "
                          f"damaged after it was written; write it again or restore a copy")

@@ -28,7 +28,7 @@ from tinygrad.dtype import DType
 
 from tfm.config import TransformerConfig, VisionConfig
 from tfm.errors import ConfigError, WeightsError
-from tfm.linear import linear_layers
+from tfm.linear import LINEAR_WEIGHTS, linear_layers, quantize_rows
 from tfm.memory import drain, to_device
 from tfm.model import Transformer, unique_state
 from tfm.stored import STORAGE_CODES, check_arrays, read_arrays, write_arrays
@@ -65,6 +65,10 @@ def write(path: str | os.PathLike, arrays: dict[str, np.ndarray], config: Transf
   header = {"tfm.format_version": str(FORMAT_VERSION), "tfm.kind": kind, "tfm.dtype": dtype,
             "tfm.config": json.dumps(config.to_dict(), sort_keys=True)}
   if generation_config: header["tfm.generation_config"] = json.dumps(generation_config, sort_keys=True)
+  if dtype == INT8:
+    if kind != "transformer":
+      raise WeightsError(f"int8 files are for translation models, not {kind}; save it as float32, float16 or bfloat16")
+    arrays = int8_arrays(config, arrays)
   write_arrays(path, arrays, {**extra, **header}, dtype)
 
 
@@ -87,9 +91,10 @@ def read(path: str | os.PathLike) -> WeightFile:
   except (json.JSONDecodeError, TypeError, ConfigError) as e:
     raise WeightsError(f"{path}: tfm.config in the metadata is not a valid {config_class.__name__} ({e}); write the file again") from None
   for name in sorted(codes):
-    if codes[name] != STORAGE_CODES[dtype]:
-      raise WeightsError(f"{path}: tensor {name} is stored as {codes[name]}, the file says every tensor is {dtype} "
-                         f"({STORAGE_CODES[dtype]}); write the file again")
+    want = "I8" if dtype == INT8 and scale_name(name) in codes else STORAGE_CODES[dtype]
+    if codes[name] != want:
+      raise WeightsError(f"{path}: tensor {name} is stored as {codes[name]}, where {dtype} files store it as {want}; "
+                         f"write the file again")
   try:
     generation = json.loads(metadata["tfm.generation_config"]) if "tfm.generation_config" in metadata else None
   except json.JSONDecodeError as e:
@@ -103,18 +108,22 @@ def save(model: Transformer | VisionTransformer, path: str | os.PathLike, metada
   """Save a Transformer (or a VisionTransformer) as one safetensors file: its config (and generation_config, if it has
   one) travels in the metadata, a tied matrix is stored once.
 
-  dtype: storage dtype, "float32" (exact), "float16" or "bfloat16" (half the size; `load` widens them again).
+  dtype: storage dtype, "float32" (exact), "float16" or "bfloat16" (half the size; `load` widens them again), or
+  "int8" (the Linear weights as int8 rows with float32 scales, the rest float32; `load` gives an int8 model). An
+  int8 model (Transformer.quantize) is saved as int8 whatever dtype says, unless it says a float dtype: refused.
   """
+  if getattr(model, "quantized", False):
+    if dtype not in ("float32", INT8):
+      raise WeightsError(f"an int8 model is saved as int8, not {dtype}: its float weights are gone; save the float32 model instead")
+    dtype = INT8
   kind = "vit" if isinstance(model, VisionTransformer) else "transformer"
   write(path, state_arrays(model), model.config, kind, dtype, metadata, getattr(model, "generation_config", None))
 
 
 def state_arrays(model: Transformer | VisionTransformer) -> dict[str, np.ndarray]:
-  """Every distinct weight as a float32 host array, under its first name (what `save` writes and `assign` takes)."""
-  if getattr(model, "quantized", False):
-    raise WeightsError("an int8 model's weights are not written out or copied (tfm weight files hold float weights): "
-                       "save or copy the float32 model, and load it with dtype='int8' where it runs")
-  return {name: t.float().numpy() for name, t in unique_state(model).items()}
+  """Every distinct weight as a float32 host array (an int8 model's int8 weights as int8 ones), under its first name
+  (what `save` writes and `assign` takes)."""
+  return {name: t.numpy() if t.dtype == dtypes.int8 else t.float().numpy() for name, t in unique_state(model).items()}
 
 
 def build(config: TransformerConfig | VisionConfig, arrays: Mapping[str, np.ndarray], source: str, device: str | None = None,
@@ -131,21 +140,55 @@ def build(config: TransformerConfig | VisionConfig, arrays: Mapping[str, np.ndar
 
 
 def _assign_int8(model: Transformer, arrays: Mapping[str, np.ndarray], source: str) -> None:
-  """`assign` for an int8 model: each Linear weight quantized from its host array (never on the device in float32),
-  the embeddings and every other tensor copied in float32; a tied matrix is both."""
+  """`assign` for an int8 model, from float arrays (each Linear weight quantized from its host array, never on the
+  device in float32) or from an int8 file's (int8 rows with their `.scale`s, and the generator's own when tied); the
+  embeddings and every other tensor are copied in float32."""
   state = unique_state(model)
-  check_arrays(arrays, {name: t.shape for name, t in state.items()}, source)
   owner = {id(layer.weight): layer for layer in linear_layers(model)}
   embeddings = {id(model.src_embed.weight), id(model.tgt_embed.weight)}
+  names = {id(model.generator.weight): "generator.weight"} if id(model.generator.weight) in embeddings else {}
+  quantized = any(name.endswith(".scale") for name in arrays)
+  expected = {name: tuple(t.shape) for name, t in state.items()}
+  if quantized:
+    for t in owner.values():
+      weight = names.get(id(t.weight), next(n for n, s in state.items() if s is t.weight))
+      expected[weight], expected[scale_name(weight)] = tuple(t.weight.shape), (t.weight.shape[0],)
+  check_arrays(arrays, expected, source)
   for name, t in state.items():
-    if id(t) in owner: owner[id(t)].quantize(arrays[name])
+    if id(t) in owner:
+      layer = owner[id(t)]
+      weight = names.get(id(t), name)
+      if quantized:
+        rows = arrays[weight]
+        if np.abs(rows).max() > 127 or not np.array_equal(rows, np.rint(rows)):
+          raise WeightsError(f"{source}: tensor {weight} is not int8 rows (integers in [-127, 127]); write the file again")
+        layer.set_int8(rows, arrays[scale_name(weight)])
+      else: layer.quantize(arrays[name])
     if id(t) not in owner or id(t) in embeddings: t.replace(to_device(arrays[name], t.device, dtypes.float32))
     drain(t.device)
 
 
+def scale_name(weight: str) -> str:
+  """The name of an int8 weight's row scales in a file: `generator.weight` -> `generator.scale`."""
+  return weight[:-len("weight")] + "scale" if weight.endswith(".weight") else weight + ".scale"
+
+
+def int8_arrays(config: TransformerConfig, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A float model's arrays as an int8 file holds them: each Linear weight as int8 rows (quantize_rows) with its
+  `.scale`, the generator's own when it is tied to the embedding; arrays already int8 (an int8 model's) as they are."""
+  out = dict(arrays)
+  weights = [n for n in arrays if n.endswith(LINEAR_WEIGHTS) or n == "generator.weight"]
+  if config.tie_embeddings and "generator.weight" not in arrays: weights.append("generator.weight")
+  for name in weights:
+    if np.asarray(out.get(name)).dtype == np.int8: continue
+    out[name], out[scale_name(name)] = quantize_rows(arrays[name] if name in arrays else arrays["src_embed.weight"])
+  return out
+
+
 def copy_to(model: Transformer | VisionTransformer, device: str) -> Transformer | VisionTransformer:
   """A copy of model on another device: the same config, weights (in the same dtype) and generation settings."""
-  copy = build(model.config, state_arrays(model), "the model's own weights", device, model.parameters()[0].dtype)
+  dtype = INT8 if getattr(model, "quantized", False) else model.parameters()[0].dtype
+  copy = build(model.config, state_arrays(model), "the model's own weights", device, dtype)
   if hasattr(model, "generation_config"): copy.generation_config = model.generation_config
   return copy
 
@@ -198,6 +241,11 @@ def load(path: str | os.PathLike, device: str | None = None, dtype: str | DType 
   """
   model_dtype(dtype)   # a bad dtype is refused before the file is read
   wf = _read_transformer(path)
+  if wf.dtype == INT8:
+    if dtype not in (None, INT8):
+      raise WeightsError(f"{os.fspath(path)} holds int8 weights: load it with dtype='int8' (or None); for {dtype}, "
+                         f"load the float file it was made from")
+    dtype = INT8
   model = build(wf.config, wf.arrays, os.fspath(path), device, dtype)
   if wf.generation_config is not None: model.generation_config = wf.generation_config
   return model

@@ -7,7 +7,8 @@ A tfm weight file (format version 1) holds
   metadata  tfm.format_version = "1", tfm.kind = "transformer" (or "stacks": encoder and decoder stacks alone, as
             imported from torch.nn.Transformer; or "vit": a VisionTransformer, its config a VisionConfig),
             tfm.config = the model's config as JSON, tfm.dtype = the storage
-            dtype of every tensor (float32, float16 or bfloat16), optionally tfm.generation_config (JSON: the
+            dtype of every tensor (float32, float16 or bfloat16; or int8: each Linear weight as I8 rows with a float32
+            `NAME.scale` beside it, the generator's own when tied, every other tensor float32), optionally tfm.generation_config (JSON: the
             decoding defaults a checkpoint came with, `model.generation_config`), and any str -> str entries the caller adds;
             tfm.sha256, the checksum of every tensor's stored bytes and every other metadata entry, lets a load refuse a
             file damaged after it was written (files without it load unchecked)

@@ -14,6 +14,7 @@ from tinygrad import Tensor, TinyJit
 import tfm
 from tfm import translator as translator_module
 from tfm.cli import main
+from tfm.generation.ranking import best_continuations
 from tfm.tokenizer import CharTokenizer
 
 from tfm import generation as gen
@@ -114,7 +115,7 @@ def test_beam_search_with_one_beam_is_greedy(model):
 
 @pytest.mark.parametrize("beams,vocab", [(4, 58101), (3, 1000), (4, 64), (1, 20000)])
 def test_beam_ranking_by_chunks_equals_ranking_every_continuation(beams, vocab):
-  # _best_continuations against a full stable sort of every (beam, token) sum; ties (rounded scores, -inf bans,
+  # best_continuations against a full stable sort of every (beam, token) sum; ties (rounded scores, -inf bans,
   # beams started at -1e9) must come out lower index first, as the full sort orders them
   rng = np.random.default_rng(vocab)
   rows, cands = 3, 2 * beams
@@ -126,7 +127,7 @@ def test_beam_ranking_by_chunks_equals_ranking_every_continuation(beams, vocab):
     if trial == 0: running[:, 1:] = -1e9
     acc = (lp.reshape(rows, beams, vocab) + running[:, :, None]).reshape(rows, beams * vocab)
     expected = np.argsort(-acc, axis=1, kind="stable")[:, :cands]
-    top, scores = gen.search._best_continuations(lp, running, cands)
+    top, scores = best_continuations(lp, running, cands)
     np.testing.assert_array_equal(top, expected)
     np.testing.assert_array_equal(scores, np.take_along_axis(acc, expected, 1))
 

@@ -9,12 +9,12 @@ import numpy as np
 
 from tfm.errors import InputError
 from tfm.generation import rules
+from tfm.generation.ranking import best_continuations, largest
 from tfm.generation.session import Session, Steps, encoded, steps_at
 from tfm.generation.settings import GenerationSettings, check, resolve_settings, rule_arrays
 from tfm.memory import download, host_view, upload
 from tfm.model import Transformer
 
-CHUNK = 128           # beam search ranks a step's continuations by chunks of this many tokens (_best_continuations)
 CHECK_EVERY = 4        # greedy decoding asks "all rows finished?" every this many steps (every step where that is free)
 
 
@@ -23,44 +23,6 @@ def lengths_to_eos(ids: np.ndarray, eos_id: int) -> np.ndarray:
   is_eos = np.asarray(ids) == eos_id
   return np.where(is_eos.any(1), is_eos.argmax(1) + 1, is_eos.shape[1])
 
-
-def _top(x: np.ndarray, k: int) -> np.ndarray:
-  """Indices of the k largest entries of each row, largest first (ties: lower index first)."""
-  return np.argsort(-x, axis=1, kind="stable")[:, :k]
-
-def _best_continuations(lp: np.ndarray, running_scores: np.ndarray, cands: int) -> tuple[np.ndarray, np.ndarray]:
-  """The `cands` best continuations of each batch row's k beams, best first (ties: lower index first): flat indices
-  beam * vocab + token and their scores lp + the beam's running score, what `_top` ranks over every continuation
-  of the row, without forming the (rows, k * vocab) sums. lp is (rows * k, vocab), running_scores (rows, k).
-
-  Only chunks of CHUNK tokens can hold one whose best score reaches the cands-th best of the chunk maxima (those
-  maxima are cands distinct scores, so the cands-th best score of all is at least that high), so only those chunks
-  are gathered and ranked: for opus-mt's 58,101 tokens and beam 4, a few hundred scores per row instead of 232,404.
-  A chunk's best score plus the running score is the best of its sums, float32 rounding being monotonic."""
-  b, k = running_scores.shape
-  vocab = lp.shape[1]
-  full = vocab // CHUNK * CHUNK
-  if k * vocab <= 4 * cands * CHUNK:   # a small vocabulary: nothing to prune
-    acc = (lp.reshape(b, k, vocab) + running_scores[:, :, None]).reshape(b, k * vocab)
-    top = _top(acc, cands)
-    return top, np.take_along_axis(acc, top, 1)
-  maxima = lp[:, :full].reshape(b * k, -1, CHUNK).max(-1)
-  if full < vocab: maxima = np.concatenate([maxima, lp[:, full:].max(1, keepdims=True)], 1)
-  chunks = maxima.shape[1]
-  maxima = (maxima.reshape(b, k, chunks) + running_scores[:, :, None]).reshape(b, k * chunks)
-  bar = -np.partition(-maxima, cands - 1, axis=1)[:, cands - 1]
-  top, scores = np.empty((b, cands), np.int64), np.empty((b, cands), lp.dtype)
-  offsets = np.arange(CHUNK)
-  for r in range(b):
-    picked = np.flatnonzero(maxima[r] >= bar[r])
-    beam = picked // chunks
-    tokens = (picked % chunks)[:, None] * CHUNK + offsets   # (picked, CHUNK); the last chunk may run past the vocabulary
-    inside = tokens < vocab
-    values = np.where(inside, lp[r * k + beam[:, None], np.minimum(tokens, vocab - 1)] + running_scores[r, beam][:, None], -np.inf)
-    index = np.where(inside, beam[:, None] * vocab + tokens, k * vocab).ravel()   # outside: after every real index
-    best = np.lexsort((index, -values.ravel()))[:cands]
-    top[r], scores[r] = index[best], values.ravel()[best]
-  return top, scores
 
 def _all_ended(steps: Steps, pos: int, eos: int) -> bool:
   """Has every row of a greedy decode produced eos by position pos? Asked every step where the device memory is host
@@ -178,14 +140,14 @@ def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[in
       history = np.concatenate([np.full((b * k, 1), s.start_id, np.int32), running[:, :, :t].reshape(b * k, t)], 1)
       if rule_at[t] != 2: lp = rules.apply(lp, history, s)
       lp = rules.force_prefix(lp, t, prefixes, k)
-    top, top_scores = _best_continuations(lp, running_scores, cands)
+    top, top_scores = best_continuations(lp, running_scores, cands)
     beam_of, token = top // vocab, top % vocab
     grown = np.take_along_axis(running, beam_of[:, :, None], 1)  # (b, cands, max_len)
     grown[:, :, t] = token
     ends = (token == c.eos_id) | (t + 1 >= max_len)
     # the k best that did not end go on
     live_scores = top_scores + ends.astype(f32) * never
-    keep = _top(live_scores, k)
+    keep = largest(live_scores, k)
     running = np.take_along_axis(grown, keep[:, :, None], 1)
     running_scores = np.take_along_axis(live_scores, keep, 1)
     tokens = np.take_along_axis(token, keep, 1).reshape(-1)
@@ -197,7 +159,7 @@ def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[in
     scores += (~improvable[:, None]).astype(f32) * never
     scores += (~ended).astype(f32) * never
     merged = np.concatenate([done_scores, scores], 1)
-    best = _top(merged, k)
+    best = largest(merged, k)
     done = np.take_along_axis(np.concatenate([done, grown], 1), best[:, :, None], 1)
     done_scores = np.take_along_axis(merged, best, 1)
     done_lengths = np.take_along_axis(np.concatenate([done_lengths, np.full((b, cands), t + 1)], 1), best, 1)

@@ -115,6 +115,9 @@ def test_an_int8_model_saves_as_int8_and_loads_back_exactly(pair, tmp_path):
   tfm.save(f32, tmp_path / "f32.safetensors")
   assert (tmp_path / "f.safetensors").stat().st_size < 0.6 * (tmp_path / "f32.safetensors").stat().st_size
   with pytest.raises(tfm.WeightsError, match="holds int8 weights: load it with dtype='int8'"): tfm.load(path, dtype="float16")
+  with pytest.raises(tfm.WeightsError, match="holds int8 weights and the model is float"): weights.load_into(f32, path)
+  from tfm import subjects
+  with pytest.raises(tfm.TfmError, match="holds int8 weights: compare the float file"): subjects.load_subject(str(path))
 
 
 def test_an_int8_file_with_rows_out_of_range_is_refused(pair, tmp_path):

@@ -102,7 +102,8 @@ def add_translate(sub) -> None:
                  help="what --batch-size counts (default: examples)")
   p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
   p.add_argument("--dtype", default=None, choices=("float32", "float16", "int8"),
-                 help="compute dtype (default: float32); int8: int8 Linear weights with per-row scales, faster, approximate")
+                 help="compute dtype (default: float32, or int8 for an int8 file); int8: int8 Linear weights with "
+                      "per-row scales, faster, approximate")
   p.add_argument("--scores", action="store_true", help="print each translation's score (log-prob / length) before it, tab-separated")
   p.add_argument("--json", action="store_true", help="one JSON object per input line: line, source, translation, score "
                  "(n_best with --n-best, error for a skipped line)")

@@ -169,6 +169,9 @@ def load_subject(model: str | None = None) -> Subject | VisionSubject:
     wf = weights.read(path)
     if wf.kind == "vit":
       return vision_subject(wf.config, dict(wf.arrays), "bundled classifier (digits.safetensors)" if path == DIGITS else str(path))
+    if wf.dtype == "int8":
+      raise TfmError(f"{path} holds int8 weights: compare the float file it was made from, with --dtype int8 "
+                     f"(the oracle takes that file's weights quantized as the int8 model holds them)")
     if wf.kind != "transformer":
       raise TfmError(f"{path} holds {wf.kind} (encoder and decoder stacks without embeddings), not a Transformer: "
                      f"tfm compare needs a whole model (token ids in, logits out)")

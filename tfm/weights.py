@@ -217,6 +217,9 @@ def load_into(model: Transformer | VisionTransformer, path: str | os.PathLike) -
     diff = {k: (v, getattr(wf.config, k)) for k, v in model.config.to_dict().items() if getattr(wf.config, k) != v}
     raise WeightsError(f"{os.fspath(path)} was saved from a different config: " +
                        ", ".join(f"{k}: model {a!r}, file {b!r}" for k, (a, b) in diff.items()) + "; use tfm.load(path) instead")
+  if (wf.dtype == INT8) != bool(getattr(model, "quantized", False)):
+    raise WeightsError(f"{os.fspath(path)} holds {'int8' if wf.dtype == INT8 else 'float'} weights and the model is "
+                       f"{'int8' if getattr(model, 'quantized', False) else 'float'}; use tfm.load(path) instead")
   assign(unique_state(model), wf.arrays, os.fspath(path))
   return model
 

@@ -23,7 +23,7 @@ def best_continuations(lp: np.ndarray, running_scores: np.ndarray, cands: int) -
   b, k = running_scores.shape
   vocab = lp.shape[1]
   full = vocab // CHUNK * CHUNK
-  if k * vocab <= 4 * cands * CHUNK:   # a small vocabulary: nothing to prune
+  if k * vocab <= 4 * cands * CHUNK or np.isnan(lp).any():   # a small vocabulary (nothing to prune), or NaN scores
     acc = (lp.reshape(b, k, vocab) + running_scores[:, :, None]).reshape(b, k * vocab)
     best = largest(acc, cands)
     return best, np.take_along_axis(acc, best, 1)

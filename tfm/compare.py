@@ -38,7 +38,8 @@ from tfm.config import TransformerConfig, VisionConfig
 from tfm.files import atomic_write
 from tfm.errors import InputError
 from tfm.generation import generate
-from tfm.linear import int8_twin, linear_layers
+from tfm.linear import linear_layers
+from tfm.weights import int8_twin
 from tfm.model import Transformer
 from tfm.reference import Reference, VisionReference
 from tfm.subjects import BEAM_SIZE, Subject, VisionSubject
@@ -66,7 +67,7 @@ def oracle(subject: Subject | VisionSubject, dtype: str = "float32") -> dict[str
   """The float64 oracle's encoder output and logits (a ViT's features and logits) for the subject's inputs, from the
   weights as a backend holds them in `dtype` (rounded to float16 for float16, and so are a ViT's pixels: the tolerance
   then measures the backend's arithmetic alone)."""
-  if dtype == "int8":   # the weights the int8 model holds, dequantized (tfm.linear.int8_twin)
+  if dtype == "int8":   # the weights the int8 model holds, dequantized (tfm.weights.int8_twin)
     config, arrays = int8_twin(subject.config, subject.arrays)
     ref = Reference(arrays, config.to_dict())
     return {"encoder": ref.encode(subject.src), "logits": ref.logits(subject.src, subject.tgt)}

@@ -95,20 +95,6 @@ def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 LINEAR_WEIGHTS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight", "fc1.weight", "fc2.weight")
 
 
-def int8_twin(config: Any, arrays: dict[str, np.ndarray]) -> tuple[Any, dict[str, np.ndarray]]:
-  """The float config and arrays that compute exactly what the int8 model of `arrays` computes (Transformer.quantize):
-  each Linear weight replaced by its int8 rows times their scales, and the generator, which quantize unties from the
-  embedding, as its own matrix. What `tfm compare --dtype int8` gives the float64 oracle, so that its tolerance
-  measures a backend's arithmetic, not the quantization."""
-  def rounded(w: np.ndarray) -> np.ndarray:
-    q, scale = quantize_rows(w)
-    return q.astype(np.float32) * scale[:, None]
-  out = {name: rounded(a) if name.endswith(LINEAR_WEIGHTS) else a for name, a in arrays.items()}
-  out["generator.weight"] = rounded(arrays["generator.weight" if "generator.weight" in arrays else "src_embed.weight"])
-  if config.tie_embeddings: out["tgt_embed.weight"] = arrays["src_embed.weight"]
-  return config.replace(tie_embeddings=False), out
-
-
 def linear_layers(obj: Any) -> list[Linear]:
   """Every Linear reachable from obj's attributes and lists (a model's projections, FFNs and generator), once each."""
   found: dict[int, Linear] = {}

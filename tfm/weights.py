@@ -174,6 +174,18 @@ def scale_name(weight: str) -> str:
   return weight[:-len("weight")] + "scale" if weight.endswith(".weight") else weight + ".scale"
 
 
+def int8_twin(config: TransformerConfig, arrays: Mapping[str, np.ndarray]) -> tuple[TransformerConfig, dict[str, np.ndarray]]:
+  """The float config and arrays that compute exactly what the int8 model of `arrays` computes: int8_arrays' rows times
+  their scales, the generator its own matrix (untied). What `tfm compare --dtype int8` gives the float64 oracle, so
+  that its tolerance measures a backend's arithmetic, not the quantization."""
+  quantized = int8_arrays(config, arrays)
+  out = {name: a for name, a in quantized.items() if not name.endswith(".scale")}
+  for name, a in out.items():
+    if np.asarray(a).dtype == np.int8: out[name] = a.astype(np.float32) * quantized[scale_name(name)][:, None]
+  if config.tie_embeddings: out["tgt_embed.weight"] = arrays["src_embed.weight"]
+  return config.replace(tie_embeddings=False), out
+
+
 def int8_arrays(config: TransformerConfig, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """A float model's arrays as an int8 file holds them: each Linear weight as int8 rows (quantize_rows) with its
   `.scale`, the generator's own when it is tied to the embedding; arrays already int8 (an int8 model's) as they are."""

@@ -78,7 +78,7 @@ class Run:
 
   def to_dict(self) -> dict[str, Any]:
     """JSON-ready: floats that are not finite become the strings "nan"/"inf"; outputs are left out."""
-    return {"backend": self.backend.name, "target": self.backend.target, "device": self.backend.device,
+    return {"backend": self.backend.label, "target": self.backend.target, "device": self.backend.device,
             "status": self.status, "note": self.note, "reference": self.is_reference,
             "max_abs_error": {k: _json_float(v) for k, v in self.vs_expected.items()},
             "vs_reference": {k: _json_float(v) for k, v in self.vs_reference.items()},
@@ -162,7 +162,7 @@ def _check(run: Run, reference: Run | None, expected: Outputs, tolerance: float)
     elif reference is not None and key in reference.outputs:
       run.identical[key] = value.shape == reference.outputs[key].shape and bool(np.array_equal(value, reference.outputs[key]))
   problems = [f"{k} off by {v:.3g} > {tolerance:g}" for k, v in run.vs_expected.items() if not v <= tolerance]
-  problems += [f"{k} differs from {reference.backend.name}'s" for k, same in run.identical.items() if not same]
+  problems += [f"{k} differs from {reference.backend.label}'s" for k, same in run.identical.items() if not same]
   if problems: run.status, run.note = FAIL, "; ".join(problems)
 
 
@@ -180,7 +180,7 @@ def compare(build: Callable[[BackendInfo], Steps], infos: Sequence[BackendInfo],
   runs: list[Run] = []
   bar = tqdm(infos, desc="compare", disable=None if progress is None else not progress, unit="backend")
   for info in bar:
-    bar.set_description(f"{info.name}: compiling and running" if info.runs else f"{info.name}: checking")
+    bar.set_description(f"{info.label}: compiling and running" if info.runs else f"{info.label}: checking")
     if info.name in skip: runs.append(Run(info, SKIPPED, skip[info.name]))
     elif info.status == RUNS:
       why = dtype_unsupported(info, dtype)
@@ -191,7 +191,7 @@ def compare(build: Callable[[BackendInfo], Steps], infos: Sequence[BackendInfo],
       except Exception as e: runs.append(Run(info, COMPILE_FAILED, _first_line(e), detail=traceback.format_exc()))
     else: runs.append(Run(info, UNAVAILABLE, info.reason))
   ran = [r for r in runs if r.ran]
-  named = [r for r in ran if reference and r.backend.name == lookup(reference).name]
+  named = [r for r in ran if reference and r.backend.label == lookup(reference).name]
   ref = (named or ran or [None])[0]
   if ref is not None: ref.is_reference = True
   for run in ran: _check(run, ref if run is not ref else None, expected or {}, tolerance)

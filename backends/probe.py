@@ -62,16 +62,20 @@ def _saved() -> dict[str, dict]:
   try: data = json.loads(saved_path().read_text(encoding="utf-8"))
   except (OSError, ValueError): return {}
   if not isinstance(data, dict) or data.get("environment") != _environment() or not isinstance(data.get("results"), dict): return {}
-  fields = {f.name for f in dataclasses.fields(BackendInfo)}
+  fields = {f.name for f in dataclasses.fields(BackendInfo)} - {"devices"}   # a selection's, never a probe's
   return {name: r for name, r in data["results"].items()
           if isinstance(r, dict) and set(r) == fields | {"at"} and time.time() - r["at"] < KEPT_FOR}
+
+
+def _fields(info: BackendInfo) -> dict:
+  return {k: v for k, v in dataclasses.asdict(info).items() if k != "devices"}
 
 
 def _save(info: BackendInfo) -> BackendInfo:
   """Keep a result on disk unless it may be passing (a timeout, a crash); written atomically. Returns info."""
   if not cache_enabled() or "timed out" in info.reason or "probe crashed" in info.reason: return info
   with _saving:
-    results = {**_saved(), info.name: {**dataclasses.asdict(info), "at": time.time()}}
+    results = {**_saved(), info.name: {**_fields(info), "at": time.time()}}
     try:
       saved_path().parent.mkdir(parents=True, exist_ok=True)
       fd, tmp = tempfile.mkstemp(dir=saved_path().parent, prefix=".probes-", suffix=".json")
@@ -155,13 +159,14 @@ def _run(b: Backend) -> dict:
     if got != 134.0: raise RuntimeError(f"wrong result: a 2x2 matmul summed to {got}, expected 134")
     dev = Device[b.target.split(":")[0]]
     renderer = type(dev.renderer).__name__.removesuffix("Renderer").removeprefix("CPU")   # read inside: DEV picks it
-  if b.kind == "cpu": return {"device": f"{_cpu_model()} ({renderer})"}
+  if b.kind == "cpu": return {"device": f"{_cpu_model()} ({renderer})", "count": os.cpu_count() or 1}
+  count = dev.count() if b.kind in ("opencl", "gpu") else 1
   if b.kind == "opencl":
     import ctypes
     from tinygrad.runtime.autogen import opencl as cl
     cl.clGetDeviceInfo(dev.cl_dev, cl.CL_DEVICE_TYPE, 8, ctypes.byref(typ := ctypes.c_uint64()), None)
-    return {"device": dev.device_name, "accelerator": bool(typ.value & cl.CL_DEVICE_TYPE_GPU)}
-  if b.kind == "gpu": return {"device": f"{b.name} {dev.arch or ''}".strip(), "accelerator": True}
+    return {"device": dev.device_name, "accelerator": bool(typ.value & cl.CL_DEVICE_TYPE_GPU), "count": count}
+  if b.kind == "gpu": return {"device": f"{b.name} {dev.arch or ''}".strip(), "accelerator": True, "count": count}
   return {"device": "tinygrad's Python emulator (slow: tiny shapes only)"}
 
 

@@ -55,6 +55,21 @@ class BackendInfo:
   device: str = ""
   reason: str = ""    # why it does not run here, and the fix
   accelerator: bool = False
+  count: int = 1      # devices of this backend here (a CPU backend: the cores; any number of CPU devices can be made)
+  devices: tuple[str, ...] = ()   # set by select() for a multi-device choice ("CPU*2"): tinygrad device names
+
+  @property
+  def label(self) -> str:
+    """The name to show and to select again: "CL", or for several devices "CPU*2" (or "CPU:1,CPU:3")."""
+    if len(self.devices) <= 1 and self.devices in ((), (self.device_name,)): return self.name
+    indices = [int(d.rpartition(":")[2]) if ":" in d else 0 for d in self.devices]
+    if indices == list(range(len(indices))): return f"{self.name}*{len(indices)}"
+    return ",".join(f"{self.name}:{i}" for i in indices)
+
+  @property
+  def tensor_device(self) -> str | tuple[str, ...]:
+    """What to pass as `Tensor(..., device=)`: the device name, or the tuple of devices a multi-device choice names."""
+    return self.devices if len(self.devices) > 1 else self.devices[0] if self.devices else self.device_name
 
   @property
   def runs(self) -> bool: return self.status == RUNS

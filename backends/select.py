@@ -9,9 +9,17 @@ CPU-class backend measured, since it runs work-groups on every core where tinygr
 (docs/BACKENDS.md, "Why auto picks CL"). CPU precedes CPU:LLVM (a tie) because a plain target needs no DEV context
 to keep its renderer. Skipped accelerators are logged; when auto has to skip a
 CPU-class backend (e.g. CL without an OpenCL ICD) it warns.
+
+Several devices of one backend, for a model sharded over them: "CPU*2" (the first two), "CUDA:0,CUDA:1", or a
+sequence of devices (("CPU:0", "CPU:1"), or tinygrad's own form ("CPU", "CPU:1"), where in a tuple beside indexed names
+a bare one is device 0). The result's `devices` holds tinygrad's names for them ("CPU", "CPU:1"). A name with a device
+index is a device and one without is a backend: a tuple or list of bare names stays a priority list, and mixing the
+two in a comma-separated string or a list is a mistake, refused.
+CPU devices are made on demand (each is one worker thread), so any number may be asked for; an accelerator's index
+must be one the probe counted.
 """
 from __future__ import annotations
-import contextlib, logging, os, warnings
+import contextlib, dataclasses, logging, os, re, warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from backends.probe import TIMEOUT, available, probe
@@ -32,6 +40,7 @@ def select(preference: str | Sequence[str] = "auto", timeout: float = TIMEOUT) -
   source = "device"
   if isinstance(preference, str) and preference.strip().lower() == "auto" and (env := os.environ.get("TFM_DEVICE", "").strip()):
     preference, source = env, "TFM_DEVICE"
+  if (several := _devices(preference, source)) is not None: return _select_devices(*several, source, timeout)
   names = _parse(preference, source)
   if names == ["auto"]: return _auto(timeout)
   infos = _probe_all(names, timeout)
@@ -51,6 +60,55 @@ def use(backend: BackendInfo | str | Sequence[str] = "auto") -> Iterator[Backend
   from tinygrad import Context
   info = backend if isinstance(backend, BackendInfo) else select(backend)
   with Context(DEV=info.target): yield info
+
+
+_INDEXED = re.compile(r"^(.+):(\d+)$")
+
+
+def _devices(preference: str | Sequence[str], source: str) -> tuple[str, list[int]] | None:
+  """(backend name, device indices) for a multi-device spelling ("CPU*2", "CPU:0,CPU:1", ("CPU:0", "CPU:1")), None for
+  anything else (a backend name, a priority list, "auto")."""
+  if isinstance(preference, str) and "*" in preference:
+    name, _, count = preference.partition("*")
+    if not count.strip().isdigit() or int(count) < 1:
+      raise SelectionError(f"{source}={preference!r}: expected BACKEND*COUNT with a count of at least 1, e.g. 'CPU*2'")
+    try: return lookup(name).name, list(range(int(count)))
+    except SelectionError as e: raise SelectionError(f"{source}={preference!r}: {e}") from None
+  parts = preference.split(",") if isinstance(preference, str) else list(preference) if isinstance(preference, Sequence) else []
+  if not all(isinstance(p, str) for p in parts): return None   # _parse refuses it
+  if isinstance(preference, tuple) and any(_INDEXED.match(p.strip()) for p in parts if isinstance(p, str)):
+    # tinygrad's form ("CPU", "CPU:1"): beside indexed names a bare one is device 0 (and an unknown one is refused)
+    try: parts = [p if (m := _INDEXED.match(p.strip())) and _known(m.group(1)) else f"{lookup(p).name}:0" for p in parts]
+    except SelectionError as e: raise SelectionError(f"{source}={preference!r}: {e}") from None
+  indexed = [m for p in parts if (m := _INDEXED.match(p.strip())) and _known(m.group(1))]
+  if not indexed: return None
+  if len(indexed) < len(parts):
+    raise SelectionError(f"{source}={preference!r} mixes devices (with an index, 'CPU:0') and backends (without one): "
+                         f"give devices of one backend ('CPU:0,CPU:1' or 'CPU*2') or a priority list of backends ('CUDA,CL')")
+  names = {lookup(m.group(1)).name for m in indexed}
+  if len(names) > 1:
+    raise SelectionError(f"{source}={preference!r}: the devices must all be of one backend, got {', '.join(sorted(names))}; "
+                         f"a model is sharded over devices of one kind")
+  indices = [int(m.group(2)) for m in indexed]
+  if len(set(indices)) < len(indices):
+    raise SelectionError(f"{source}={preference!r} names a device twice; give each device once")
+  return names.pop(), indices
+
+
+def _known(name: str) -> bool:
+  try: return bool(lookup(name))
+  except SelectionError: return False
+
+
+def _select_devices(name: str, indices: list[int], source: str, timeout: float) -> BackendInfo:
+  info = probe(name, timeout)
+  prefix = "TFM_DEVICE: " if source == "TFM_DEVICE" else ""
+  if not info.runs: raise BackendUnavailable(f"{prefix}{_why([info])}. Backends that run here: {_running(timeout)}")
+  if lookup(name).kind not in ("cpu", "emulator") and (missing := [i for i in indices if i >= info.count]):
+    raise SelectionError(f"{prefix}there is no device {name}:{missing[0]}: {name} has {info.count} device"
+                         f"{'s' if info.count != 1 else ''} here ({', '.join(f'{name}:{i}' for i in range(info.count))})")
+  bare = info.device_name
+  return dataclasses.replace(info, devices=tuple(bare if i == 0 else f"{bare}:{i}" for i in indices))
 
 
 def _parse(preference: str | Sequence[str], source: str) -> list[str]:

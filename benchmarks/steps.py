@@ -48,7 +48,7 @@ def run(args) -> list[dict]:
     steps = session.steps[min(session.steps)]
     step = steps.beam if args.beam > 1 else steps.greedy
     families: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])
-    for runtime, bufs, dims, info in step.launches:
+    for runtime, bufs, dims, info, *_ in step.launches:
       global_size, local_size = dims or info.launch_dims({"pos": POS})
       seconds = runtime(*bufs, global_size=global_size, local_size=local_size,
                         vals=info.vals({"pos": POS}) if info.vars else (), wait=True)

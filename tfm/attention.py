@@ -96,12 +96,16 @@ class KVCache:
   position: one preallocated (2, rows, heads, length, head_dim + 1) buffer written one slot per step at a symbolic
   position. Values carry a last column of ones for `attend_normalised_late` (the keys' extra column is unused)."""
 
-  def __init__(self, rows: int, n_heads: int, length: int, head_dim: int, device: str, dtype=dtypes.float32):
+  def __init__(self, rows: int, n_heads: int, length: int, head_dim: int, device: str | tuple[str, ...], dtype=dtypes.float32,
+               axis: int | None = None, group: int = 1):
+    """On several devices the buffer is split along `axis` (1: rows, data parallel; 2: heads, tensor parallel).
+    `group`: rows come in groups of this many (a sentence's beams), and a row only ever continues one of its group's."""
+    self.group = group
     # zeros, not empty: masked slots still meet the values in `weights @ v`, and 0 * garbage could be NaN;
     # the last column is 1 for values (see attend_normalised_late) and 0 for keys
     kv = np.zeros((2, rows, n_heads, length, head_dim + 1), np.float32)
     kv[1, ..., head_dim] = 1.0
-    self.kv = to_device(kv, device, dtype)
+    self.kv = to_device(kv, device, dtype, axis)
 
   @property
   def length(self) -> int: return self.kv.shape[3]
@@ -116,9 +120,19 @@ class KVCache:
     with their ones column (rows, H, length, hd + 1).
 
     With `origin` (rows,) the filled slots 0..pos-1 are gathered first: row i continues the hypothesis that row
-    origin[i] held (beam search reorders its hypotheses every step)."""
+    origin[i] of its own group held (beam search reorders its hypotheses every step)."""
     hd = k.shape[-1]
-    if origin is not None: self.kv[:, :, :, :pos].assign(self.kv[:, origin, :, :pos])
+    if origin is not None: self.kv[:, :, :, :pos].assign(self._reordered(origin, pos))
     # k and v made first: fused into the write, their two projections compile to one kernel several times slower
     self.kv[:, :, :, pos:pos + 1, :hd].assign(Tensor.stack(k.contiguous(), v.contiguous()).cast(self.kv.dtype))  # (2, rows, H, 1, hd)
     return self.kv[0, :, :, :, :hd], self.kv[1]
+
+  def _reordered(self, origin: Tensor, pos) -> Tensor:
+    """Slots 0..pos-1 with row i's taken from row origin[i], picked within each group (a one-hot sum over the group's
+    rows): a row never reads another sentence's, so rows split over devices (data parallel) stay on their device."""
+    _, rows, heads, _, width = self.kv.shape
+    g = self.group
+    local = origin - (Tensor.arange(rows) // g) * g                                          # (rows,), each in [0, g)
+    pick = (local.reshape(rows // g, g, 1) == Tensor.arange(g)).cast(self.kv.dtype)       # (groups, g, g)
+    filled = self.kv[:, :, :, :pos].reshape(2, rows // g, 1, g, heads, pos, width)
+    return (pick.reshape(1, rows // g, g, g, 1, 1, 1) * filled).sum(3).reshape(2, rows, heads, pos, width)

@@ -65,7 +65,8 @@ def add_compare(sub) -> None:
                       "weights, the bundled digits classifier, a tfm .safetensors file, or a Marian or ViT checkpoint folder "
                       "(default: bundled when installed, else tiny)")
   p.add_argument("--backends", default="auto", metavar="auto|all|CPU,CL,...",
-                 help="auto: every backend but the slow Python emulator; all: every one; or a comma-separated list")
+                 help="auto: every backend but the slow Python emulator; all: every one; or a comma-separated list, "
+                      "where CPU*2 is the model split over two CPU devices (data parallel)")
   p.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"],
                  help="compute dtype (default: float32); int8 is checked against the oracle of its dequantized weights")
   p.add_argument("--repeat", type=int, default=3, metavar="N", help="warm calls timed after the first (default: 3)")
@@ -100,7 +101,10 @@ def add_translate(sub) -> None:
                  "--batch-type tokens, padded source tokens per batch")
   p.add_argument("--batch-type", choices=("examples", "tokens"), default="examples",
                  help="what --batch-size counts (default: examples)")
-  p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
+  p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL, or several "
+                 "devices of one: CPU*2, CUDA:0,CUDA:1 (default: auto)")
+  p.add_argument("--parallel", default=None, choices=("data", "tensor"), help="with several devices: split the batch (data) "
+                 "or the heads and FFN columns (tensor) over them (default: data, tensor for models over 2 GiB)")
   p.add_argument("--dtype", default=None, choices=("float32", "float16", "int8"),
                  help="compute dtype (default: float32, or int8 for an int8 file); int8: int8 Linear weights with "
                       "per-row scales, faster, approximate")

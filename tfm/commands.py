@@ -44,8 +44,8 @@ def cmd_translate(args) -> int:
     raise TfmError("--stream prints greedy (or sampled) translations of the texts given: leave out --input, --json, "
                    "--n-best and --beam")
   lines = textfiles.read_lines(args.input) if args.input else args.texts
-  translator = (Translator.bundled(args.device, args.dtype) if args.model == "bundled"
-                else Translator.load(args.model, args.device, args.dtype))
+  translator = (Translator.bundled(args.device, args.dtype, args.parallel) if args.model == "bundled"
+                else Translator.load(args.model, args.device, args.dtype, args.parallel))
   if args.stream:
     for text in args.texts:
       chosen = {k: v for k, v in rules.items() if v is not None}

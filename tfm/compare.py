@@ -92,7 +92,7 @@ def model_on(subject: Subject | VisionSubject, device: str, dtype: str = "float3
 def vision_steps(subject: VisionSubject, dtype: str) -> Callable[[BackendInfo], dict[str, Callable[[], dict[str, np.ndarray]]]]:
   """For backends.compare: build the ViT on a backend and return its checks: features, and logits with the top class."""
   def build(info: BackendInfo):
-    model = model_on(subject, info.name, dtype)
+    model = model_on(subject, info.label, dtype)
     pixels = subject.pixels
     def logits() -> dict[str, np.ndarray]:
       out = model(pixels).numpy().astype(np.float32)
@@ -106,7 +106,7 @@ def steps(subject: Subject | VisionSubject, dtype: str) -> Callable[[BackendInfo
   """For backends.compare: build the model on a backend and return its four checks, each giving numpy outputs."""
   if isinstance(subject, VisionSubject): return vision_steps(subject, dtype)
   def build(info: BackendInfo):
-    model = model_on(subject, info.name, dtype)
+    model = model_on(subject, info.label, dtype)
     src, tgt, max_len = subject.src, subject.tgt, subject.max_len
     return {
       "encoder": lambda: {"encoder": model.encode(src).numpy().astype(np.float32)},
@@ -151,14 +151,16 @@ def kernel_graph(config: TransformerConfig | VisionConfig, dtype: str = "float32
 
 
 def select_backends(spec: str = "auto") -> tuple[list[BackendInfo], dict[str, str]]:
-  """The backends to compare and those left out with why: "auto" (all but the emulator), "all", or "CPU,CL,...". """
+  """The backends to compare and those left out with why: "auto" (all but the emulator), "all", or "CPU,CL,...";
+  an entry "CPU*2" is a model split over two CPU devices (data parallel, tfm.placement)."""
   if not isinstance(spec, str) or not spec.strip():
     raise InputError(f"--backends {spec!r}: give auto, all or a comma-separated list such as CPU,CL")
   key = spec.strip().lower()
   if key in ("auto", "all"): return backends.available(), dict(SLOW) if key == "auto" else {}
-  try: names = [backends.lookup(name).name for name in spec.split(",")]
+  try:
+    names = [name.strip() if "*" in name else backends.lookup(name).name for name in spec.split(",")]
+    return [backends.select(name) if "*" in name else backends.probe(name) for name in dict.fromkeys(names)], {}
   except ValueError as e: raise InputError(f"--backends {spec!r}: {e}") from None
-  return [backends.probe(name) for name in dict.fromkeys(names)], {}
 
 
 # --- the report ---------------------------------------------------------------------------------------------------
@@ -193,7 +195,7 @@ class Report:
     tokens = self.subject.units(run.outputs) if run.outputs else 0
     same = "reference" if run.is_reference else {None: "-", True: "yes", False: "NO"}[run.all_identical]
     vs_ref = "reference" if run.is_reference else num(run.max_vs_reference, ".1e")
-    return [run.backend.name, run.status, num(run.max_error, ".1e"), vs_ref, same, num(run.first_s, ".1f"),
+    return [run.backend.label, run.status, num(run.max_error, ".1e"), vs_ref, same, num(run.first_s, ".1f"),
             num(None if latency is None else latency * 1e3, ".1f"), num(tokens / latency if latency else None, ".0f"), run.note]
 
   def header(self) -> str:
@@ -205,8 +207,8 @@ class Report:
 
   def summary(self) -> str:
     bad = failed(self.runs)
-    if bad: return "FAILED: " + "; ".join(f"{r.backend.name}: {r.status} ({r.note})" for r in bad)
-    ran = [r.backend.name for r in self.runs if r.status == PASS]
+    if bad: return "FAILED: " + "; ".join(f"{r.backend.label}: {r.status} ({r.note})" for r in bad)
+    ran = [r.backend.label for r in self.runs if r.status == PASS]
     if not ran: return "no backend ran: nothing was compared (see the notes)"
     return f"ok: ran on {', '.join(ran)}: within tolerance, with identical outputs"
 

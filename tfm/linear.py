@@ -20,7 +20,7 @@ from tinygrad.helpers import TRAINING
 from tinygrad.uop.ops import UOp
 
 from tfm.errors import InputError
-from tfm.memory import download, to_device
+from tfm.memory import download, like, to_device
 
 
 def _matmul_wt_gradient(grad: UOp, call: UOp) -> tuple[UOp, UOp]:
@@ -73,9 +73,11 @@ class Linear(nn.Linear):
     return y.contiguous()[..., :self.weight.shape[0]]
 
   def set_int8(self, rows: np.ndarray, scale: np.ndarray) -> None:
-    """Make the weight these int8 rows (values in [-127, 127], any integer-valued array) and per-row scales."""
-    self.weight = to_device(np.asarray(rows).astype(np.int8), self.weight.device, dtypes.int8)
-    self.scale = to_device(np.asarray(scale, np.float32), self.weight.device)
+    """Make the weight these int8 rows (values in [-127, 127], any integer-valued array) and per-row scales, laid out
+    over the weight's devices as it is (a weight split by rows has its scales split with them)."""
+    rows_axis = self.weight.uop.axis if isinstance(self.weight.device, tuple) else None
+    self.weight = like(np.asarray(rows).astype(np.int8), self.weight, dtypes.int8)
+    self.scale = to_device(np.asarray(scale, np.float32), self.weight.device, axis=0 if rows_axis == 0 else None)
 
   def quantize(self, weight: np.ndarray | None = None) -> None:
     """Replace the weight by its int8 rows and their scales (quantize_rows), in place; the bias stays as it is.

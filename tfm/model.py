@@ -20,15 +20,21 @@ from tfm.config import TransformerConfig, VisionConfig
 from tfm.errors import BackendError, InputError
 from tfm.layers import DecoderLayer, EncoderLayer, LayerNorm, PositionalEncoding, layer_norm_one_pass
 from tfm.linear import Embedding, Linear, linear_layers
-from tfm.memory import to_device
+from tfm.memory import like, to_device
+from tfm.placement import batch_axis, choose, place
 
 
-def resolve_device(device: str | None) -> tuple[str, str | None]:
+def resolve_device(device: Any, one: str | None = None) -> tuple[str | tuple[str, ...], str | None]:
   """(tensor device, tinygrad DEV target) for a device argument: None is tinygrad's default device, as it is;
-  anything else ("auto", "CL", "CPU:LLVM", ["CUDA", "CL"]) is chosen and probed by the backend layer."""
+  anything else ("auto", "CL", "CPU:LLVM", ["CUDA", "CL"]) is chosen and probed by the backend layer. Several
+  devices ("CPU*2", ("CPU:0", "CPU:1")) give a tuple of tinygrad device names, unless `one` names a model that runs
+  on one device only: then they are refused."""
   if device is None: return Device.DEFAULT, None
   info = backends.select(device)
-  return info.device_name, info.target
+  if one is not None and len(info.devices) > 1:
+    raise InputError(f"{one} runs on one device, and device={device!r} names {len(info.devices)}; give one of them "
+                     f"(e.g. device={info.devices[0]!r}): several devices are for the translation Transformer")
+  return info.tensor_device, info.target
 
 
 def unique_state(obj: Any) -> dict[str, Tensor]:
@@ -108,12 +114,16 @@ class Transformer:
 
   With `tie_embeddings` (the paper's 3.4) the source embedding, the target embedding and the generator share
   one matrix: `src_embed`, `tgt_embed` and `generator.weight` are the same tensor.
+
+  On several devices (device="CPU*2", ("CUDA:0", "CUDA:1")), `device` is their tuple and `parallel` says how the
+  model is split over them: "data" or "tensor" (tfm.placement; None: by size).
   """
 
-  def __init__(self, config: TransformerConfig, device: str | None = None, initialise: bool = True):
+  def __init__(self, config: TransformerConfig, device: Any = None, initialise: bool = True, parallel: str | None = None):
     """initialise=False leaves the weights unset (empty buffers): for loaders that replace every one."""
     self.config = config
     self.device, self.target = resolve_device(device)
+    self.parallel = choose(parallel, config, self.device)
     d, v = config.d_model, config.vocab_size
     with self.on_device():
       self.src_embed = Embedding(v, d)
@@ -122,6 +132,7 @@ class Transformer:
       self.decoder = Decoder(config)
       self.generator = Linear(d, v, bias=config.output_bias)
       if config.tie_embeddings: self.generator.weight = self.src_embed.weight
+      if self.parallel is not None: place(self, unique_state(self))
       if initialise: self._initialise()
     self.positions = PositionalEncoding(config, self.device)
 
@@ -140,13 +151,16 @@ class Transformer:
       elif name.endswith("embed.weight"): value = rng.normal(0.0, self.config.d_model ** -0.5, p.shape)
       elif name.endswith(".weight"): value = rng.uniform(-1, 1, p.shape) * math.sqrt(6 / (p.shape[0] + p.shape[1]))
       else: value = np.zeros(p.shape)
-      p.replace(to_device(value, self.device))
+      p.replace(like(value, p))
 
   # --- inputs -----------------------------------------------------------------------------------------------
 
   def ids(self, ids: Any, name: str = "ids") -> Tensor:
-    """Check token ids (B, T) and put them on the model's device: a Tensor, a numpy array or nested lists of ints."""
-    return Tensor(self.check_ids(ids, name), device=self.device)
+    """Check token ids (B, T) and put them on the model's device: a Tensor, a numpy array or nested lists of ints.
+    On several devices a data-parallel model splits them by rows (tfm.placement.batch_axis)."""
+    arr = self.check_ids(ids, name)
+    if self.parallel is None: return Tensor(arr, device=self.device)
+    return to_device(arr, self.device, axis=batch_axis(self, arr.shape[0]))
 
   def check_ids(self, ids: Any, name: str = "ids") -> np.ndarray:
     """`ids` checked as `ids()` checks them, as an int32 numpy array on the host (generation pads them there)."""

@@ -8,6 +8,12 @@ role of each buffer it reads or writes, where a role is a name given by the step
 input buffer), scratch memory (only its size: the step writes it before it reads it) or constant data (read before
 anything writes it: its bytes are kept). A new process names its own buffers the same way and gets the same launches.
 
+A step over several devices (a model split by tfm.placement) whose kernels never cross devices (no copies: a data-
+parallel step) is replayed as one launch list per device, run at the same time, one thread per device: tinygrad 0.14
+runs each kernel on the thread that launches it (on CPU, the calling thread, whatever the device), so launched from one
+thread, n CPU devices would use one core. A capture with copies between devices (tensor parallel, a training step's
+all-reduce) is replayed by TinyJit, in order.
+
 This is the one module that reaches into tinygrad's captured-JIT internals (`jit.captured`, `get_runtime`,
 `unwrap_multi`, `ProgramInfo`): what a tinygrad upgrade can break is here.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from tinygrad import Device, Tensor, TinyJit, UOp
@@ -25,7 +32,8 @@ from tinygrad.uop.ops import Ops
 
 from tfm import cache
 
-Launch = tuple[Any, list, Any, Any]   # (program, device buffers, launch sizes unless symbolic, ProgramInfo)
+Launch = tuple[Any, list, Any, Any, dict, str]   # program, device buffers, launch sizes unless symbolic, ProgramInfo, device vars, device
+_pools: dict[int, ThreadPoolExecutor] = {}   # by thread count: the threads that replay several devices' launches
 
 
 class CompiledStep:
@@ -43,6 +51,7 @@ class CompiledStep:
     self.jit.cnt = 1   # capture on the first call: tinygrad's uncaptured first run would schedule everything twice
     self.key_parts, self.named, self.target = key, named, target
     self.launches: list[Launch] | None = None
+    self.lanes: list[list[Launch]] = []   # the launches by device, when they are on several
     self.key: dict | None = None
     self.looked_up = key is None or named is None
     self._held: list[Buffer] = []   # scratch and constant buffers of a restored step
@@ -50,18 +59,25 @@ class CompiledStep:
   def __call__(self, value: int | None = None) -> None:
     if self.launches is None and not self.looked_up:
       self.looked_up = True
-      self.launches = self._restore()
+      self._set(self._restore())
     if not self.launches or DEBUG >= 2 or PROFILE:  # capturing, a kind of call this cannot launch, or debug output wanted
       with self.on_device(): self.jit(*([] if self.variable is None else [self.variable.bind(value)]))
       if self.launches is None and self.jit.captured is not None:   # just captured
-        self.launches = _launches(self.jit)
+        self._set(_launches(self.jit))
         if self.launches and self.key_parts is not None and self.named is not None: self._store()
       return
     var_vals = {} if self.variable is None else {self.variable.expr: value}
-    for runtime, bufs, dims, info in self.launches:
-      global_size, local_size = dims or info.launch_dims(var_vals)
-      runtime(*bufs, global_size=global_size, local_size=local_size, vals=info.vals(var_vals) if info.vars else ())
+    if len(self.lanes) > 1:
+      pool = _pools.setdefault(len(self.lanes), ThreadPoolExecutor(len(self.lanes), thread_name_prefix="tfm-device"))
+      for done in [pool.submit(_launch, lane, var_vals) for lane in self.lanes]: done.result()
+    else: _launch(self.launches, var_vals)
     GlobalCounters.kernel_count += len(self.launches)
+
+  def _set(self, launches: list[Launch] | None) -> None:
+    self.launches = launches
+    by_device: dict[Any, list[Launch]] = {}
+    for launch in launches or []: by_device.setdefault(launch[5], []).append(launch)
+    self.lanes = list(by_device.values())
 
   # --- the compiled-program cache ---------------------------------------------------------------------------------
 
@@ -69,7 +85,7 @@ class CompiledStep:
     with self.on_device(): return cache.key_for(self.key_parts or {}, self.target)
 
   def _store(self) -> None:
-    names = {id(t.uop.buffer.base): name for name, t in self.named().items()}
+    names = {id(buf): name for name, buf in _named_buffers(self.named()).items()}
     cache.store(self.key or self._key(), pickle.dumps(_describe(self.jit, names), protocol=pickle.HIGHEST_PROTOCOL))
 
   def _restore(self) -> list[Launch] | None:
@@ -77,23 +93,41 @@ class CompiledStep:
     if (payload := cache.lookup(key)) is None: return None
     try:
       described = pickle.loads(payload)
-      launches, self._held = _rebuild(described, {name: t.uop.buffer.base for name, t in self.named().items()})
+      launches, self._held = _rebuild(described, _named_buffers(self.named()))
     except Exception as e:  # a payload this tinygrad cannot rebuild: compile the step as if it were not there
       cache.discard(key, f"could not be restored ({type(e).__name__}: {str(e)[:120]})")
       return None
     return launches
 
 
+def _launch(launches: list[Launch], var_vals: dict) -> None:
+  for runtime, bufs, dims, info, device_vars, _ in launches:
+    values = {**var_vals, **device_vars} if device_vars else var_vals
+    global_size, local_size = dims or info.launch_dims(values)
+    runtime(*bufs, global_size=global_size, local_size=local_size, vals=info.vals(values) if info.vars else ())
+
+
+def _named_buffers(named: dict[str, Tensor]) -> dict[str, Buffer]:
+  """The base buffer of each named tensor; a tensor over several devices gives one per device, as NAME@i."""
+  out: dict[str, Buffer] = {}
+  for name, t in named.items():
+    buf = t.uop.buffer
+    if hasattr(buf, "bufs"): out.update({f"{name}@{i}": b.base for i, b in enumerate(buf.bufs)})
+    else: out[name] = buf.base
+  return out
+
+
 def _captured_calls(jit) -> list | None:
-  """Each captured kernel as (device, PROGRAM ast, buffers in launch order), or None when the capture holds anything
-  else (copies, graphs, multi-device kernels): then TinyJit replays it."""
+  """Each captured kernel as (device, PROGRAM ast, buffers in launch order, device variables), a kernel over several
+  devices once per device; or None when the capture holds anything else (copies, graphs): then TinyJit replays it."""
   calls = []
   for call in jit.captured.linear.src:
     ast = call.src[0]
-    if ast.op is not Ops.PROGRAM or not isinstance(device := call.src[1].device, str): return None
+    if ast.op is not Ops.PROGRAM: return None
+    devices = (device,) if isinstance(device := call.src[1].device, str) else device
     lanes = list(unwrap_multi(call, [resolve_params(call, ())[i] for i in ast.arg.globals]))
-    if len(lanes) != 1 or lanes[0][1]: return None
-    calls.append((device, ast, [b.ensure_allocated() for b in lanes[0][0]]))
+    if len(lanes) != len(devices): return None
+    calls += [(d, ast, [b.ensure_allocated() for b in bufs], dict(vars_)) for d, (bufs, vars_) in zip(devices, lanes)]
   return calls
 
 
@@ -106,7 +140,8 @@ def _launches(jit) -> list[Launch]:
   """The captured kernels as launches, resolved as tinygrad's exec_kernel resolves them ([] if they cannot be)."""
   calls = _captured_calls(jit)
   if calls is None: return []
-  return [(get_runtime(device, ast), [b.get_buf(device) for b in bufs], _dims(ast.arg), ast.arg) for device, ast, bufs in calls]
+  return [(get_runtime(device, ast), [b.get_buf(device) for b in bufs], _dims(ast.arg), ast.arg, device_vars, device)
+          for device, ast, bufs, device_vars in calls]
 
 
 def _describe(jit, names: dict[int, str]) -> dict:
@@ -118,7 +153,7 @@ def _describe(jit, names: dict[int, str]) -> dict:
   bases: dict[int, int] = {}   # id(base Buffer) -> index into `anonymous`
   anonymous: list[dict] = []
   kernels = []
-  for device, ast, bufs in calls:
+  for device, ast, bufs, device_vars in calls:
     info, refs = ast.arg, []
     for slot, b in zip(ast.arg.globals, bufs):
       base = b.base
@@ -131,7 +166,7 @@ def _describe(jit, names: dict[int, str]) -> dict:
                             "data": None if written_first else bytes(base.as_memoryview())})
         role = ("anonymous", bases[id(base)])
       refs.append((role, b.offset, b.size, b.dtype))
-    kernels.append((device, ast.to_elf(), info, refs))
+    kernels.append((device, ast.to_elf(), info, refs, device_vars))
   return {"kernels": kernels, "anonymous": anonymous}
 
 
@@ -143,7 +178,7 @@ def _rebuild(described: dict, named: dict[str, Buffer]) -> tuple[list[Launch], l
     if a["data"] is not None: buf.copy_from(Buffer("PYTHON", a["size"], a["dtype"], opaque=memoryview(bytearray(a["data"]))))
     anonymous.append(buf)
   held, launches = list(anonymous), []
-  for device, elf, info, refs in described["kernels"]:
+  for device, elf, info, refs, device_vars in described["kernels"]:
     bufs = []
     for role, offset, size, dtype in refs:
       if role[0] == "named":
@@ -154,5 +189,5 @@ def _rebuild(described: dict, named: dict[str, Buffer]) -> tuple[list[Launch], l
       view = base if (offset, size, dtype) == (0, base.size, base.dtype) else Buffer(device, size, dtype, base=base, offset=offset)
       held.append(view)
       bufs.append(view.ensure_allocated().get_buf(device))
-    launches.append((Device[device].runtime(elf), bufs, _dims(info), info))
+    launches.append((Device[device].runtime(elf), bufs, _dims(info), info, device_vars, device))
   return launches, held

@@ -11,6 +11,7 @@ from tinygrad.nn.state import get_state_dict
 from tfm.errors import InputError
 from tfm.memory import download, filled, upload
 from tfm.model import Transformer
+from tfm.placement import batch_axis
 from tfm.replay import CompiledStep
 from tfm.tune import tuned_entry
 
@@ -75,12 +76,14 @@ class TrainStep:
   def __init__(self, model: Transformer, opt: FlatAdam, label_smoothing: float, shapes: tuple[tuple[int, int], ...]):
     self.model, self.opt, self.label_smoothing = model, opt, label_smoothing
     dev, c = model.device, model.config
-    self.batch = [filled(shape, dtypes.int32, dev, c.pad_id) for shape in shapes]
+    # a data-parallel model's batch is split by rows over its devices, where they divide (tfm.placement)
+    self.batch = [filled(shape, dtypes.int32, dev, c.pad_id, batch_axis(model, shape[0])) for shape in shapes]
     self.loss_out = filled((1,), dtypes.float32, dev)
     if c.dropout > 0: rng_state(dev)   # made before the capture, which must hold kernels only
     # the RNG buffers the step reads (tinygrad's, until a Tensor.manual_seed replaces its tables), or None
     self.rng = (Tensor._device_seeds[dev], Tensor._device_rng_counters[dev]) if dev in Tensor._device_seeds else None
     key = {"step": "train", "config": c.to_dict(), "dtype": str(model.generator.weight.dtype), "device": dev,
+           "parallel": model.parallel, "rows split": self.batch[0].uop.axis == 0 if model.parallel else False,
            "tuned": tuned_entry(model.target or dev), "batch": [list(s) for s in shapes], "label_smoothing": label_smoothing,
            "adam": {"b1": opt.b1, "b2": opt.b2, "eps": opt.eps, "clip_norm": opt.clip_norm, "dtype": str(opt.param_dtype)}}
     self.step = CompiledStep(self._step, None, model.on_device, key, self.named, model.target or dev)

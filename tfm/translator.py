@@ -26,22 +26,24 @@ BUNDLED_MODEL, BUNDLED_VOCAB = os.path.join(ASSETS, "dates.safetensors"), os.pat
 LOCK = threading.RLock()
 
 
-def moved(model: Transformer, device: str | None) -> Transformer:
-  """model itself if it is on `device` (None: where it is), else a copy of it there (weights, generation settings)."""
-  if device is None or resolve_device(device)[0] == model.device: return model
-  return copy_to(model, device)
+def moved(model: Transformer, device: Any, parallel: str | None = None) -> Transformer:
+  """model itself if it is on `device` (None: where it is) and split as `parallel` says, else a copy of it there
+  (weights, generation settings)."""
+  if device is None or (resolve_device(device)[0] == model.device and parallel in (None, model.parallel)): return model
+  return copy_to(model, device, parallel)
 
 
 class Translator:
   """A Transformer and the tokenizer of its vocabulary: `translate(texts)` encodes, generates and decodes a batch.
 
   The tokenizer speaks tfm.tokenizer's interface: encode(texts) -> id lists ending with eos, decode(ids) -> texts.
-  `device` runs the model there (a copy of it when it lives elsewhere); None keeps it where it is.
+  `device` runs the model there (a copy of it when it lives elsewhere); None keeps it where it is. Several devices
+  ("CPU*2") split it as `parallel` says (tfm.placement).
   Thread-safe by serialising: `translate` holds the module's LOCK, so calls from several threads run one after another
   (tinygrad's state is process-wide); other tfm calls made from other threads at the same time should hold LOCK too.
   """
 
-  def __init__(self, model: Transformer, tokenizer: Any, device: str | None = None):
+  def __init__(self, model: Transformer, tokenizer: Any, device: Any = None, parallel: str | None = None):
     if not isinstance(model, Transformer): raise InputError(f"model must be a tfm.Transformer, got {type(model).__name__}")
     for method in ("encode", "decode"):
       if not callable(getattr(tokenizer, method, None)):
@@ -54,7 +56,7 @@ class Translator:
       if getattr(tokenizer, name, getattr(c, name)) != getattr(c, name):
         raise InputError(f"the tokenizer's {name}={getattr(tokenizer, name)} differs from the model's {name}={getattr(c, name)}: "
                          f"use the vocabulary the model was trained with")
-    self.model, self.tokenizer = moved(model, device), tokenizer
+    self.model, self.tokenizer = moved(model, device, parallel), tokenizer
 
   def translate(self, texts: Sequence[str], beam_size: int | None = None, max_len: int | None = None,
                 return_scores: bool = False, num_hypotheses: int = 1, max_batch_size: int = 32,
@@ -201,29 +203,30 @@ class Translator:
     with LOCK: return prepare(self.model, tuple(batch_sizes), beams, max_src_len, progress, lengths)
 
   @classmethod
-  def load(cls, path: str | os.PathLike, device: str | None = None, dtype: str | None = None) -> Translator:
+  def load(cls, path: str | os.PathLike, device: Any = None, dtype: str | None = None, parallel: str | None = None) -> Translator:
     """A Marian checkpoint folder (config.json, model.safetensors, source.spm, target.spm, vocab.json), or a tfm
     weight file with its character vocabulary beside it (NAME.vocab.json or vocab.json, as training writes it).
-    dtype: the model's compute dtype, as tfm.load takes it (float32 when None; "int8" for int8 Linear weights)."""
+    dtype: the model's compute dtype, as tfm.load takes it (float32 when None; "int8" for int8 Linear weights);
+    device and parallel as tfm.load takes them."""
     from tfm.interop.marian import from_pretrained
     from tfm.tokenizer import CharTokenizer, MarianTokenizer
     from tfm.weights import load
     path = os.fspath(path)
-    if os.path.isdir(path): return cls(from_pretrained(path, device=device, dtype=dtype), MarianTokenizer.from_dir(path))
+    if os.path.isdir(path): return cls(from_pretrained(path, device, dtype, parallel), MarianTokenizer.from_dir(path))
     if not os.path.isfile(path):
       raise WeightsError(f"{path} does not exist; give a Marian checkpoint folder or a .safetensors file written by tfm")
     stem = os.path.splitext(path)[0]
     vocab = next((v for v in (stem + ".vocab.json", os.path.join(os.path.dirname(path), "vocab.json")) if os.path.isfile(v)), None)
     if vocab is None:
       raise WeightsError(f"no vocabulary found for {path}: expected {os.path.basename(stem)}.vocab.json or vocab.json beside it")
-    return cls(load(path, device=device, dtype=dtype), CharTokenizer.load(vocab))
+    return cls(load(path, device, dtype, parallel), CharTokenizer.load(vocab))
 
   @classmethod
-  def bundled(cls, device: str | None = None, dtype: str | None = None) -> Translator:
+  def bundled(cls, device: Any = None, dtype: str | None = None, parallel: str | None = None) -> Translator:
     """The model that ships with tfm: trained on the dates task (tfm.tasks), loaded from tfm/assets."""
     missing = [os.path.basename(p) for p in (BUNDLED_MODEL, BUNDLED_VOCAB) if not os.path.isfile(p)]
     if missing:
       raise WeightsError(f"the bundled model is missing from this installation ({', '.join(missing)} not in {ASSETS}); "
                          f"train it with `tfm train` and copy model.safetensors and vocab.json there as {', '.join(missing)}, "
                          f"or pass --model PATH")
-    return cls.load(BUNDLED_MODEL, device=device, dtype=dtype)
+    return cls.load(BUNDLED_MODEL, device, dtype, parallel)

@@ -34,7 +34,7 @@ class VisionTransformer:
   def __init__(self, config: VisionConfig, device: str | None = None, initialise: bool = True):
     """initialise=False leaves the weights unset (empty buffers): for loaders that replace every one."""
     self.config = config
-    self.device, self.target = resolve_device(device)
+    self.device, self.target = resolve_device(device, one="a Vision Transformer")
     d = config.d_model
     with self.on_device():
       self.patch_embed = Linear(config.patch_dim, d)

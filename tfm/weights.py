@@ -28,9 +28,9 @@ from tinygrad import Tensor, dtypes
 from tinygrad.dtype import DType
 
 from tfm.config import TransformerConfig, VisionConfig
-from tfm.errors import ConfigError, WeightsError
+from tfm.errors import ConfigError, InputError, WeightsError
 from tfm.linear import LINEAR_WEIGHTS, linear_layers, quantize_rows
-from tfm.memory import drain, to_device
+from tfm.memory import drain, like
 from tfm.model import Transformer, unique_state
 from tfm.stored import STORAGE_CODES, check_arrays, read_arrays, write_arrays
 from tfm.vit import VisionTransformer
@@ -127,14 +127,18 @@ def state_arrays(model: Transformer | VisionTransformer) -> dict[str, np.ndarray
   return {name: t.numpy() if t.dtype == dtypes.int8 else t.float().numpy() for name, t in unique_state(model).items()}
 
 
-def build(config: TransformerConfig | VisionConfig, arrays: Mapping[str, np.ndarray], source: str, device: str | None = None,
-          dtype: str | DType | None = None) -> Transformer | VisionTransformer:
+def build(config: TransformerConfig | VisionConfig, arrays: Mapping[str, np.ndarray], source: str, device: Any = None,
+          dtype: str | DType | None = None, parallel: str | None = None) -> Transformer | VisionTransformer:
   """A Transformer of config (a VisionTransformer for a VisionConfig) on device with the given weights (name -> array,
   checked as `assign` checks them), in dtype (model_dtype; default float32): no initial weights drawn, no kernel run.
-  dtype "int8" builds it in float32, then quantizes its Linear layers (Transformer.quantize)."""
+  dtype "int8" builds it in float32, then quantizes its Linear layers (Transformer.quantize). On several devices,
+  `parallel` is how the Transformer is split over them (tfm.placement)."""
   if dtype == INT8 and isinstance(config, VisionConfig):
     raise WeightsError("dtype='int8' is for translation models; load a Vision Transformer in float32, float16 or bfloat16")
-  model = (VisionTransformer if isinstance(config, VisionConfig) else Transformer)(config, device=device, initialise=False)
+  if isinstance(config, VisionConfig):
+    if parallel is not None: raise InputError(f"parallel={parallel!r} is for the translation Transformer; load a Vision Transformer on one device")
+    model: Transformer | VisionTransformer = VisionTransformer(config, device=device, initialise=False)
+  else: model = Transformer(config, device=device, initialise=False, parallel=parallel)
   if dtype == INT8: _assign_int8(model, arrays, source)
   else: assign(unique_state(model), arrays, source, model_dtype(dtype))
   return model
@@ -165,7 +169,7 @@ def _assign_int8(model: Transformer, arrays: Mapping[str, np.ndarray], source: s
           raise WeightsError(f"{source}: tensor {weight} is not int8 rows (integers in [-127, 127]); write the file again")
         layer.set_int8(rows, arrays[scale_name(weight)])
       else: layer.quantize(arrays[name])
-    if id(t) not in owner or id(t) in embeddings: t.replace(to_device(arrays[name], t.device, dtypes.float32))
+    if id(t) not in owner or id(t) in embeddings: t.replace(like(arrays[name], t, dtypes.float32))
     drain(t.device)
 
 
@@ -198,10 +202,11 @@ def int8_arrays(config: TransformerConfig, arrays: Mapping[str, np.ndarray]) -> 
   return out
 
 
-def copy_to(model: Transformer | VisionTransformer, device: str) -> Transformer | VisionTransformer:
-  """A copy of model on another device: the same config, weights (in the same dtype) and generation settings."""
+def copy_to(model: Transformer | VisionTransformer, device: Any, parallel: str | None = None) -> Transformer | VisionTransformer:
+  """A copy of model on another device (or devices, split as `parallel` says): the same config, weights (in the same
+  dtype) and generation settings."""
   dtype = INT8 if getattr(model, "quantized", False) else model.parameters()[0].dtype
-  copy = build(model.config, state_arrays(model), "the model's own weights", device, dtype)
+  copy = build(model.config, state_arrays(model), "the model's own weights", device, dtype, parallel)
   if hasattr(model, "generation_config"): copy.generation_config = model.generation_config
   return copy
 
@@ -242,18 +247,21 @@ def assign(state: dict[str, Tensor], arrays: Mapping[str, np.ndarray], source: s
   all in memory together."""
   check_arrays(arrays, {name: t.shape for name, t in state.items()}, source)
   for name, t in state.items():
-    t.replace(to_device(arrays[name], t.device, dtype or t.dtype))   # a direct copy: no kernel to schedule per weight
+    t.replace(like(arrays[name], t, dtype))   # a direct copy: no kernel to schedule per weight
     # a device may hold the host array until its queue has run the copy (OpenCL does): drain it, so that one array
     # at a time is alive, not all of them
     drain(t.device)
 
 
-def load(path: str | os.PathLike, device: str | None = None, dtype: str | DType | None = None) -> Transformer | VisionTransformer:
+def load(path: str | os.PathLike, device: Any = None, dtype: str | DType | None = None,
+         parallel: str | None = None) -> Transformer | VisionTransformer:
   """A Transformer (or, for a file of kind "vit", a VisionTransformer) from a file written by `save`, checked name by
   name before any weight is used.
 
   dtype: the model's compute dtype, float32 when None whatever the storage dtype (float16 is not on every backend);
   "int8" for int8 Linear weights over float32 activations (Transformer.quantize).
+  device: one backend ("CL") or several devices ("CPU*2", ("CUDA:0", "CUDA:1")), split as `parallel` says
+  ("data" or "tensor", tfm.placement; None: by size).
   """
   model_dtype(dtype)   # a bad dtype is refused before the file is read
   wf = _read_transformer(path)
@@ -262,6 +270,6 @@ def load(path: str | os.PathLike, device: str | None = None, dtype: str | DType 
       raise WeightsError(f"{os.fspath(path)} holds int8 weights: load it with dtype='int8' (or None); for {dtype}, "
                          f"load the float file it was made from")
     dtype = INT8
-  model = build(wf.config, wf.arrays, os.fspath(path), device, dtype)
+  model = build(wf.config, wf.arrays, os.fspath(path), device, dtype, parallel)
   if wf.generation_config is not None: model.generation_config = wf.generation_config
   return model

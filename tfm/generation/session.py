@@ -16,6 +16,7 @@ from tfm.errors import InputError
 from tfm.generation.settings import GenerationSettings, rule_arrays
 from tfm.memory import filled, upload
 from tfm.model import Transformer
+from tfm.placement import TENSOR, batch_axis
 from tfm.replay import CompiledStep
 from tfm.tune import tuned_entry
 
@@ -33,21 +34,28 @@ class Session:
     self.model_ref = weakref.ref(model)
     self.rows, self.beam, self.src_len, self.device = rows, beam, src_len, dev
     self.dtype = model.dtype
+    # on several devices (tfm.placement): a data-parallel model splits the rows (whole sentences with their beams on
+    # each device), a tensor-parallel one the heads; None: every buffer whole on each device (or one device)
+    self.row_axis = batch_axis(model, rows)
+    self.head_axis = 1 if model.parallel == TENSOR else None
+    rows_first, heads_second = self.row_axis, 0 if self.row_axis == 0 else self.head_axis
+    rows_second = None if self.row_axis is None else 1
     with model.on_device():
-      self.src = filled((rows, src_len), dtypes.int32, dev, c.pad_id)
+      self.src = filled((rows, src_len), dtypes.int32, dev, c.pad_id, rows_first)
       # per decoder layer: keys (n, H, S, hd) and values with a ones column (n, H, S, hd + 1), see memory_kv
-      self.memory_kv = [(filled((n, c.n_heads, src_len, c.head_dim), self.dtype, dev),
-                         filled((n, c.n_heads, src_len, c.head_dim + 1), self.dtype, dev))
+      self.memory_kv = [(filled((n, c.n_heads, src_len, c.head_dim), self.dtype, dev, axis=heads_second),
+                         filled((n, c.n_heads, src_len, c.head_dim + 1), self.dtype, dev, axis=heads_second))
                         for _ in range(c.n_decoder_layers)]
-      self.src_mask = filled((n, 1, 1, src_len), dtypes.bool, dev, False)
-      self.feed = filled((2, n), dtypes.int32, dev)  # beam search: next tokens and the rows they continue
-      self.logprobs = filled((n, c.vocab_size), dtypes.float32, dev)  # beam search: read back every step
+      self.src_mask = filled((n, 1, 1, src_len), dtypes.bool, dev, False, rows_first)
+      self.feed = filled((2, n), dtypes.int32, dev, axis=rows_second)  # beam search: next tokens and the rows they continue
+      self.logprobs = filled((n, c.vocab_size), dtypes.float32, dev, axis=rows_first)  # beam search: read back every step
       # the generation rules: per position 0 (free), 1 (eos masked: min_len) or 2 (forced eos); log-prob biases for
       # every step (0, or -inf for suppressed tokens) and for the forced step (0 for the forced token, -inf elsewhere)
       self.rules = filled((c.max_len,), dtypes.int32, dev)
       self.bias = filled((2, c.vocab_size), dtypes.float32, dev)
     self.steps: dict[int, Steps] = {}
     self.key = {"config": c.to_dict(), "dtype": "int8" if model.quantized else str(self.dtype), "device": dev,
+                "parallel": model.parallel, "rows split": self.row_axis == 0,
                 "tuned": tuned_entry(model.target or dev),
                 "rows": rows, "beam": beam, "src_len": src_len}
     self.prefill = self.compiled(self._prefill, None, "prefill", self.named)
@@ -99,11 +107,13 @@ class Steps:
     model, c = session.model, session.model.config
     n = session.rows * session.beam
     self.session, self.length = session, length
+    cache_axis = 1 if session.row_axis == 0 else None if session.head_axis is None else 2
     with model.on_device():
-      self.caches = [KVCache(n, c.n_heads, length, c.head_dim, session.device, session.dtype) for _ in range(c.n_decoder_layers)]
+      self.caches = [KVCache(n, c.n_heads, length, c.head_dim, session.device, session.dtype, cache_axis, session.beam)
+                     for _ in range(c.n_decoder_layers)]
       # greedy: [0, i, p] is row i's input token at position p (its output at p - 1), [1, i, p] that token's log-prob;
       # ids are stored as float32 (exact below 2**24) so one kernel writes both
-      self.trace = filled((2, n, length + 1), dtypes.float32, session.device)
+      self.trace = filled((2, n, length + 1), dtypes.float32, session.device, axis=None if session.row_axis is None else 1)
     pos = UOp.variable("pos", 0, length - 1)
     self.greedy = session.compiled(self._greedy_step, pos, "greedy", self.named, length=length)
     self.beam = session.compiled(self._beam_step, pos, "beam", self.named, length=length)

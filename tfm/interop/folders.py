@@ -6,6 +6,7 @@ import json
 import os
 from typing import Any
 
+from tfm.errors import InputError
 from tfm.interop.mapping import Conversion
 
 
@@ -27,12 +28,13 @@ def convert_folder(folder: str | os.PathLike) -> Conversion:
   return convert_marian(folder)
 
 
-def from_pretrained(folder: str | os.PathLike, device: str | None = None, dtype: Any = None):
+def from_pretrained(folder: str | os.PathLike, device: Any = None, dtype: Any = None, parallel: str | None = None):
   """A tfm model from a Hugging Face checkpoint folder: a VisionTransformer for a ViT (ViTForImageClassification,
   ViTModel), a Transformer for a Marian (opus-mt) one. Every tensor is mapped by name and shape, none skipped.
-  dtype: the model's compute dtype (float32 when None), as in tfm.load."""
+  dtype: the model's compute dtype (float32 when None), device and parallel as in tfm.load."""
   if model_type(folder) == "vit":
+    if parallel is not None: raise InputError(f"parallel={parallel!r} is for the translation Transformer; load a ViT on one device")
     from tfm.interop.vit import from_pretrained as vit
     return vit(folder, device, dtype)
   from tfm.interop.marian import from_pretrained as marian
-  return marian(folder, device, dtype)
+  return marian(folder, device, dtype, parallel)

@@ -180,14 +180,14 @@ def convert_marian(folder: str | os.PathLike) -> Conversion:
   return conv
 
 
-def from_pretrained(folder: str | os.PathLike, device: str | None = None, dtype: Any = None) -> Transformer:
+def from_pretrained(folder: str | os.PathLike, device: Any = None, dtype: Any = None, parallel: str | None = None) -> Transformer:
   """A tfm Transformer with a Marian checkpoint's weights (the opus-mt layout: config.json + model.safetensors).
 
   Every tensor of the file is mapped by name and shape; a name tfm does not know is an error, never skipped.
-  dtype: the model's compute dtype (float32 when None), as in tfm.load.
+  dtype: the model's compute dtype (float32 when None), device and parallel as in tfm.load.
   """
   weights.model_dtype(dtype)   # a bad dtype is refused before the folder is read
   conv = convert_marian(folder)
-  model = weights.build(conv.config, conv.arrays, os.fspath(folder), device, dtype)
+  model = weights.build(conv.config, conv.arrays, os.fspath(folder), device, dtype, parallel)
   model.generation_config = conv.generation_config  # the checkpoint's decoding defaults, which tfm.generate reads
   return model

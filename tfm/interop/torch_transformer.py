@@ -129,7 +129,7 @@ class TorchTransformer:
 
   def __init__(self, config: TransformerConfig, device: str | None = None):
     self.config = config
-    self.device, self.target = resolve_device(device)
+    self.device, self.target = resolve_device(device, one="an imported nn.Transformer (TorchTransformer)")
     with self.on_device():
       self.encoder_stack, self.decoder_stack = Encoder(config), Decoder(config)
 

@@ -170,3 +170,11 @@ def test_data_parallel_training_follows_the_one_device_run():
   # Adam divides each gradient by its own magnitude: a near-zero gradient's rounding can move a weight by up to the
   # learning rate (~5e-5 in these first warm-up steps), so the weights agree to that, the losses to float32 rounding
   assert max(np.abs(runs["CPU"][1][k] - runs["CPU*2"][1][k]).max() for k in runs["CPU"][1]) <= 2e-4
+
+
+def test_tfm_compare_checks_a_model_split_over_two_cpu_devices_against_the_oracle():
+  from tfm import compare, subjects
+  report = compare.run(subjects.tiny_subject(seed=1), "CPU,CPU*2", repeat=0, progress=False)
+  split_run = report.runs[1]
+  assert report.ok and split_run.backend.label == "CPU*2" and split_run.all_identical
+  assert split_run.max_error <= compare.TOLERANCE["float32"] and "CPU*2 (tensor parallel)" in report.table()   # batch 3: heads split

@@ -85,8 +85,16 @@ def oracle(subject: Subject | VisionSubject, dtype: str = "float32") -> dict[str
 # --- running on a backend -----------------------------------------------------------------------------------------
 
 def model_on(subject: Subject | VisionSubject, device: str, dtype: str = "float32") -> Transformer | VisionTransformer:
-  """The subject's model on a backend, its weights copied in (then cast, for float16)."""
-  return weights.build(subject.config, subject.arrays, subject.name, device, dtype)
+  """The subject's model on a backend, its weights copied in (then cast, for float16). On several devices ("CPU*2")
+  it is split so that the comparison crosses devices: data parallel when the subject's batch splits evenly over
+  them, else tensor parallel."""
+  return weights.build(subject.config, subject.arrays, subject.name, device, dtype, split_mode(subject, backends.select(device)))
+
+
+def split_mode(subject: Subject | VisionSubject, info: BackendInfo) -> str | None:
+  """How `model_on` splits the subject's model over info's devices (None: one device)."""
+  if len(info.devices) < 2 or not isinstance(subject, Subject): return None
+  return "data" if subject.src.shape[0] % len(info.devices) == 0 else "tensor"
 
 
 def vision_steps(subject: VisionSubject, dtype: str) -> Callable[[BackendInfo], dict[str, Callable[[], dict[str, np.ndarray]]]]:
@@ -195,7 +203,8 @@ class Report:
     tokens = self.subject.units(run.outputs) if run.outputs else 0
     same = "reference" if run.is_reference else {None: "-", True: "yes", False: "NO"}[run.all_identical]
     vs_ref = "reference" if run.is_reference else num(run.max_vs_reference, ".1e")
-    return [run.backend.label, run.status, num(run.max_error, ".1e"), vs_ref, same, num(run.first_s, ".1f"),
+    mode = split_mode(self.subject, run.backend)
+    return [run.backend.label + (f" ({mode} parallel)" if mode else ""), run.status, num(run.max_error, ".1e"), vs_ref, same, num(run.first_s, ".1f"),
             num(None if latency is None else latency * 1e3, ".1f"), num(tokens / latency if latency else None, ".0f"), run.note]
 
   def header(self) -> str:

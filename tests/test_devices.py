@@ -118,6 +118,26 @@ def test_a_data_parallel_decode_step_replays_each_devices_kernels_on_its_own_thr
   assert len(step.lanes) == 2 and {lane[0][5] for lane in step.lanes} == set(TWO)
 
 
+def test_a_step_over_two_devices_is_stored_and_relaunched_per_device_on_new_buffers(tmp_path, monkeypatch):
+  from tinygrad import Context
+
+  from tfm import cache
+  from tfm.replay import CompiledStep
+  monkeypatch.setenv("TFM_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.delenv("TFM_CACHE", raising=False)
+  def doubling():
+    x, out = to_device(np.arange(8, dtype=np.float32).reshape(4, 2), TWO, axis=0), to_device(np.zeros((4, 2), np.float32), TWO, axis=0)
+    def fn(): out.assign(x * 2 + 1).realize()
+    return CompiledStep(fn, None, lambda: Context(DEV="CPU"), {"test": "two devices"}, lambda: {"x": x, "out": out}, "CPU"), x, out
+  first, _, _ = doubling()
+  first()
+  assert len(first.lanes) == 2 and cache.info().entries == 1
+  again, x, out = doubling()   # new buffers under the same names, as a new process has
+  upload(x, np.full((4, 2), 10, np.float32))
+  again()
+  assert again.jit.captured is None and len(again.lanes) == 2 and np.array_equal(download(out), np.full((4, 2), 21, np.float32))
+
+
 def test_an_int8_model_on_two_devices_equals_its_one_device_self(tiny_model):
   arrays = weights.state_arrays(tiny_model)
   one = weights.build(tiny_model.config, arrays, "tiny", "CPU", "int8")

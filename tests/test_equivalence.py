@@ -1,7 +1,8 @@
 """Every backend that runs here computes what the float64 oracle computes: the logits of a forward pass, a training
 step's loss and gradients, greedy decoding, and float16 logits and greedy decoding where the device supports float16.
 
-Parametrised over every backend tfm knows; those that do not run here are skipped with the probe's reason. The fast
+Parametrised over every backend tfm knows, and the tiny model split over two CPU devices ("CPU*2": tensor parallel on
+the subject's batch of 3, tfm.compare.model_on); those that do not run here are skipped with the probe's reason. The fast
 backends use the tiny config (the numerical contract is stated on it); the Python emulator, which interprets each
 kernel element by element, a very small one. Tolerances come from tfm.compare.TOLERANCE, the one place they live.
 Each backend builds its model once (module-scoped cache): tinygrad compiles every kernel anew for each backend.
@@ -53,6 +54,7 @@ OPT_IN = ("CPU:X86",)
 
 
 def running(name: str, probed) -> backends.BackendInfo:
+  if "*" in name: return backends.select(name)   # several devices of a backend that runs here
   if name in OPT_IN and not os.environ.get("TFM_EQUIVALENCE_ALL"):
     pytest.skip(f"{name} is opt-in here (TFM_EQUIVALENCE_ALL=1); `tfm compare --backends {name}` checks it")
   info = probed[name]
@@ -67,8 +69,8 @@ def once(cache: dict, key: tuple, compute):
 
 def model(cache, info, dtype="float32"):
   def build():
-    with backends.use(info): return compare.model_on(subject_for(info.name), info.name, dtype)
-  return once(cache, ("model", info.name, dtype), build)
+    with backends.use(info): return compare.model_on(subject_for(info.name), info.label, dtype)
+  return once(cache, ("model", info.label, dtype), build)
 
 
 # --- the oracle's side ------------------------------------------------------------------------------------------
@@ -134,10 +136,10 @@ def training_step(cache, info):
       loss.backward()
       Tensor.realize(logits, loss, *(p.grad for p in params.values()))
     return logits.numpy(), loss.item(), {name: p.grad.numpy() for name, p in params.items()}
-  return once(cache, ("train", info.name), run)
+  return once(cache, ("train", info.label), run)
 
 
-BACKENDS = list(backends.NAMES)
+BACKENDS = [*backends.NAMES, "CPU*2"]
 
 
 @pytest.mark.parametrize("name", BACKENDS)
@@ -187,7 +189,7 @@ def greedy(cache, info) -> tuple[np.ndarray, np.ndarray]:
   def run():
     with backends.use(info):
       return generate(model(cache, info), subject_for(info.name).src, beam_size=1, max_len=GREEDY_LEN, return_scores=True)
-  return once(cache, ("greedy", info.name), run)
+  return once(cache, ("greedy", info.label), run)
 
 
 @pytest.mark.parametrize("name", BACKENDS)

@@ -100,6 +100,20 @@ def _known(name: str) -> bool:
   except SelectionError: return False
 
 
+def several(spelling: str | Sequence[str], timeout: float = TIMEOUT) -> BackendInfo:
+  """The probe of a multi-device spelling's backend ("CUDA*2") with its `devices` set, whether it runs here or not:
+  for compile checks of a split model on a backend without its hardware. select() is for running on them."""
+  if (parsed := _devices(spelling, "devices")) is None:
+    raise SelectionError(f"devices={spelling!r}: expected several devices of one backend, e.g. 'CUDA*2' or 'CUDA:0,CUDA:1'")
+  name, indices = parsed
+  info = probe(name, timeout)
+  return _select_devices(name, indices, "devices", timeout) if info.runs else dataclasses.replace(info, devices=_names(info, indices))
+
+
+def _names(info: BackendInfo, indices: list[int]) -> tuple[str, ...]:
+  return tuple(info.device_name if i == 0 else f"{info.device_name}:{i}" for i in indices)
+
+
 def _select_devices(name: str, indices: list[int], source: str, timeout: float) -> BackendInfo:
   info = probe(name, timeout)
   prefix = "TFM_DEVICE: " if source == "TFM_DEVICE" else ""
@@ -107,8 +121,7 @@ def _select_devices(name: str, indices: list[int], source: str, timeout: float) 
   if lookup(name).kind not in ("cpu", "emulator") and (missing := [i for i in indices if i >= info.count]):
     raise SelectionError(f"{prefix}there is no device {name}:{missing[0]}: {name} has {info.count} device"
                          f"{'s' if info.count != 1 else ''} here ({', '.join(f'{name}:{i}' for i in range(info.count))})")
-  bare = info.device_name
-  return dataclasses.replace(info, devices=tuple(bare if i == 0 else f"{bare}:{i}" for i in indices))
+  return dataclasses.replace(info, devices=_names(info, indices))
 
 
 def _parse(preference: str | Sequence[str], source: str) -> list[str]:

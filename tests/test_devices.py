@@ -198,3 +198,13 @@ def test_tfm_compare_checks_a_model_split_over_two_cpu_devices_against_the_oracl
   split_run = report.runs[1]
   assert report.ok and split_run.backend.label == "CPU*2" and split_run.all_identical
   assert split_run.max_error <= compare.TOLERANCE["float32"] and "CPU*2 (tensor parallel)" in report.table()   # batch 3: heads split
+
+
+def test_tfm_compare_compile_checks_a_split_model_for_two_gpus_it_cannot_run():
+  from backends.kernels import nvrtc_path
+  from tfm import compare, subjects
+  cuda = backends.probe("CUDA")
+  if cuda.status != backends.COMPILE_ONLY or not nvrtc_path(): pytest.skip(f"CUDA is {cuda.status} here")
+  (run,) = compare.run(subjects.tiny_subject(seed=1), "CUDA*2", repeat=0, progress=False).runs
+  assert run.status == "compile-checked" and run.backend.devices == ("CUDA", "CUDA:1")
+  assert "compiled to PTX for sm_80 by NVRTC" in run.note and int(run.note.split()[0]) >= 10

@@ -32,6 +32,7 @@ from tinygrad import Tensor, dtypes
 import backends
 from backends import tables
 from backends.compare import PASS, Run, compare, failed
+from backends.select import several
 from backends.registry import BackendInfo
 from tfm import weights
 from tfm.config import TransformerConfig, VisionConfig
@@ -94,7 +95,8 @@ def model_on(subject: Subject | VisionSubject, device: str, dtype: str = "float3
 def split_mode(subject: Subject | VisionSubject, info: BackendInfo) -> str | None:
   """How `model_on` splits the subject's model over info's devices (None: one device)."""
   if len(info.devices) < 2 or not isinstance(subject, Subject): return None
-  return "data" if subject.src.shape[0] % len(info.devices) == 0 else "tensor"
+  # compile checks (a backend that cannot run here) render the tensor-parallel graph: its all-reduces are kernels too
+  return "data" if info.runs and subject.src.shape[0] % len(info.devices) == 0 else "tensor"
 
 
 def vision_steps(subject: VisionSubject, dtype: str) -> Callable[[BackendInfo], dict[str, Callable[[], dict[str, np.ndarray]]]]:
@@ -139,9 +141,11 @@ def vision_graph(config: VisionConfig, dtype: str = "float32") -> Callable[[], T
   return forward
 
 
-def kernel_graph(config: TransformerConfig | VisionConfig, dtype: str = "float32", src_len: int = 8, tgt_len: int = 8) -> Callable[[], Tensor]:
+def kernel_graph(config: TransformerConfig | VisionConfig, dtype: str = "float32", src_len: int = 8, tgt_len: int = 8,
+                 devices: int = 1) -> Callable[[], Tensor]:
   """A forward pass of `config` with one layer per stack, every kernel kind the model has (more layers repeat them),
-  built on the default device: backends.kernels.render and compile checks run it on the NULL device."""
+  built on the default device: backends.kernels.render and compile checks run it on the NULL device. With devices > 1,
+  split tensor parallel over that many NULL devices (heads and FFN columns, the all-reduces' kernels with them)."""
   if isinstance(config, VisionConfig): return vision_graph(config, dtype)
   config = config.replace(n_encoder_layers=1, n_decoder_layers=1)
   token, half = min(5, config.vocab_size - 1), dtype == "float16"
@@ -153,6 +157,7 @@ def kernel_graph(config: TransformerConfig | VisionConfig, dtype: str = "float32
     if dtype == "int8":
       for layer in linear_layers(model):
         layer.weight, layer.scale = Tensor.empty(*layer.weight.shape, dtype=dtypes.int8), Tensor.empty(layer.weight.shape[0])
+    if devices > 1: model.lay_out(tuple("NULL" if i == 0 else f"NULL:{i}" for i in range(devices)), "tensor")
     source = model.ids(src, "src")
     return model.run_decoder(model.ids(tgt, "tgt"), model.run_encoder(source), model.padding_mask(source))
   return forward
@@ -167,7 +172,7 @@ def select_backends(spec: str = "auto") -> tuple[list[BackendInfo], dict[str, st
   if key in ("auto", "all"): return backends.available(), dict(SLOW) if key == "auto" else {}
   try:
     names = [name.strip() if "*" in name else backends.lookup(name).name for name in spec.split(",")]
-    return [backends.select(name) if "*" in name else backends.probe(name) for name in dict.fromkeys(names)], {}
+    return [several(name) if "*" in name else backends.probe(name) for name in dict.fromkeys(names)], {}
   except ValueError as e: raise InputError(f"--backends {spec!r}: {e}") from None
 
 
@@ -256,6 +261,13 @@ def run(subject: Subject | VisionSubject, backend_spec: str = "auto", dtype: str
   if dtype == "int8" and isinstance(subject, VisionSubject):
     raise InputError("dtype='int8' is for translation models; compare a Vision Transformer in float32 or float16")
   infos, skip = select_backends(backend_spec)
-  runs = compare(steps(subject, dtype), infos, expected=oracle(subject, dtype), tolerance=TOLERANCE[dtype], reference=reference,
-                 repeat=repeat, dtype=dtype, graph=kernel_graph(subject.config, dtype), skip=skip, progress=progress)
-  return Report(subject, dtype, runs)
+  # a split model that cannot run here is compile-checked over as many NULL devices (a graph of its own)
+  unrun = [i for i in infos if len(i.devices) > 1 and not i.runs]
+  runs = compare(steps(subject, dtype), [i for i in infos if i not in unrun], expected=oracle(subject, dtype),
+                 tolerance=TOLERANCE[dtype], reference=reference, repeat=repeat, dtype=dtype,
+                 graph=kernel_graph(subject.config, dtype), skip=skip, progress=progress)
+  for info in unrun:
+    graph = None if isinstance(subject, VisionSubject) else kernel_graph(subject.config, dtype, devices=len(info.devices))
+    runs += compare(steps(subject, dtype), [info], dtype=dtype, graph=graph, progress=False)
+  order = {id(i): n for n, i in enumerate(infos)}
+  return Report(subject, dtype, sorted(runs, key=lambda r: order[id(r.backend)]))

@@ -123,7 +123,7 @@ class Transformer:
     """initialise=False leaves the weights unset (empty buffers): for loaders that replace every one."""
     self.config = config
     self.device, self.target = resolve_device(device)
-    self.parallel = choose(parallel, config, self.device)
+    self.parallel = choose(parallel, config, self.device)   # checked before anything is built
     d, v = config.d_model, config.vocab_size
     with self.on_device():
       self.src_embed = Embedding(v, d)
@@ -132,9 +132,16 @@ class Transformer:
       self.decoder = Decoder(config)
       self.generator = Linear(d, v, bias=config.output_bias)
       if config.tie_embeddings: self.generator.weight = self.src_embed.weight
-      if self.parallel is not None: place(self, unique_state(self))
+      if self.parallel is not None: self.lay_out(self.device, self.parallel)
       if initialise: self._initialise()
     self.positions = PositionalEncoding(config, self.device)
+
+  def lay_out(self, devices: tuple[str, ...], parallel: str | None = None) -> None:
+    """Lay this model's weights, unset, out over `devices` (tinygrad names) as `parallel` splits them (tfm.placement):
+    what the constructor does for several devices, also for devices no probe knows (NULL renders, tfm.compare)."""
+    self.device, self.parallel = devices, choose(parallel, self.config, devices)
+    self.positions = PositionalEncoding(self.config, devices)
+    place(self, unique_state(self))
 
   def on_device(self) -> contextlib.AbstractContextManager:
     """The block in which this model's kernels are built and compiled (see `compiling_on`)."""

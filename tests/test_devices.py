@@ -178,14 +178,12 @@ def test_a_split_that_cannot_work_is_refused_with_the_fix(tiny_config, make, say
 # --- training --------------------------------------------------------------------------------------------------------
 
 def test_data_parallel_training_follows_the_one_device_run():
-  from tfm.config import PRESETS
-  from tfm.train import TrainOptions, Trainer
-  fields = {k: v for k, v in PRESETS["tiny"].items() if k not in ("vocab_size", "pad_id", "bos_id", "eos_id")}
-  options = TrainOptions(steps=3, batch_size=8)
+  from test_train import OPTIONS, TINY   # test_train's tiny runs: the one-device step is theirs, compiled once
+  from tfm.train import Trainer
   runs = {}
   for device in ("CPU", "CPU*2"):
-    trainer = Trainer("dates", {**fields, "dropout": 0.0}, options, device=device)
-    runs[device] = ([trainer.train_step() for _ in range(3)], weights.state_arrays(trainer.model))
+    trainer = Trainer("reverse", TINY, OPTIONS, device=device, progress=False)
+    runs[device] = ([trainer.train_step() for _ in range(2)], weights.state_arrays(trainer.model))
   assert runs["CPU*2"][0] == pytest.approx(runs["CPU"][0], abs=1e-5)
   # Adam divides each gradient by its own magnitude: a near-zero gradient's rounding can move a weight by up to the
   # learning rate (~5e-5 in these first warm-up steps), so the weights agree to that, the losses to float32 rounding
@@ -208,3 +206,8 @@ def test_tfm_compare_compile_checks_a_split_model_for_two_gpus_it_cannot_run():
   (run,) = compare.run(subjects.tiny_subject(seed=1), "CUDA*2", repeat=0, progress=False).runs
   assert run.status == "compile-checked" and run.backend.devices == ("CUDA", "CUDA:1")
   assert "compiled to PTX for sm_80 by NVRTC" in run.note and int(run.note.split()[0]) >= 10
+
+
+def test_training_on_two_devices_with_dropout_is_refused_rather_than_repeating_its_masks():
+  from tfm.train import TrainOptions, Trainer
+  with pytest.raises(InputError, match="needs dropout=0"): Trainer("dates", "tiny", TrainOptions(steps=1, batch_size=8), device="CPU*2")

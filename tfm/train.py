@@ -137,6 +137,14 @@ class TrainOptions:
       raise ConfigError(f"clip_norm={self.clip_norm!r} must be > 0, or None for no clipping")
 
 
+def _device_key(device: str | tuple[str, ...]) -> str:
+  """A device as a JSON key: tinygrad keeps RNG state per device and per tuple of devices (a split model's)."""
+  return device if isinstance(device, str) else "+".join(device)
+
+
+def _device_of(key: str) -> str | tuple[str, ...]: return tuple(key.split("+")) if "+" in key else key
+
+
 class Trainer:
   """Trains a Transformer on a task: `run()` goes to `options.steps`, checkpointing into `out` when it is given."""
 
@@ -202,8 +210,8 @@ class Trainer:
 
   def state_metadata(self) -> dict[str, str]:
     seeds, counters = self._rng_tables()
-    rng = {"seed": Tensor._seed, "device_seeds": {d: t.numpy().tolist() for d, t in seeds.items()},
-           "device_counters": {d: t.numpy().tolist() for d, t in counters.items()}, "batches": self.rng.bit_generator.state}
+    rng = {"seed": Tensor._seed, "device_seeds": {_device_key(d): t.numpy().tolist() for d, t in seeds.items()},
+           "device_counters": {_device_key(d): t.numpy().tolist() for d, t in counters.items()}, "batches": self.rng.bit_generator.state}
     return {"step": str(self.step), "task": self.task.name, "options": json.dumps(dataclasses.asdict(self.options)),
             "rng": json.dumps(rng), "losses": json.dumps(self.losses)}
 
@@ -265,7 +273,8 @@ class Trainer:
     Tensor._seed = rng["seed"]
     for table, own, saved in zip((Tensor._device_seeds, Tensor._device_rng_counters), self._rng_tables(),
                                  (rng["device_seeds"], rng["device_counters"])):
-      for d, v in saved.items():   # into the buffers the compiled step reads, where they exist
+      for key, v in saved.items():   # into the buffers the compiled step reads, where they exist
+        d = _device_of(key)
         if d in own: upload(own[d], np.array(v, np.uint32))
         else: table[d] = to_device(np.array(v, np.uint32), d)
     self.rng.bit_generator.state = rng["batches"]

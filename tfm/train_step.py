@@ -76,6 +76,11 @@ class TrainStep:
   def __init__(self, model: Transformer, opt: FlatAdam, label_smoothing: float, shapes: tuple[tuple[int, int], ...]):
     self.model, self.opt, self.label_smoothing = model, opt, label_smoothing
     dev, c = model.device, model.config
+    if model.parallel is not None and c.dropout > 0:
+      # measured with tinygrad 0.14: replays of a step over several devices leave their RNG counters where the first
+      # step put them, so every later step would draw the first step's dropout masks again
+      raise InputError(f"training on several devices ({'+'.join(dev)}) needs dropout=0 (the config has {c.dropout}): tinygrad "
+                       f"0.14 repeats the first step's dropout masks there; set dropout to 0, or train on one device")
     # a data-parallel model's batch is split by rows over its devices, where they divide (tfm.placement)
     self.batch = [filled(shape, dtypes.int32, dev, c.pad_id, batch_axis(model, shape[0])) for shape in shapes]
     self.loss_out = filled((1,), dtypes.float32, dev)

@@ -18,11 +18,12 @@ import statistics
 import time
 
 import numpy as np
-from tinygrad import Device, GlobalCounters
+from tinygrad import GlobalCounters
 
 from benchmarks.common import config, load_average, print_rows, ratio, torch_or_none, torch_thread_counts
 from benchmarks.forward import same_model
 from tfm.generation import generate
+from tfm.memory import drain
 from tfm.model import Transformer
 from tfm.translator import BUNDLED_MODEL
 from tfm.weights import load
@@ -103,7 +104,7 @@ def kernels_per_step(model: Transformer, src: np.ndarray, beam: int, tokens: int
   def count(n: int) -> int:
     GlobalCounters.reset()
     generate(model, src, max_len=n, min_len=n, beam_size=beam)
-    Device[model.device].synchronize()
+    drain(model.device)
     return GlobalCounters.kernel_count
   return (count(tokens) - count(1)) / (tokens - 1)
 

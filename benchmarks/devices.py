@@ -29,9 +29,10 @@ def add_arguments(parser) -> None:
 
 
 def _placements(args) -> list[tuple[str, str | None]]:
+  import backends
   out = []
   for b in [b.strip() for b in args.backends.split(",") if b.strip()]:
-    several = "*" in b or ":" in b and b.rpartition(":")[2].isdigit()
+    several = len(backends.select(b).devices) > 1
     out += [(b, p.strip()) for p in args.parallel.split(",") if p.strip()] if several else [(b, None)]
   return out
 

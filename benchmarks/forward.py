@@ -6,10 +6,11 @@ backend, and in PyTorch eager, with the tfm/PyTorch time ratio and the largest l
 from __future__ import annotations
 
 import numpy as np
-from tinygrad import Device, GlobalCounters, Tensor, TinyJit
+from tinygrad import GlobalCounters, Tensor, TinyJit
 
 from benchmarks.common import (Timing, add_common, config, load_average, measure, print_rows, ratio, timed_torch,
                                torch_or_none, torch_thread_counts)
+from tfm.memory import drain
 from tfm.model import Transformer
 from tfm import tune, weights
 from tfm.tune import tuned_settings
@@ -48,7 +49,7 @@ def counted(model: Transformer, fn) -> tuple[int, float]:
   """Kernels launched and floating-point ops done by one call of fn."""
   GlobalCounters.reset()
   fn()
-  Device[model.device].synchronize()
+  drain(model.device)
   return GlobalCounters.kernel_count, GlobalCounters.global_ops
 
 
@@ -62,19 +63,18 @@ def run(args) -> list[dict]:
   torch_logits, torch_ms, torch_cpu_ms = None, None, None
   for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
     model, arrays = same_model(cfg, backend, arrays)
-    dev = Device[model.device]
     src_t, tgt_t = model.ids(src, "src"), model.ids(tgt, "tgt")
 
     def eager():
       out = model(src, tgt)
-      dev.synchronize()
+      drain(model.device)
       return out
 
     forward = TinyJit(lambda s, t: model.run_decoder(t, model.run_encoder(s), model.padding_mask(s)).realize())
 
     def jitted():
       with model.on_device(): out = forward(src_t, tgt_t)
-      dev.synchronize()
+      drain(model.device)
       return out
 
     if torch_logits is None and (torch := torch_or_none(args)) is not None:

@@ -32,11 +32,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> list[dict]:
-  from tinygrad import Device
-
   import tfm
   from benchmarks.common import print_rows
   from tfm.generation import session as sessions
+  from tfm.memory import drain
   rows = []
   for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
     model = tfm.Transformer(tfm.TransformerConfig(**OPUS), device=backend)
@@ -55,10 +54,10 @@ def run(args) -> list[dict]:
       family = families[re.sub(r"\x1b\[[0-9;]*m", "", info.name)]
       family[0] += 1
       family[1] += seconds or 0.0
-    Device[session.device].synchronize()
+    drain(session.device)
     t0 = time.perf_counter()
     for _ in range(5): step(POS)
-    Device[session.device].synchronize()
+    drain(session.device)
     step_ms = (time.perf_counter() - t0) / 5 * 1e3
     total = sum(t for _, t in families.values())
     print(f"{backend}: beam {args.beam} x batch {args.batch} ({args.dtype or 'float32'}): {len(step.launches)} kernels, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tinygrad import Tensor
 
 import backends
 import tfm
@@ -110,12 +111,22 @@ def test_generation_on_two_devices_gives_one_devices_ids_and_scores(tiny_model, 
   assert np.array_equal(ids, want_ids) and np.abs(scores - want_scores).max() <= 1e-5
 
 
-def test_a_data_parallel_decode_step_replays_each_devices_kernels_on_its_own_thread(split):
+def test_a_data_parallel_decode_step_replays_each_devices_kernels_on_its_own_thread(split, monkeypatch):
+  import threading
+
+  from tfm import replay
   from tfm.generation import session as sessions
   tfm.generate(split["data"], SRC, beam_size=4, max_len=12)
   session = next(s for s in sessions._SESSIONS[split["data"]].values() if s.beam == 4 and s.rows == 4)
   step = session.steps[min(session.steps)].beam
   assert len(step.lanes) == 2 and {lane[0][5] for lane in step.lanes} == set(TWO)
+  seen, launch = {}, replay._launch
+  def recorded(launches, var_vals):
+    seen[launches[0][5]] = threading.current_thread()
+    launch(launches, var_vals)
+  monkeypatch.setattr(replay, "_launch", recorded)
+  step(3)
+  assert set(seen) == set(TWO) and len(set(seen.values())) == 2 and threading.main_thread() not in seen.values()
 
 
 def test_a_step_over_two_devices_is_stored_and_relaunched_per_device_on_new_buffers(tmp_path, monkeypatch):
@@ -211,3 +222,18 @@ def test_tfm_compare_compile_checks_a_split_model_for_two_gpus_it_cannot_run():
 def test_training_on_two_devices_with_dropout_is_refused_rather_than_repeating_its_masks():
   from tfm.train import TrainOptions, Trainer
   with pytest.raises(InputError, match="needs dropout=0"): Trainer("dates", "tiny", TrainOptions(steps=1, batch_size=8), device="CPU*2")
+
+
+def test_a_tensor_parallel_model_is_not_trained_and_the_trainer_splits_the_batch_instead(split):
+  from tfm.train_step import TrainStep
+  with pytest.raises(InputError, match="tensor-parallel model cannot be trained"): TrainStep(split["tensor"], None, 0.1, ((8, 5),))
+
+
+def test_the_beam_reorder_keeps_an_overflowed_row_from_its_sentences_other_beams():
+  from tfm.attention import KVCache
+  cache = KVCache(4, 1, 3, 2, "CPU", group=2)
+  kv = np.zeros(cache.kv.shape, np.float32)
+  kv[:, 1, :, 0] = np.inf   # row 1 overflowed (a float16 cache can)
+  upload(cache.kv, kv)
+  out = cache._reordered(Tensor([0, 0, 3, 2], device="CPU"), 2).numpy()   # nobody continues row 1
+  assert np.isfinite(out).all()

@@ -133,6 +133,7 @@ class KVCache:
     _, rows, heads, _, width = self.kv.shape
     g = self.group
     local = origin - (Tensor.arange(rows) // g) * g                                          # (rows,), each in [0, g)
-    pick = (local.reshape(rows // g, g, 1) == Tensor.arange(g)).cast(self.kv.dtype)       # (groups, g, g)
+    pick = local.reshape(rows // g, g, 1) == Tensor.arange(g)                               # (groups, g, g)
     filled = self.kv[:, :, :, :pos].reshape(2, rows // g, 1, g, heads, pos, width)
-    return (pick.reshape(1, rows // g, g, g, 1, 1, 1) * filled).sum(3).reshape(2, rows, heads, pos, width)
+    # where, not a product: a row holding inf (a float16 overflow) must not turn its siblings into 0 * inf = NaN
+    return pick.reshape(1, rows // g, g, g, 1, 1, 1).where(filled, 0).sum(3).reshape(2, rows, heads, pos, width)

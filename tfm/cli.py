@@ -66,7 +66,7 @@ def add_compare(sub) -> None:
                       "(default: bundled when installed, else tiny)")
   p.add_argument("--backends", default="auto", metavar="auto|all|CPU,CL,...",
                  help="auto: every backend but the slow Python emulator; all: every one; or a comma-separated list, "
-                      "where CPU*2 is the model split over two CPU devices (data parallel)")
+                      "where CPU*2 is the model split over two CPU devices (data parallel when the batch splits evenly, else tensor parallel)")
   p.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"],
                  help="compute dtype (default: float32); int8 is checked against the oracle of its dequantized weights")
   p.add_argument("--repeat", type=int, default=3, metavar="N", help="warm calls timed after the first (default: 3)")
@@ -137,7 +137,9 @@ def add_compile(sub) -> None:
                "tfm compile\n  tfm compile opus-mt-en-de/ --device CL --batch 1,8 --beam 4 --max-len 64")
   p.add_argument("model", nargs="?", default="bundled", metavar="MODEL",
                  help="bundled, a tfm .safetensors file or a Marian checkpoint folder (default: bundled)")
-  p.add_argument("--device", default="auto", help="backend to compile for, as `tfm backends` lists them (default: auto)")
+  p.add_argument("--device", default="auto", help="backend to compile for, as `tfm backends` lists them, or several "
+                 "devices of one, e.g. CPU*2 (default: auto)")
+  p.add_argument("--parallel", default=None, choices=("data", "tensor"), help="with several devices, as tfm translate takes it")
   p.add_argument("--batch", default="1", metavar="N[,N...]", help="batch sizes (texts per call) to prepare (default: 1)")
   p.add_argument("--beam", default=None, metavar="N[,N...]",
                  help="beam sizes to prepare; 1 is greedy (default: the model's setting, else 1)")

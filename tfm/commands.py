@@ -78,26 +78,26 @@ def cmd_compile(args) -> int:
   from tfm.generation import prepare, resolve_settings
   batches = _sizes(args.batch, "--batch")
   if args.max_len is not None and args.max_len < 1: raise TfmError(f"--max-len must be at least 1, got {args.max_len}")
-  model = _load_model(args.model, args.device)
+  model = _load_model(args.model, args.device, args.parallel)
   if not cache.info().enabled: print("tfm compile: note: TFM_CACHE=0, the compiled steps serve this process only", file=sys.stderr)
   beams = _sizes(args.beam, "--beam") if args.beam else (resolve_settings(model, np.array([1])).beam_size,)
   start = time.perf_counter()
   n = prepare(model, batches, beams, args.max_len)
-  print(f"{n} compiled steps ready on {model.target or model.device} (batch {','.join(map(str, batches))}, beam "
+  print(f"{n} compiled steps ready on {model.where} (batch {','.join(map(str, batches))}, beam "
         f"{','.join(map(str, beams))}) in {time.perf_counter() - start:.1f} s, kept in {cache.programs_dir()}")
   return 0
 
 
-def _load_model(path: str, device: str):
+def _load_model(path: str, device: str, parallel: str | None = None):
   """The bundled model, a Marian folder's or a tfm weight file's (no vocabulary needed to compile)."""
   if path == "bundled":
     from tfm.translator import Translator
-    return Translator.bundled(device).model
+    return Translator.bundled(device, parallel=parallel).model
   if os.path.isdir(path):
     from tfm.interop.marian import from_pretrained
-    return from_pretrained(path, device=device)
+    return from_pretrained(path, device=device, parallel=parallel)
   from tfm.weights import load
-  model = load(path, device=device)
+  model = load(path, device=device, parallel=parallel)
   _not_a_vit(model, path, "compiles translation steps")
   return model
 
@@ -306,7 +306,7 @@ def cmd_serve(args) -> int:
   previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
   try:
     start = time.perf_counter()
-    log(f"warming up {len(server.batcher.shapes)} batch shapes on {translator.model.target or translator.model.device} "
+    log(f"warming up {len(server.batcher.shapes)} batch shapes on {translator.model.where} "
         f"(compiled once, then loaded from the compiled-program cache)")
     server.start(wait=False)
     while not stop.is_set() and not server.batcher.wait_ready(0.2): pass

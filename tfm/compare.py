@@ -165,7 +165,7 @@ def kernel_graph(config: TransformerConfig | VisionConfig, dtype: str = "float32
 
 def select_backends(spec: str = "auto") -> tuple[list[BackendInfo], dict[str, str]]:
   """The backends to compare and those left out with why: "auto" (all but the emulator), "all", or "CPU,CL,...";
-  an entry "CPU*2" is a model split over two CPU devices (data parallel, tfm.placement)."""
+  an entry "CPU*2" is a model split over two CPU devices (as `split_mode` says, tfm.placement)."""
   if not isinstance(spec, str) or not spec.strip():
     raise InputError(f"--backends {spec!r}: give auto, all or a comma-separated list such as CPU,CL")
   key = spec.strip().lower()

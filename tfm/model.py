@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from typing import Any, Callable
 
 import numpy as np
@@ -32,7 +33,8 @@ def resolve_device(device: Any, one: str | None = None) -> tuple[str | tuple[str
   if device is None: return Device.DEFAULT, None
   info = backends.select(device)
   if one is not None and len(info.devices) > 1:
-    raise InputError(f"{one} runs on one device, and device={device!r} names {len(info.devices)}; give one of them "
+    given = f"TFM_DEVICE={os.environ.get('TFM_DEVICE')!r}" if device == "auto" else f"device={device!r}"
+    raise InputError(f"{one} runs on one device, and {given} names {len(info.devices)}; give one of them "
                      f"(e.g. device={info.devices[0]!r}): several devices are for the translation Transformer")
   return info.tensor_device, info.target
 
@@ -80,7 +82,7 @@ def realized_on(model: Any, compute: Callable[[], Tensor]) -> Tensor:
       return out.realize()
     except Exception as e:  # a compiler or driver failure: say which backend, keep the cause for --debug
       first = (str(e).strip().splitlines() or [""])[0][:200]
-      raise BackendError(f"backend {model.target or model.device} failed to run the model ({type(e).__name__}: {first}); "
+      raise BackendError(f"backend {getattr(model, 'where', model.target or model.device)} failed to run the model ({type(e).__name__}: {first}); "
                          f"`tfm backends` lists the backends that run here: pass another as device=...") from e
 
 
@@ -274,6 +276,12 @@ class Transformer:
     GENERATOR_MULTIPLE (zero rows, sliced off): a vocabulary such as 58,101 = 3 x 19,367 leaves tinygrad's kernel
     heuristics no tile wider than 3, and the padded product runs 1.5 to 1.8 times faster (docs/PERFORMANCE.md)."""
     return self.generator.padded(x, GENERATOR_MULTIPLE)
+
+  @property
+  def where(self) -> str:
+    """The backend it runs on, as people read it: "CL", "CPU:LLVM", or for several devices "CPU*2 (data parallel)"."""
+    one = self.target or (self.device if isinstance(self.device, str) else self.device[0])
+    return one if self.parallel is None else f"{one}*{len(self.device)} ({self.parallel} parallel)"
 
   @property
   def dtype(self):

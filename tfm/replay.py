@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import pickle
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 from tinygrad import Device, Tensor, TinyJit, UOp
@@ -68,8 +68,11 @@ class CompiledStep:
       return
     var_vals = {} if self.variable is None else {self.variable.expr: value}
     if len(self.lanes) > 1:
-      pool = _pools.setdefault(len(self.lanes), ThreadPoolExecutor(len(self.lanes), thread_name_prefix="tfm-device"))
-      for done in [pool.submit(_launch, lane, var_vals) for lane in self.lanes]: done.result()
+      if (pool := _pools.get(len(self.lanes))) is None:
+        pool = _pools[len(self.lanes)] = ThreadPoolExecutor(len(self.lanes), thread_name_prefix="tfm-device")
+      running = [pool.submit(_launch, lane, var_vals) for lane in self.lanes]
+      wait(running)   # every lane finished (a failing one must not leave others writing the step's buffers), then errors
+      for done in running: done.result()
     else: _launch(self.launches, var_vals)
     GlobalCounters.kernel_count += len(self.launches)
 

@@ -30,7 +30,7 @@ from tfm.errors import ConfigError, InputError, WeightsError
 from tfm.files import atomic_folder, write_text
 from tfm.generation import greedy_search
 from tfm.memory import to_device, upload
-from tfm.model import Transformer
+from tfm.model import Transformer, resolve_device
 from tfm.tasks import Task, get_task
 from tfm.tokenizer import CharTokenizer
 from tfm.train_step import FlatAdam, TrainStep, loss
@@ -161,7 +161,9 @@ class Trainer:
                         f"({self.src_len} source, {self.tgt_len} target tokens with eos); raise max_len")
     Tensor.manual_seed(self.options.seed)
     self.rng = np.random.default_rng(self.options.seed)
-    self.model = Transformer(self.config, device=device)
+    # on several devices training splits the batch (data parallel), whatever the model's size
+    several = device is not None and isinstance(resolve_device(device)[0], tuple)
+    self.model = Transformer(self.config, device=device, parallel="data" if several else None)
     self.params = self.model.parameters()
     # the update of every parameter in one flat buffer: a few kernels instead of a few per parameter
     self.opt = FlatAdam(self.params, lr=0.0, b1=0.9, b2=0.98, eps=1e-9, clip_norm=self.options.clip_norm)

@@ -76,6 +76,9 @@ class TrainStep:
   def __init__(self, model: Transformer, opt: FlatAdam, label_smoothing: float, shapes: tuple[tuple[int, int], ...]):
     self.model, self.opt, self.label_smoothing = model, opt, label_smoothing
     dev, c = model.device, model.config
+    if model.parallel == "tensor":
+      raise InputError("a tensor-parallel model cannot be trained: training splits the batch over the devices (data "
+                       "parallel); build the model with parallel='data' (tfm.Trainer does)")
     if model.parallel is not None and c.dropout > 0:
       # measured with tinygrad 0.14: replays of a step over several devices leave their RNG counters where the first
       # step put them, so every later step would draw the first step's dropout masks again

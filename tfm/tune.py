@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from tinygrad.helpers import BEAM, CACHELEVEL, IGNORE_BEAM_CACHE, NOOPT, ContextVar, diskcache_get, getenv
 
+from tfm.errors import InputError
 from tfm.files import write_text
 from tfm.model import COMPILE_SETTINGS
 
@@ -143,6 +144,9 @@ def tune(model, batch: int = 8, length: int = 64, beam: int = 2, reps: int = 3, 
   from tinygrad.helpers import tqdm
   from tinygrad.uop.ops import Ops, UOp
 
+  if isinstance(model.device, tuple):
+    raise InputError(f"tfm tune searches one device's kernels: give one backend (e.g. {model.device[0].split(':')[0]}); "
+                     f"a model split over several devices compiles with what was tuned for that backend")
   cfg, backend = model.config, model.target or model.device
   rng = np.random.default_rng(0)
   lo = max(cfg.pad_id, cfg.bos_id, cfg.eos_id) + 1

@@ -231,7 +231,7 @@ def prepare(model: Transformer, batch_sizes: tuple[int, ...] = (1,), beam_sizes:
   shapes = [(b, k, n) for b in batch_sizes for k in beam_sizes for n in buckets]
   token = max(c.pad_id, c.bos_id, c.eos_id, c.start_id) + 1
   prepared = 0
-  for rows, beam, src_len in tqdm(shapes, desc=f"compiling on {model.target or model.device}", disable=not progress):
+  for rows, beam, src_len in tqdm(shapes, desc=f"compiling on {model.where}", disable=not progress):
     src = np.full((rows, src_len), token % c.vocab_size, np.int32)
     src[:, -1] = c.eos_id
     s = resolve_settings(model, np.array([src_len]), beam_size=beam, num_return=1)

@@ -190,7 +190,7 @@ class Server:
   def info(self) -> dict:
     """The model, its backend, how requests are batched, the limits, and what the service has done."""
     model, o, b = self.translator.model, self.options, self.batcher
-    return {"model": self.name, "backend": model.target or model.device, "parameters": model.num_parameters(),
+    return {"model": self.name, "backend": model.where, "parameters": model.num_parameters(),
             "config": model.config.to_dict(), "state": b.state,
             "batching": {"enabled": o.batching, "max_batch": o.max_batch, "batch_wait_ms": o.batch_wait_ms,
                          "row_sizes": list(b.rows), "source_buckets": list(b.buckets), "beam_sizes": list(o.beam_sizes),

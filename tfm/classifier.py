@@ -14,7 +14,7 @@ import numpy as np
 
 from tfm import images as imaging
 from tfm.errors import InputError, WeightsError
-from tfm.model import resolve_device
+from tfm.placement import resolve_device
 from tfm.vit import VisionTransformer
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")

@@ -7,36 +7,20 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 from typing import Any, Callable
 
 import numpy as np
-from tinygrad import Context, Device, Tensor, dtypes
+from tinygrad import Context, Tensor, dtypes
 from tinygrad.helpers import TRAINING
 from tinygrad.nn.state import get_state_dict
 
-import backends
 from tfm.attention import KVCache, causal_mask, padding_mask, with_ones
 from tfm.config import TransformerConfig, VisionConfig
 from tfm.errors import BackendError, InputError
 from tfm.layers import DecoderLayer, EncoderLayer, LayerNorm, PositionalEncoding, layer_norm_one_pass
 from tfm.linear import Embedding, Linear, linear_layers
 from tfm.memory import like, to_device
-from tfm.placement import batch_axis, choose, place
-
-
-def resolve_device(device: Any, one: str | None = None) -> tuple[str | tuple[str, ...], str | None]:
-  """(tensor device, tinygrad DEV target) for a device argument: None is tinygrad's default device, as it is;
-  anything else ("auto", "CL", "CPU:LLVM", ["CUDA", "CL"]) is chosen and probed by the backend layer. Several
-  devices ("CPU*2", ("CPU:0", "CPU:1")) give a tuple of tinygrad device names, unless `one` names a model that runs
-  on one device only: then they are refused."""
-  if device is None: return Device.DEFAULT, None
-  info = backends.select(device)
-  if one is not None and len(info.devices) > 1:
-    given = f"TFM_DEVICE={os.environ.get('TFM_DEVICE')!r}" if device == "auto" else f"device={device!r}"
-    raise InputError(f"{one} runs on one device, and {given} names {len(info.devices)}; give one of them "
-                     f"(e.g. device={info.devices[0]!r}): several devices are for the translation Transformer")
-  return info.tensor_device, info.target
+from tfm.placement import batch_axis, choose, place, resolve_device
 
 
 def unique_state(obj: Any) -> dict[str, Tensor]:
@@ -130,8 +114,7 @@ class Transformer:
     with self.on_device():
       self.src_embed = Embedding(v, d)
       self.tgt_embed = self.src_embed if config.tie_embeddings else Embedding(v, d)
-      self.encoder = Encoder(config)
-      self.decoder = Decoder(config)
+      self.encoder, self.decoder = Encoder(config), Decoder(config)
       self.generator = Linear(d, v, bias=config.output_bias)
       if config.tie_embeddings: self.generator.weight = self.src_embed.weight
       if self.parallel is not None: self.lay_out(self.device, self.parallel)
@@ -139,8 +122,7 @@ class Transformer:
     self.positions = PositionalEncoding(config, self.device)
 
   def lay_out(self, devices: tuple[str, ...], parallel: str | None = None) -> None:
-    """Lay this model's weights, unset, out over `devices` (tinygrad names) as `parallel` splits them (tfm.placement):
-    what the constructor does for several devices, also for devices no probe knows (NULL renders, tfm.compare)."""
+    """Lay the unset weights out over `devices` as `parallel` says (tfm.placement); also for NULL renders (tfm.compare)."""
     self.device, self.parallel = devices, choose(parallel, self.config, devices)
     self.positions = PositionalEncoding(self.config, devices)
     place(self, unique_state(self))

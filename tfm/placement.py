@@ -1,4 +1,5 @@
-"""A model over several devices: how its weights and batches are split (which devices: `backends.select`, "CPU*2").
+"""Where a model runs: its device or devices (chosen by `backends.select`: "CL", "CPU*2"), and over several devices how
+its weights and batches are split.
 
 Two modes, tinygrad's multi-device tensors underneath (`Tensor.shard`: one buffer per device, whole or a slice):
 
@@ -15,10 +16,12 @@ hold them whole, and tensor parallel splits them.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from tinygrad import Tensor
+from tinygrad import Device, Tensor
 
+import backends
 from tfm.config import TransformerConfig
 from tfm.errors import InputError
 
@@ -29,6 +32,20 @@ TENSOR_PARALLEL_BYTES = 2 << 30
 # tensor parallel: by output features (their biases and int8 row scales with them), or by input features
 COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "fc1")
 ROW_PARALLEL = ("out_proj", "fc2")
+
+
+def resolve_device(device: Any, one: str | None = None) -> tuple[str | tuple[str, ...], str | None]:
+  """(tensor device, tinygrad DEV target) for a device argument: None is tinygrad's default device, as it is;
+  anything else ("auto", "CL", "CPU:LLVM", ["CUDA", "CL"]) is chosen and probed by the backend layer. Several
+  devices ("CPU*2", ("CPU:0", "CPU:1")) give a tuple of tinygrad device names, unless `one` names a model that runs
+  on one device only: then they are refused."""
+  if device is None: return Device.DEFAULT, None
+  info = backends.select(device)
+  if one is not None and len(info.devices) > 1:
+    given = f"TFM_DEVICE={os.environ.get('TFM_DEVICE')!r}" if device == "auto" else f"device={device!r}"
+    raise InputError(f"{one} runs on one device, and {given} names {len(info.devices)}; give one of them "
+                     f"(e.g. device={info.devices[0]!r}): several devices are for the translation Transformer")
+  return info.tensor_device, info.target
 
 
 def choose(parallel: str | None, config: TransformerConfig, device: str | tuple[str, ...]) -> str | None:

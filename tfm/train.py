@@ -30,7 +30,8 @@ from tfm.errors import ConfigError, InputError, WeightsError
 from tfm.files import atomic_folder, write_text
 from tfm.generation import greedy_search
 from tfm.memory import to_device, upload
-from tfm.model import Transformer, resolve_device
+from tfm.model import Transformer
+from tfm.placement import resolve_device
 from tfm.tasks import Task, get_task
 from tfm.tokenizer import CharTokenizer
 from tfm.train_step import FlatAdam, TrainStep, loss

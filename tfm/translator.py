@@ -16,7 +16,8 @@ import numpy as np
 from tfm import batching
 from tfm.errors import InputError, WeightsError
 from tfm.generation import generate, lengths_to_eos, resolve_settings
-from tfm.model import Transformer, resolve_device
+from tfm.model import Transformer
+from tfm.placement import resolve_device
 from tfm.weights import copy_to
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")

@@ -24,7 +24,8 @@ from tfm.config import VisionConfig
 from tfm.errors import InputError
 from tfm.linear import Linear
 from tfm.memory import to_device
-from tfm.model import Encoder, _init_rng, compiling_on, realized_on, resolve_device, unique_state
+from tfm.model import Encoder, _init_rng, compiling_on, realized_on, unique_state
+from tfm.placement import resolve_device
 
 
 class VisionTransformer:

@@ -33,7 +33,7 @@ from tinygrad.uop.ops import Ops
 from tfm import cache
 
 Launch = tuple[Any, list, Any, Any, dict, str]   # program, device buffers, launch sizes unless symbolic, ProgramInfo, device vars, device
-_pools: dict[int, ThreadPoolExecutor] = {}   # by thread count: the threads that replay several devices' launches
+_threads: dict[str, ThreadPoolExecutor] = {}   # by device: the one thread that replays that device's launches
 
 
 class CompiledStep:
@@ -68,9 +68,7 @@ class CompiledStep:
       return
     var_vals = {} if self.variable is None else {self.variable.expr: value}
     if len(self.lanes) > 1:
-      if (pool := _pools.get(len(self.lanes))) is None:
-        pool = _pools[len(self.lanes)] = ThreadPoolExecutor(len(self.lanes), thread_name_prefix="tfm-device")
-      running = [pool.submit(_launch, lane, var_vals) for lane in self.lanes]
+      running = [_thread_of(lane[0][5]).submit(_launch, lane, var_vals) for lane in self.lanes]
       wait(running)   # every lane finished (a failing one must not leave others writing the step's buffers), then errors
       for done in running: done.result()
     else: _launch(self.launches, var_vals)
@@ -101,6 +99,14 @@ class CompiledStep:
       cache.discard(key, f"could not be restored ({type(e).__name__}: {str(e)[:120]})")
       return None
     return launches
+
+
+def _thread_of(device: str) -> ThreadPoolExecutor:
+  """The device's own replay thread. One per device, not a shared pool: a pool hands a lane to whichever of its threads
+  is idle, so a lane that finished quickly would take the next device's lane too and run the two one after the other."""
+  if (thread := _threads.get(device)) is None:
+    thread = _threads[device] = ThreadPoolExecutor(1, thread_name_prefix=f"tfm-{device.replace(':', '')}")
+  return thread
 
 
 def _launch(launches: list[Launch], var_vals: dict) -> None:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 import warnings
 
 import numpy as np
@@ -117,6 +118,38 @@ def test_the_least_recently_used_entries_go_past_the_size_bound(cache_dir, monke
   cache.store(keys[3], bytes(4000))   # a store trims the cache
   assert cache.lookup(keys[0]) is None and all(cache.lookup(k) is not None for k in keys[1:])
   assert cache.info().bytes <= cache.max_bytes()
+
+
+def test_a_cpu_kernel_split_over_cores_runs_its_slices_on_each_core_with_the_same_result(cache_dir, monkeypatch):
+  """tinygrad 0.14 calls a THREAD-split CPU kernel's slices one after the other on one thread; a replayed step runs
+  them at once, the calling thread and a helper each taking slices, and computes the same numbers."""
+  import threading
+
+  from tfm import replay
+  if replay._CORES.helpers < 1: pytest.skip("one core: nothing to split over")
+  rng = np.random.default_rng(0)
+  a, w = rng.standard_normal((32, 256), dtype=np.float32), rng.standard_normal((1024, 256), dtype=np.float32)
+  x, weight, out = to_device(a, "CPU"), to_device(w, "CPU"), to_device(np.zeros((32, 1024), np.float32), "CPU")
+  step = CompiledStep(lambda: out.assign(x @ weight.T).realize(), None, contextlib.nullcontext)
+  step()   # the capture, computed by tinygrad
+  expected = download(out)
+  np.testing.assert_allclose(expected, a @ w.T, rtol=1e-4, atol=1e-4)
+  assert any(replay._core_slot(launch[0]) is not None for launch in step.launches), "no kernel was split over cores"
+  threads, call = set(), replay._CORES.run
+  def recorded(runtime, bufs, vals, slot, slices):
+    def fxn(*args):   # the program, noting each slice's thread
+      threads.add(threading.current_thread().name)
+      return runtime.fxn(*args)
+    call(types.SimpleNamespace(fxn=fxn), bufs, vals, slot, slices)
+  monkeypatch.setattr(replay._CORES, "run", recorded)
+  upload(out, np.zeros((32, 1024), np.float32))
+  step()   # replayed: the slices on both threads
+  assert len(threads) == 2 and threading.current_thread().name in threads, threads
+  assert np.array_equal(download(out), expected)   # the same slices, so the same bits
+  monkeypatch.setenv("TFM_CORES", "0")
+  threads.clear()
+  step()
+  assert not threads   # switched off: tinygrad's own call, slices in turn
 
 
 # --- whole models, across processes --------------------------------------------------------------------------------

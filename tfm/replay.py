@@ -14,20 +14,28 @@ runs each kernel on the thread that launches it (on CPU, the calling thread, wha
 thread, n CPU devices would use one core. A capture with copies between devices (tensor parallel, a training step's
 all-reduce) is replayed by TinyJit, in order.
 
+On one CPU device, a kernel tinygrad split into per-core slices (its THREAD option) has its slices run at once on the
+calling thread and helper threads (`_Cores`): tinygrad 0.14 calls them one after the other, so a CPU device used one
+core. TFM_CORES=0 turns this off.
+
 This is the one module that reaches into tinygrad's captured-JIT internals (`jit.captured`, `get_runtime`,
 `unwrap_multi`, `ProgramInfo`): what a tinygrad upgrade can break is here.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import pickle
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 from tinygrad import Device, Tensor, TinyJit, UOp
 from tinygrad.device import Buffer
 from tinygrad.engine.realize import get_runtime, resolve_params, unwrap_multi
-from tinygrad.helpers import DEBUG, PROFILE, GlobalCounters
+from tinygrad.helpers import DEBUG, NUM_CPU_THREADS, PROFILE, GlobalCounters
 from tinygrad.uop.ops import Ops
 
 from tfm import cache
@@ -71,7 +79,7 @@ class CompiledStep:
       running = [_thread_of(lane[0][5]).submit(_launch, lane, var_vals) for lane in self.lanes]
       wait(running)   # every lane finished (a failing one must not leave others writing the step's buffers), then errors
       for done in running: done.result()
-    else: _launch(self.launches, var_vals)
+    else: _launch(self.launches, var_vals, cores=True)
     GlobalCounters.kernel_count += len(self.launches)
 
   def _set(self, launches: list[Launch] | None) -> None:
@@ -109,11 +117,63 @@ def _thread_of(device: str) -> ThreadPoolExecutor:
   return thread
 
 
-def _launch(launches: list[Launch], var_vals: dict) -> None:
+def _launch(launches: list[Launch], var_vals: dict, cores: bool = False) -> None:
+  """Launch each kernel in order. cores: a CPU kernel split over cores runs its slices on the machine's cores at once
+  (off for the lanes of several devices, which already keep the cores busy)."""
   for runtime, bufs, dims, info, device_vars, _ in launches:
     values = {**var_vals, **device_vars} if device_vars else var_vals
     global_size, local_size = dims or info.launch_dims(values)
-    runtime(*bufs, global_size=global_size, local_size=local_size, vals=info.vals(values) if info.vars else ())
+    vals = info.vals(values) if info.vars else ()
+    if cores and global_size[0] > 1 and (slot := _core_slot(runtime)) is not None: _CORES.run(runtime, bufs, vals, slot, global_size[0])
+    else: runtime(*bufs, global_size=global_size, local_size=local_size, vals=vals)
+
+
+def _core_slot(runtime) -> int | None:
+  """Where a CPU program takes its core_id (tinygrad's THREAD option), if it has one."""
+  if getattr(runtime, "lvp", True) or os.environ.get("TFM_CORES") == "0": return None
+  return getattr(runtime, "runtimevars", {}).get("core_id")
+
+
+class _Cores:
+  """Helper threads that run the slices of one CPU kernel beside the calling thread.
+
+  tinygrad 0.14 splits a large CPU kernel into per-core slices (its THREAD option: the program takes a core_id), then
+  calls the slices one after the other on one thread (runtime/ops_cpu.py), so one CPU device uses one core. The slices
+  write disjoint parts of the outputs, and a ctypes call releases the GIL, so running them on several threads at once
+  is the same computation on all the cores."""
+
+  def __init__(self, helpers: int):
+    self.helpers, self.todo, self.started = helpers, queue.SimpleQueue(), False
+
+  def _start(self) -> None:
+    for i in range(self.helpers):
+      threading.Thread(target=self._work, name=f"tfm-core{i + 1}", daemon=True).start()
+    self.started = True
+
+  def _work(self) -> None:
+    while True:
+      fxn, args, done = self.todo.get()
+      try: fxn(*args)
+      except BaseException as e: done.put(e)
+      else: done.put(None)
+
+  def run(self, runtime, bufs: list, vals: tuple, slot: int, slices: int) -> None:
+    if not self.helpers: return runtime(*bufs, global_size=(slices, 1, 1), vals=vals)
+    if not self.started: self._start()
+    args = [b.va_addr for b in bufs] + list(vals)
+    def call(core: int) -> list:
+      args[slot] = core
+      return [ctypes.c_uint64(x) for x in args]
+    done: queue.SimpleQueue = queue.SimpleQueue()
+    mine = range(0, slices, self.helpers + 1)
+    theirs = [core for core in range(slices) if core % (self.helpers + 1)]
+    for core in theirs: self.todo.put((runtime.fxn, call(core), done))
+    for core in mine: runtime.fxn(*call(core))
+    errors = [e for e in (done.get() for _ in theirs) if e is not None]
+    if errors: raise errors[0]
+
+
+_CORES = _Cores(max(0, NUM_CPU_THREADS.value - 1))   # as many slices as tinygrad makes
 
 
 def _named_buffers(named: dict[str, Tensor]) -> dict[str, Buffer]:

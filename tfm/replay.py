@@ -19,7 +19,7 @@ calling thread and helper threads (`_Cores`): tinygrad 0.14 calls them one after
 core. TFM_CORES=0 turns this off.
 
 This is the one module that reaches into tinygrad's captured-JIT internals (`jit.captured`, `get_runtime`,
-`unwrap_multi`, `ProgramInfo`): what a tinygrad upgrade can break is here.
+`unwrap_multi`, `ProgramInfo`, a CPU program's `fxn` and `runtimevars`): what a tinygrad upgrade can break is here.
 """
 from __future__ import annotations
 

@@ -187,7 +187,8 @@ def cmd_tune(args) -> int:
 
 def cmd_train(args) -> int:
   if args.task == "digits": return _train_digits(args)
-  from tfm.train import Trainer, TrainOptions, evaluate_file
+  from tfm.evaluation import evaluate_file
+  from tfm.train import Trainer, TrainOptions
   if args.evaluate is not None:
     n, task = args.eval_size or 2000, args.task or "dates"
     scores = evaluate_file(args.evaluate, task, n, device=args.device)

@@ -147,3 +147,18 @@ def get_task(name: str) -> Task:
   """The task called `name`: one of copy, reverse, dates."""
   if name not in TASKS: raise InputError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
   return TASKS[name]()
+
+
+def encode_batch(tokenizer: CharTokenizer, pairs: list[tuple[str, str]], src_len: int, tgt_len: int) -> tuple[np.ndarray, ...]:
+  """(source, target) texts -> padded src (B, src_len), decoder input bos + target (B, tgt_len), labels target + eos.
+
+  Fixed widths keep every batch the same shape: the one the compiled train step was built for.
+  """
+  src = np.full((len(pairs), src_len), tokenizer.pad_id, np.int32)
+  tgt_in, labels = src[:, :tgt_len].copy(), src[:, :tgt_len].copy()
+  for i, (s, t) in zip(range(len(pairs)), zip(tokenizer.encode([p[0] for p in pairs]), tokenizer.encode([p[1] for p in pairs]))):
+    if len(s) > src_len or len(t) > tgt_len:
+      raise InputError(f"example {pairs[i]!r} is {len(s)} -> {len(t)} tokens with eos, longer than {src_len} -> {tgt_len}")
+    src[i, :len(s)], labels[i, :len(t)] = s, t
+    tgt_in[i, :len(t)] = [tokenizer.bos_id] + t[:-1]
+  return src, tgt_in, labels

@@ -26,15 +26,16 @@ from tinygrad.helpers import tqdm
 
 from tfm import weights
 from tfm.config import PRESETS, TransformerConfig
-from tfm.errors import ConfigError, InputError, WeightsError
+from tfm.errors import ConfigError, WeightsError
+from tfm.evaluation import evaluate
 from tfm.files import atomic_folder, write_text
-from tfm.generation import greedy_search
 from tfm.memory import to_device, upload
 from tfm.model import Transformer
 from tfm.placement import resolve_device
-from tfm.tasks import Task, get_task
+from tfm.tasks import Task, encode_batch, get_task
 from tfm.tokenizer import CharTokenizer
 from tfm.train_step import FlatAdam, TrainStep, loss
+
 
 def resolve_config(spec: str | dict | TransformerConfig, tokenizer: CharTokenizer) -> TransformerConfig:
   """A preset name, a JSON file, a dict or a config, with the vocabulary size and special ids of the tokenizer."""
@@ -59,56 +60,6 @@ def resolve_config(spec: str | dict | TransformerConfig, tokenizer: CharTokenize
 def noam_lr(step: int, d_model: int, warmup: int, scale: float = 1.0) -> float:
   """5.3 lrate = scale * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), for steps counted from 1."""
   return scale * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
-
-
-def encode_batch(tokenizer: CharTokenizer, pairs: list[tuple[str, str]], src_len: int, tgt_len: int) -> tuple[np.ndarray, ...]:
-  """(source, target) texts -> padded src (B, src_len), decoder input bos + target (B, tgt_len), labels target + eos.
-
-  Fixed widths keep every batch the same shape: the one the compiled train step was built for.
-  """
-  src = np.full((len(pairs), src_len), tokenizer.pad_id, np.int32)
-  tgt_in, labels = src[:, :tgt_len].copy(), src[:, :tgt_len].copy()
-  for i, (s, t) in zip(range(len(pairs)), zip(tokenizer.encode([p[0] for p in pairs]), tokenizer.encode([p[1] for p in pairs]))):
-    if len(s) > src_len or len(t) > tgt_len:
-      raise InputError(f"example {pairs[i]!r} is {len(s)} -> {len(t)} tokens with eos, longer than {src_len} -> {tgt_len}")
-    src[i, :len(s)], labels[i, :len(t)] = s, t
-    tgt_in[i, :len(t)] = [tokenizer.bos_id] + t[:-1]
-  return src, tgt_in, labels
-
-
-# --- evaluation ---------------------------------------------------------------------------------------------------
-
-def evaluate(model: Transformer, tokenizer: CharTokenizer, pairs: list[tuple[str, str]], batch_size: int = 500) -> dict[str, float]:
-  """Greedy-decode every source; exact match (whole target right) and token accuracy (target positions incl. eos)."""
-  if not pairs: raise InputError("evaluate needs at least one (source, target) pair")
-  width, src_len = max(len(t) for _, t in pairs) + 1, max(len(s) for s, _ in pairs) + 1
-  rows = min(batch_size, len(pairs))
-  exact = correct = total = 0
-  for start in range(0, len(pairs), rows):
-    chunk = pairs[start:start + rows]
-    # the last chunk is topped up to `rows` so every chunk reuses the same compiled decode step
-    src, _, labels = encode_batch(tokenizer, chunk + chunk[:1] * (rows - len(chunk)), src_len, width)
-    ids = greedy_search(model, src, max_len=width)[:len(chunk)]
-    pred = np.full(labels.shape, tokenizer.pad_id, np.int32)
-    pred[:, :ids.shape[1]] = ids
-    labels = labels[:len(chunk)]
-    real = labels != tokenizer.pad_id
-    correct += int(((pred == labels) & real).sum())
-    total += int(real.sum())
-    exact += sum(o == t for o, (_, t) in zip(tokenizer.decode(pred), chunk))
-  return {"exact_match": exact / len(pairs), "token_accuracy": correct / total}
-
-
-def evaluate_file(path: str | os.PathLike, task: str = "dates", n: int = 2000, seed: int = 0,
-                  device: str | None = None) -> dict[str, float]:
-  """Greedy exact match and token accuracy of a saved model on n held-out examples of its task (the task's vocabulary)."""
-  model, tokenizer = weights.load(path, device=device), get_task(task).tokenizer
-  if not isinstance(model, Transformer):
-    raise ConfigError(f"{os.fspath(path)} holds a {type(model).__name__}, not a text model; evaluate it with --task digits")
-  if model.config.vocab_size != tokenizer.vocab_size:
-    raise ConfigError(f"{os.fspath(path)} has vocab_size={model.config.vocab_size}, the {task} task's vocabulary has "
-                      f"{tokenizer.vocab_size}: was it trained on another task?")
-  return evaluate(model, tokenizer, get_task(task).examples(n, "test", seed))
 
 
 # --- training -----------------------------------------------------------------------------------------------------

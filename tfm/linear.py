@@ -14,9 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tinygrad import Tensor, dtypes, nn
+from tinygrad import Device, Tensor, dtypes, nn
+from tinygrad.dtype import least_upper_dtype, sum_acc_dtype
 from tinygrad.function import function
-from tinygrad.helpers import TRAINING
+from tinygrad.helpers import TRAINING, prod
 from tinygrad.uop.ops import UOp
 
 from tfm.errors import InputError
@@ -38,9 +39,39 @@ def matmul_wt(x: Tensor, w: Tensor) -> Tensor:
   return x @ w.T
 
 
+LANES = 16      # partial sums per output where a product's reduction is split (one AVX-512 vector of float32)
+WIDE = 8192     # output features from which a product over several rows is computed transposed (a vocabulary)
+
+
+def _serial_reductions(device: Any) -> bool:
+  """Whether tinygrad compiles a reduction for this device as one accumulator per output, added to in order: a
+  renderer without local memory (CPU) has no GROUP option to split it, and C may not reorder float additions."""
+  return isinstance(device, str) and not Device[device].renderer.has_local
+
+
+def product(x: Tensor, w: Tensor) -> Tensor:
+  """x @ w.T for x (..., in) and w (out, in), w cast to x's dtype (int8 weights are read as int8), in the form that
+  compiles fastest where reductions are serial (CPU).
+
+  There a product over few rows is a chain of dependent additions per output, bound by the adder's latency, not by
+  memory: split into LANES partial sums (LANES independent chains, contiguous vector loads) it runs 1.5-3 times faster
+  at one row (docs/PERFORMANCE.md, "Products on CPU"). Over 8 rows or more, a product with a vocabulary's worth of
+  float outputs runs faster computed as (w @ x^T)^T, its output loop outermost (int8 weights read that way run two
+  times slower). Elsewhere, and for other sizes, x @ w.T."""
+  rows, (out, k), float_weights = prod(x.shape[:-1]), w.shape, dtypes.is_float(w.dtype)
+  w = w.cast(x.dtype)
+  if not isinstance(rows, int) or not _serial_reductions(x.device) or TRAINING: return x @ w.T
+  if k % LANES == 0 and (rows == 1 or (rows <= 4 and k >= out)):
+    split = x.reshape(*x.shape[:-1], 1, k // LANES, LANES) * w.reshape(out, k // LANES, LANES)
+    return split.sum(-2, dtype=sum_acc_dtype(split.dtype)).sum(-1).cast(least_upper_dtype(x.dtype, w.dtype))
+  if rows >= 8 and out >= WIDE and float_weights: return (w @ x.reshape(rows, k).T).contiguous().T.reshape(*x.shape[:-1], out)
+  return x @ w.T
+
+
 class Linear(nn.Linear):
   """nn.Linear whose weight gradient is computed from contiguous transposes (module docstring); outside training
-  (no Context(TRAINING=1)) it is tinygrad's Linear, so inference graphs and kernels are unchanged.
+  (no Context(TRAINING=1)) it is tinygrad's Linear, its product in the form that compiles fastest for the device and
+  the number of rows (`product`).
 
   Built with unset (empty) weights: tinygrad's lazy uniform draws cost milliseconds of graph building per layer and
   were always replaced, by the model's own initialisation or by a loader."""
@@ -56,9 +87,11 @@ class Linear(nn.Linear):
       if TRAINING: raise InputError("an int8 model cannot be trained: load the float32 weights to train, quantize after")
       # the cast is fused into the product's loads, so the kernel reads the int8 weights; the row scales apply to
       # the outputs, one multiply per output instead of one per weight
-      y = (x @ self.weight.cast(x.dtype).T) * self.scale.cast(x.dtype)
+      y = product(x, self.weight) * self.scale.cast(x.dtype)
       return y if self.bias is None else y + self.bias
-    if not TRAINING: return super().__call__(x)
+    if not TRAINING:
+      y = product(x, self.weight)
+      return y if self.bias is None else y + self.bias
     y = matmul_wt(x, self.weight)
     return y if self.bias is None else y + self.bias
 
@@ -67,7 +100,7 @@ class Linear(nn.Linear):
     extra = -self.weight.shape[0] % multiple
     if not extra: return self(x)
     def pad(t: Tensor) -> Tensor: return t.pad(((0, extra),) + ((0, 0),) * (t.ndim - 1))
-    y = x @ pad(self.weight.cast(x.dtype)).T
+    y = product(x, pad(self.weight))
     if self.scale is not None: y = y * pad(self.scale.cast(x.dtype))
     if self.bias is not None: y = y + pad(self.bias)
     return y.contiguous()[..., :self.weight.shape[0]]

@@ -67,8 +67,10 @@ class MultiHeadAttention:
     return self.attend(x, *self.project_kv(source), mask)
 
   def attend_step(self, x: Tensor, k: Tensor, v1: Tensor, mask: Tensor | None = None) -> Tensor:
-    """`attend` for a decode step: values v1 carry a ones column (see `attend_normalised_late`)."""
-    return self.out_proj(self.merge_heads(attend_normalised_late(self.split_heads(self.q_proj(x)), k, v1, mask)))
+    """`attend` for a decode step: values v1 carry a ones column (see `attend_normalised_late`). The heads are merged
+    into a buffer of their own: read through the division and the merge, out_proj runs about 3 times slower."""
+    out = self.merge_heads(attend_normalised_late(self.split_heads(self.q_proj(x)), k, v1, mask)).contiguous()
+    return self.out_proj(out)
 
 
 def attend_normalised_late(q: Tensor, k: Tensor, v1: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -84,6 +84,8 @@ def _settings() -> dict:
 def key_for(parts: dict, target: str) -> dict:
   """The full key of an entry: the caller's parts (step, shapes, config, dtype) and what the kernels depend on besides.
   Call it where the step compiles (inside the model's on_device()), so that the settings are the ones in force."""
+  from tinygrad import Device
+  Device.DEFAULT   # noqa: B018 - resolving it imports every runtime, which defines more settings: before they are read
   return {**parts, "backend": fingerprint(target), "tinygrad": version("tinygrad"), "settings": _settings(),
           "tfm": _tfm_source(), "python": sys.version_info[:2]}
 

@@ -9,7 +9,7 @@ import sqlite3
 import numpy as np
 import pytest
 from tinygrad import Context, Tensor
-from tinygrad.helpers import VERSION, db_connection
+from tinygrad.helpers import diskcache_get, VERSION, db_connection
 
 from benchmarks import common, report
 from benchmarks.__main__ import main as bench_main
@@ -117,3 +117,17 @@ def test_lookup_only_compiles_an_untuned_kernel_without_searching():
 def test_tune_rejects_a_zero_beam(capsys):
   assert cli_main(["tune", "--config", "tiny", "--beam", "0"]) == 2
   assert "--beam must be at least 1" in capsys.readouterr().err
+
+
+def test_a_kernel_searched_from_the_default_stores_the_optimizations_a_later_lookup_applies(monkeypatch):
+  tune._install_lookup_only()
+  monkeypatch.setattr(tune, "MIN_SEARCH_MS", 0.0)   # search even this small kernel
+  stored, put = [], tune.diskcache_put
+  monkeypatch.setattr(tune, "diskcache_put", lambda table, key, opts: (stored.append((key, opts)), put(table, key, opts)))
+  x = Tensor(np.arange(61 * 45, dtype=np.float32).reshape(61, 45), device="CPU")
+  searched = tune.lookups.searched
+  with Context(BEAM=2, TFM_BEAM_LOOKUP_ONLY=0, IGNORE_BEAM_CACHE=1): total = (x * 5).sum(axis=1).numpy()
+  np.testing.assert_allclose(total, np.arange(61 * 45).reshape(61, 45).sum(1) * 5, rtol=1e-6)
+  assert tune.lookups.searched > searched and stored   # searched from the default optimizations, whatever was stored
+  key, opts = stored[-1]
+  assert key["amt"] == 2 and diskcache_get("beam_search", key) == opts   # what a later lookup finds

@@ -188,7 +188,8 @@ def add_convert(sub) -> None:
 
 
 def add_tune(sub) -> None:
-  p = _command(sub, "tune", "BEAM-search the kernels of a model's forward pass once on this machine and cache them: "
+  p = _command(sub, "tune", "BEAM-search the kernels of a model's forward pass and decode steps (greedy batch 1, beam 4 batch 8) once "
+               "on this machine and cache those that beat tinygrad's defaults: "
                "every later run on that backend uses the tuned kernels (TFM_TUNED=0 turns that off)",
                "tfm tune --config base --backend CL\n  tfm tune --config model.safetensors --backend CPU --beam 2")
   p.add_argument("--config", default="base", help="a preset (base, big, tiny) or a saved model file (default: base)")

@@ -180,7 +180,7 @@ def cmd_tune(args) -> int:
     model = Transformer(TransformerConfig.preset(args.config), device=args.backend)
   if args.length > model.config.max_len:
     raise TfmError(f"--length {args.length} is longer than the model's max_len={model.config.max_len}; give a shorter --length")
-  print(f"tuning the forward pass of {args.config} (batch {args.batch} x {args.length} tokens) on {model.target or model.device}")
+  print(f"tuning the forward pass of {args.config} (batch {args.batch} x {args.length} tokens) and its decodes on {model.target or model.device}")
   print(tune(model, args.batch, args.length, args.beam).summary())
   return 0
 

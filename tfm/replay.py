@@ -29,6 +29,7 @@ import os
 import pickle
 import queue
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable
 
@@ -174,6 +175,28 @@ class _Cores:
 
 
 _CORES = _Cores(max(0, NUM_CPU_THREADS.value - 1))   # as many slices as tinygrad makes
+
+
+@contextlib.contextmanager
+def timed_as_replayed(device: str):
+  """While tinygrad times candidate kernels (a BEAM search, `tfm tune`): a CPU kernel split over cores runs its slices
+  on all cores at once, as a replayed step runs it, so that the timings rank the kernels as decoding will run them
+  (timed one slice after the other, a split over cores looks like no gain at all)."""
+  if not device.startswith("CPU"):
+    yield
+    return
+  from tinygrad.runtime.ops_cpu import CPUProgram
+  plain = CPUProgram.__call__
+
+  def call(self, *bufs, global_size=(1, 1, 1), local_size=(1, 1, 1), vals=(), wait=False, timeout=None):
+    if global_size[0] < 2 or (slot := _core_slot(self)) is None:
+      return plain(self, *bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, timeout=timeout)
+    start = time.perf_counter()
+    _CORES.run(self, list(bufs), tuple(vals), slot, global_size[0])
+    return time.perf_counter() - start if wait else None
+  CPUProgram.__call__ = call   # type: ignore[method-assign]
+  try: yield
+  finally: CPUProgram.__call__ = plain   # type: ignore[method-assign]
 
 
 def _named_buffers(named: dict[str, Tensor]) -> dict[str, Buffer]:

@@ -2,6 +2,7 @@
 reference, batching, the generation rules and settings, and the Translator."""
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tfm.generation.ranking import best_continuations
 from tfm.tokenizer import CharTokenizer
 
 from tfm import generation as gen
+from tfm import linear
 ROWS, T_MAX = 4, 16  # the reference's forward passes always have this shape, so they compile once
 SRC = np.array([[5, 9, 12, 33, 41, 7, 8, 19, 3], [7, 8, 9, 10, 11, 0, 0, 0, 0], [60, 61, 62, 0, 0, 0, 0, 0, 0]], np.int32)
 
@@ -225,6 +227,45 @@ def test_generate_sees_weights_replaced_after_a_call(model):
   try: after = gen.greedy_search(model, SRC, max_len=6)
   finally: bias.replace(Tensor(original, device=model.device).realize())
   assert (after == 7).all() and not (before == 7).all()
+
+
+@contextlib.contextmanager
+def every_layer_packed(model):
+  """Decoding with every Linear layer of the tiny model packed (tfm.linear.Linear.pack: at real sizes they pack, the
+  tiny model's are below PACK_MIN), in sessions of their own."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(linear, "PACK_MIN", 0)
+    gen.session._SESSIONS.pop(model, None)
+    try: yield
+    finally: gen.session._SESSIONS.pop(model, None)
+  for layer in linear.linear_layers(model): layer.unpack()
+
+
+def test_decoding_from_packed_weights_gives_the_same_ids_and_scores(model):
+  expected = [gen.greedy_search(model, SRC, max_len=8, return_scores=True), tfm.generate(model, SRC, beam_size=3, max_len=8, return_scores=True)]
+  with every_layer_packed(model):
+    got = [gen.greedy_search(model, SRC, max_len=8, return_scores=True), tfm.generate(model, SRC, beam_size=3, max_len=8, return_scores=True)]
+    assert all(layer.packed is not None for layer in linear.linear_layers(model))
+  for (ids, scores), (want_ids, want_scores) in zip(got, expected):
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_generate_sees_weights_written_in_place_after_a_call(model, full):
+  # the same buffers, as a training step writes them: decoding reads packed copies, which each call refreshes
+  layer = model.decoder.layers[-1].ffn.fc2
+  original, buffer = layer.weight.numpy(), layer.weight.uop.buffer
+  with every_layer_packed(model):
+    before = gen.greedy_search(model, SRC, max_len=8)
+    layer.weight.assign(Tensor(original * -6, device=model.device)).realize()
+    try:
+      assert layer.weight.uop.buffer is buffer and layer.packed is not None
+      after = gen.greedy_search(model, SRC, max_len=8)
+      lp = full(SRC, np.concatenate([np.full((len(SRC), 1), model.config.start_id, np.int32), after[:, :7]], 1))
+    finally: layer.weight.assign(Tensor(original, device=model.device)).realize()
+  assert (after != before).any()
+  for i, row in enumerate(rows_of(after, model.config.pad_id)):
+    assert lp[i, :len(row)].argmax(-1).tolist() == row
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -1,11 +1,16 @@
-"""tfm.linear.product: the form a Linear's product takes per device and row count, and that every form is x @ w.T."""
+"""tfm.linear.product: the form a Linear's product takes per device and row count, and that every form is x @ w.T;
+packed weights (Linear.pack): their products, when they are read, and that they are no model state."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from tinygrad import Context, Tensor, dtypes
+from tinygrad.codegen.opt import Opt, OptOps
 
-from tfm.linear import LANES, WIDE, Linear, product
+from tinygrad.nn.state import get_state_dict
+
+from tfm.linear import LANES, PACK, PACK_MIN, WIDE, Linear, _packed_opts, pack_layers, packable, packed_products, product
+from tfm.tune import _kernel_calls
 
 RNG = np.random.default_rng(0)
 
@@ -59,3 +64,73 @@ def test_a_linear_at_one_row_gives_tinygrads_linear():
   layer.weight, layer.bias = Tensor(RNG.standard_normal((24, 2 * LANES)).astype(np.float32)), Tensor(RNG.standard_normal(24).astype(np.float32))
   x = Tensor(RNG.standard_normal((1, 1, 2 * LANES)).astype(np.float32))
   np.testing.assert_allclose(layer(x).numpy(), x.linear(layer.weight.T, layer.bias).numpy(), rtol=1e-6, atol=1e-6)
+
+
+# --- packed weights: decoding's products on CPU ---------------------------------------------------------------------
+
+def packed_layer(out: int, k: int, int8: bool = False) -> Linear:
+  layer = Linear(k, out)
+  layer.weight = Tensor(RNG.standard_normal((out, k)).astype(np.float32), device="CPU").realize()
+  layer.bias = Tensor(RNG.standard_normal(out).astype(np.float32), device="CPU").realize()
+  if int8: layer.quantize()
+  layer.pack()
+  layer.repack().realize()
+  return layer
+
+
+def dequantized(layer: Linear) -> np.ndarray:
+  w = layer.weight.numpy().astype(np.float64)
+  return w if layer.scale is None else w * layer.scale.numpy().astype(np.float64)[:, None]
+
+
+@pytest.mark.parametrize("int8", [False, True])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_a_packed_product_equals_x_wt_plus_b(rows, int8):
+  layer = packed_layer(44, 2 * PACK + 3, int8)   # outputs not a multiple of PACK: padding rows, sliced off
+  x = RNG.standard_normal((rows, 2 * PACK + 3)).astype(np.float32)
+  with packed_products(): y = layer(Tensor(x, device="CPU"))
+  assert y.shape == (rows, 44)
+  expect = x.astype(np.float64) @ dequantized(layer).T + layer.bias.numpy()
+  np.testing.assert_allclose(y.numpy(), expect, rtol=1e-5, atol=1e-4)
+
+
+def test_a_packed_product_is_one_kernel_with_its_vector_of_outputs_and_the_threads():
+  layer = packed_layer(64, 32)
+  x = Tensor(RNG.standard_normal((2, 4, 32)).astype(np.float32), device="CPU")
+  with packed_products(): y = layer(x)
+  assert y.shape == (2, 4, 64)
+  kernels = [call.src[0] for call in _kernel_calls(y)]
+  assert [k.arg.name for k in kernels] == ["packed_8_64_32"]
+  assert kernels[0].arg.opts_to_apply == _packed_opts(8, 8, "CPU", int8=False)
+  assert Opt(OptOps.UPCAST, 2, PACK) in kernels[0].arg.opts_to_apply and Opt(OptOps.UPCAST, 1, 4) in kernels[0].arg.opts_to_apply
+
+
+def test_a_packed_copy_is_read_only_inside_packed_products_and_refreshed_by_repack():
+  layer = packed_layer(24, 16)
+  x = Tensor(RNG.standard_normal((1, 16)).astype(np.float32), device="CPU")
+  layer.weight.assign(layer.weight * 2).realize()   # in place: the packed copy is now out of date
+  expect = x.numpy().astype(np.float64) @ layer.weight.numpy().T.astype(np.float64) + layer.bias.numpy()
+  np.testing.assert_allclose(layer(x).numpy(), expect, rtol=1e-5, atol=1e-4)   # outside: the weight itself
+  with packed_products():
+    assert not np.allclose(layer(x).numpy(), expect, atol=1e-3)
+    layer.repack().realize()
+    np.testing.assert_allclose(layer(x).numpy(), expect, rtol=1e-5, atol=1e-4)
+
+
+def test_packed_copies_are_no_model_state():
+  layer = packed_layer(PACK_MIN // 32, 32)
+  assert layer.packed is not None and pack_layers([layer]) == [layer]
+  assert set(get_state_dict(layer)) == {"weight", "bias"}
+
+
+def test_weights_pack_on_serial_reduction_devices_when_float32_or_int8_and_large():
+  big = Tensor.empty(PACK_MIN // 32, 32, device="CPU")
+  assert packable(big) and packable(big.cast(dtypes.int8)) and not packable(big.cast(dtypes.float16))
+  assert not packable(Tensor.empty(PACK_MIN // 64, 32, device="CPU"))
+  assert not packable(Tensor.empty(PACK_MIN // 32, 32, device="CL")) and not packable(Tensor.empty(PACK_MIN // 32, 32, device="PYTHON"))
+
+
+def test_a_layer_that_no_longer_packs_is_unpacked():
+  layer = packed_layer(PACK_MIN // 32, 32)
+  layer.weight = layer.weight.cast(dtypes.float16).realize()
+  assert pack_layers([layer]) == [] and layer.packed is None

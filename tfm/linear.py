@@ -11,14 +11,19 @@ Both classes here are built with unset (empty) weights, which the model initiali
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
+import weakref
 from typing import Any
 
 import numpy as np
 from tinygrad import Device, Tensor, dtypes, nn
+from tinygrad.codegen.opt import Opt, OptOps
 from tinygrad.dtype import least_upper_dtype, sum_acc_dtype
 from tinygrad.function import function
-from tinygrad.helpers import TRAINING, prod
-from tinygrad.uop.ops import UOp
+from tinygrad.helpers import TRAINING, getenv, prod
+from tinygrad.uop.ops import AxisType, KernelInfo, Ops, UOp
 
 from tfm.errors import InputError
 from tfm.memory import download, like, to_device
@@ -41,6 +46,8 @@ def matmul_wt(x: Tensor, w: Tensor) -> Tensor:
 
 LANES = 16      # partial sums per output where a product's reduction is split (one AVX-512 vector of float32)
 WIDE = 8192     # output features from which a product over several rows is computed transposed (a vocabulary)
+PACK = 8        # output features per block of a packed weight: one AVX2 vector of float32
+PACK_MIN = 1 << 17   # numbers in a weight from which decoding packs it (a 512 x 512 projection has 2 of these)
 
 
 def _serial_reductions(device: Any) -> bool:
@@ -68,6 +75,79 @@ def product(x: Tensor, w: Tensor) -> Tensor:
   return x @ w.T
 
 
+def packable(weight: Tensor) -> bool:
+  """Do products with this weight run faster from a packed copy (Linear.pack)? Where reductions are serial (CPU, one
+  device), for float32 and int8 weights of at least PACK_MIN numbers (smaller ones take microseconds either way).
+  TFM_PACKED=0 turns packing off."""
+  if not getenv("TFM_PACKED", 1) or not _serial_reductions(weight.device): return False
+  return weight.dtype in (dtypes.float32, dtypes.int8) and weight.numel() >= PACK_MIN
+
+
+def _threads(device: str) -> int:
+  renderer = Device[device].renderer
+  return renderer.global_max[0] if renderer.has_threads and renderer.global_max else 1
+
+
+def packed_blocks(out: int) -> int:
+  """Blocks of PACK output features a packed weight of `out` rows has: a multiple of 4, the tile of one-row int8
+  products (the padding rows are zeros)."""
+  return -(-out // (4 * PACK)) * 4
+
+
+def packed_layout(w: Tensor, blocks: int) -> Tensor:
+  """w (out, in) as (blocks, in, PACK): block b holds output features b*PACK .. b*PACK+PACK-1, interleaved along the
+  input axis, padded with zero rows to blocks*PACK."""
+  out, k = w.shape
+  return w.pad(((0, blocks * PACK - out), (0, 0))).reshape(blocks, PACK, k).permute(0, 2, 1)
+
+
+def _packed_opts(rows: int, blocks: int, device: str, int8: bool) -> tuple[Opt, ...]:
+  """The kernel options of a packed product (kernel axes: blocks, rows when > 1, PACK, in): PACK outputs in one vector
+  and, over several rows, 4 (or 2) rows per tile, so each weight vector loaded feeds 4 multiply-adds; at one row,
+  int8 weights go 4 blocks at a time (their loads convert to float, and four chains keep the adder busy); the blocks
+  split over as many of the device's threads as divide them. Measured in docs/PERFORMANCE.md, "Packed products"."""
+  if rows == 1:
+    opts = [Opt(OptOps.UPCAST, 1, PACK)] + ([Opt(OptOps.UPCAST, 0, 4)] if int8 else [])
+    blocks //= 4 if int8 else 1
+  else:
+    tile = next(n for n in (4, 2, 1) if rows % n == 0)
+    opts = [Opt(OptOps.UPCAST, 2, PACK)] + ([Opt(OptOps.UPCAST, 1, tile)] if tile > 1 else [])
+  threads = max(n for n in range(1, _threads(device) + 1) if blocks % n == 0)
+  return tuple(opts + ([Opt(OptOps.THREAD, 0, threads)] if threads > 1 else []))
+
+
+@functools.cache
+def packed_product(blocks: int, rows: int, k: int, out: int, wdtype, scaled: bool, biased: bool, device: str):
+  """The kernel of a product from a packed weight, as a tinygrad custom kernel (UOps) carrying its own options:
+  y[b, r, j] = sum_i w[b, i, j] x[r, i] (times the row's scale, plus its bias) for output feature b*PACK + j, in
+  float32. tinygrad's heuristics give this loop nest no vector of outputs; the options (_packed_opts) give it one."""
+  def kernel(y: UOp, w: UOp, x: UOp, *extra: UOp) -> UOp:
+    b, r, j, i = UOp.range(blocks, 0), UOp.range(rows, 1), UOp.range(PACK, 2), UOp.range(k, 3, AxisType.REDUCE)
+    acc = (w[b, i, j].cast(dtypes.float32) * x[r, i].cast(dtypes.float32)).reduce(i, arg=Ops.ADD)
+    feature = (b * PACK + j).clip(0, out - 1)   # padding rows (zero weights) read the last row's scale and bias: sliced off
+    if scaled: acc = acc * extra[0][feature].cast(dtypes.float32)
+    if biased: acc = acc + extra[-1][feature].cast(dtypes.float32)
+    opts = _packed_opts(rows, blocks, device, wdtype == dtypes.int8)
+    name = f"packed_{rows}_{blocks * PACK}_{k}"
+    return y[b, r, j].store(acc.cast(y.dtype)).end(b, r, j).sink(arg=KernelInfo(name=name, opts_to_apply=opts))
+  return kernel
+
+
+_packing: contextvars.ContextVar[bool] = contextvars.ContextVar("tfm_packed_products", default=False)
+# each Linear's packed copy (Linear.pack), kept beside the layer rather than in it: an attribute would be a tensor of
+# the model's state dict (saved, loaded, trained), and this is a copy of one that only decoding reads
+_packed: weakref.WeakKeyDictionary[Any, Tensor] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def packed_products():
+  """Within this block (in this thread), Linear layers with packed copies (pack) compute from them; outside it they
+  read `weight` as ever, so a forward pass never sees a copy older than the weight (its owner refreshes it: repack)."""
+  token = _packing.set(True)
+  try: yield
+  finally: _packing.reset(token)
+
+
 class Linear(nn.Linear):
   """nn.Linear whose weight gradient is computed from contiguous transposes (module docstring); outside training
   (no Context(TRAINING=1)) it is tinygrad's Linear, its product in the form that compiles fastest for the device and
@@ -83,22 +163,54 @@ class Linear(nn.Linear):
     self.bias = Tensor.empty(out_features) if bias else None
 
   def __call__(self, x: Tensor) -> Tensor:
-    if self.scale is not None:
-      if TRAINING: raise InputError("an int8 model cannot be trained: load the float32 weights to train, quantize after")
-      # the cast is fused into the product's loads, so the kernel reads the int8 weights; the row scales apply to
-      # the outputs, one multiply per output instead of one per weight
-      y = product(x, self.weight) * self.scale.cast(x.dtype)
-      return y if self.bias is None else y + self.bias
-    if not TRAINING:
-      y = product(x, self.weight)
-      return y if self.bias is None else y + self.bias
-    y = matmul_wt(x, self.weight)
+    if TRAINING:
+      if self.scale is not None: raise InputError("an int8 model cannot be trained: load the float32 weights to train, quantize after")
+      y = matmul_wt(x, self.weight)
+    elif self._reads_packed(x): return self._from_packed(x)
+    # int8: the cast is fused into the product's loads, so the kernel reads the int8 weights; the row scales apply to
+    # the outputs, one multiply per output instead of one per weight
+    elif self.scale is not None: y = product(x, self.weight) * self.scale.cast(x.dtype)
+    else: y = product(x, self.weight)
     return y if self.bias is None else y + self.bias
+
+  @property
+  def packed(self) -> Tensor | None:
+    """The packed copy of the weight (pack), or None: (blocks, in, PACK), see packed_layout."""
+    return _packed.get(self)
+
+  def pack(self) -> None:
+    """Give the layer a packed copy of its weight (packed_layout), for products on devices where they compute faster
+    from it (packable). Its contents are written by repack(); products read it inside packed_products()."""
+    if self.packed is None or self.packed.dtype != self.weight.dtype:   # (a quantized weight needs an int8 copy)
+      (out, k), dev = self.weight.shape, self.weight.device
+      _packed[self] = Tensor.empty(packed_blocks(out), k, PACK, dtype=self.weight.dtype, device=dev).realize()
+
+  def unpack(self) -> None:
+    """Drop the packed copy: products read the weight again."""
+    _packed.pop(self, None)
+
+  def repack(self) -> Tensor:
+    """The write of the current weight into the packed copy (to realize with the step that reads it)."""
+    assert self.packed is not None, "repack() of a Linear that was never packed"
+    return self.packed.assign(packed_layout(self.weight, self.packed.shape[0]))
+
+  def _reads_packed(self, x: Tensor) -> bool:
+    return _packing.get() and self.packed is not None and isinstance(prod(x.shape[:-1]), int)
+
+  def _from_packed(self, x: Tensor) -> Tensor:
+    """self(x) computed from the packed weight by `packed_product`, its (blocks, rows, PACK) output viewed as (..., out)."""
+    packed, (out, k) = self.packed, self.weight.shape
+    rows = prod(x.shape[:-1])
+    extra = [t for t in (self.scale, self.bias) if t is not None]
+    y = Tensor.empty(packed.shape[0], rows, PACK, dtype=x.dtype, device=x.device)
+    fxn = packed_product(packed.shape[0], rows, k, out, packed.dtype, self.scale is not None, self.bias is not None, packed.device)
+    y = y.custom_kernel(packed, x.reshape(rows, k), *extra, fxn=fxn)[0]
+    return y.permute(1, 0, 2).reshape(*x.shape[:-1], packed.shape[0] * PACK)[..., :out]
 
   def padded(self, x: Tensor, multiple: int) -> Tensor:
     """self(x) at inference, computed over the output features rounded up to a multiple (zero rows, sliced off)."""
     extra = -self.weight.shape[0] % multiple
-    if not extra: return self(x)
+    if not extra or self._reads_packed(x): return self(x)
     def pad(t: Tensor) -> Tensor: return t.pad(((0, extra),) + ((0, 0),) * (t.ndim - 1))
     y = product(x, pad(self.weight))
     if self.scale is not None: y = y * pad(self.scale.cast(x.dtype))
@@ -144,6 +256,16 @@ def linear_layers(obj: Any) -> list[Linear]:
       for y in vars(x).values(): walk(y)
   walk(obj)
   return list(found.values())
+
+
+def pack_layers(obj: Any) -> list[Linear]:
+  """Pack every Linear layer reachable from obj whose weight is packable (Linear.pack), unpack the others; returns the
+  packed layers, whose copies the caller refreshes (Linear.repack) before products read them."""
+  layers = linear_layers(obj)
+  for layer in layers:
+    if packable(layer.weight): layer.pack()
+    else: layer.unpack()
+  return [layer for layer in layers if layer.packed is not None]
 
 
 class Embedding(nn.Embedding):

@@ -14,6 +14,7 @@ from tinygrad.nn.state import get_state_dict
 from tfm.attention import KVCache
 from tfm.errors import InputError
 from tfm.generation.settings import GenerationSettings, rule_arrays
+from tfm.linear import pack_layers, packed_products
 from tfm.memory import filled, upload
 from tfm.model import Transformer
 from tfm.placement import TENSOR, batch_axis
@@ -53,23 +54,29 @@ class Session:
       # every step (0, or -inf for suppressed tokens) and for the forced step (0 for the forced token, -inf elsewhere)
       self.rules = filled((c.max_len,), dtypes.int32, dev)
       self.bias = filled((2, c.vocab_size), dtypes.float32, dev)
+    # products from packed weights (tfm.linear.Linear.pack) where they run faster; each prefill refreshes the copies,
+    # so a decode always reads the weights as they are (a model trained between two decodes included)
+    self.packed = pack_layers(model)   # (none on several devices: packable)
     self.steps: dict[int, Steps] = {}
     self.key = {"config": c.to_dict(), "dtype": "int8" if model.quantized else str(self.dtype), "device": dev,
                 "parallel": model.parallel, "rows split": self.row_axis == 0,
                 "tuned": tuned_entry(model.target or dev),
-                "rows": rows, "beam": beam, "src_len": src_len}
+                "rows": rows, "beam": beam, "src_len": src_len, "packed": len(self.packed)}
     self.prefill = self.compiled(self._prefill, None, "prefill", self.named)
 
   def compiled(self, fn, variable: UOp | None, step: str, named, **key) -> CompiledStep:
     """fn as a compiled step of this session, kept in the compiled-program cache under its kind and shapes."""
     model = self.model
-    return CompiledStep(fn, variable, lambda: self.model.on_device(), {**self.key, "step": step, **key}, named,
+    def run(*args) -> None:
+      with packed_products(): fn(*args)
+    return CompiledStep(run, variable, lambda: self.model.on_device(), {**self.key, "step": step, **key}, named,
                         model.target or model.device)
 
   def named(self) -> dict[str, Tensor]:
     """Every buffer the session's steps read or write, under a name that is the same in every process."""
     model = self.model
     out = {f"weight:{name}": t for name, t in get_state_dict(model).items()}
+    out.update({f"packed.{i}": layer.packed for i, layer in enumerate(self.packed)})   # in linear_layers' order
     out["positions"] = model.positions.table()
     out.update(src=self.src, src_mask=self.src_mask, feed=self.feed, logprobs=self.logprobs, rules=self.rules, bias=self.bias)
     for i, (k, v) in enumerate(self.memory_kv): out[f"memory_kv.{i}.k"], out[f"memory_kv.{i}.v"] = k, v
@@ -85,9 +92,10 @@ class Session:
     """Encoder once per batch; memory keys/values and the source mask repeated for each beam."""
     model, b, k = self.model, self.rows, self.beam
     with model.on_device():
+      writes = [layer.repack() for layer in self.packed]
       memory = model.run_encoder(self.src)
       def per_beam(t: Tensor) -> Tensor: return t.unsqueeze(1).expand(b, k, *t.shape[1:]).reshape(b * k, *t.shape[1:])
-      writes = [self.src_mask.assign(per_beam(model.padding_mask(self.src)))]
+      writes.append(self.src_mask.assign(per_beam(model.padding_mask(self.src))))
       for (k_buf, v_buf), (keys, values) in zip(self.memory_kv, model.memory_kv(memory)):
         writes += [k_buf.assign(per_beam(keys).cast(self.dtype)), v_buf.assign(per_beam(values).cast(self.dtype))]
       Tensor.realize(*writes)

@@ -94,15 +94,17 @@ def test_a_packed_product_equals_x_wt_plus_b(rows, int8):
   np.testing.assert_allclose(y.numpy(), expect, rtol=1e-5, atol=1e-4)
 
 
-def test_a_packed_product_is_one_kernel_with_its_vector_of_outputs_and_the_threads():
-  layer = packed_layer(64, 32)
-  x = Tensor(RNG.standard_normal((2, 4, 32)).astype(np.float32), device="CPU")
+@pytest.mark.parametrize("rows, out, k, threaded", [(8, 64, 32, False), (1, 64, 32, False), (8, 1024, 512, True), (1, 8192, 512, True)])
+def test_a_packed_product_is_one_kernel_with_a_vector_of_outputs_threaded_when_large(rows, out, k, threaded):
+  layer = packed_layer(out, k)
+  x = Tensor(RNG.standard_normal((rows, k)).astype(np.float32), device="CPU")
   with packed_products(): y = layer(x)
-  assert y.shape == (2, 4, 64)
   kernels = [call.src[0] for call in _kernel_calls(y)]
-  assert [k.arg.name for k in kernels] == ["packed_8_64_32"]
-  assert kernels[0].arg.opts_to_apply == _packed_opts(8, 8, "CPU", int8=False)
-  assert Opt(OptOps.UPCAST, 2, PACK) in kernels[0].arg.opts_to_apply and Opt(OptOps.UPCAST, 1, 4) in kernels[0].arg.opts_to_apply
+  assert [kernel.arg.name for kernel in kernels] == [f"packed_{rows}_{out}_{k}"]
+  opts = kernels[0].arg.opts_to_apply
+  assert opts == _packed_opts(rows, out // PACK, k, "CPU")
+  assert Opt(OptOps.UPCAST, 1 if rows == 1 else 2, PACK) in opts and (Opt(OptOps.UPCAST, 1, 4) in opts) == (rows > 1)
+  assert any(opt.op is OptOps.THREAD for opt in opts) == threaded
 
 
 def test_a_packed_copy_is_read_only_inside_packed_products_and_refreshed_by_repack():

@@ -89,8 +89,8 @@ def _threads(device: str) -> int:
 
 
 def packed_blocks(out: int) -> int:
-  """Blocks of PACK output features a packed weight of `out` rows has: a multiple of 4, the tile of one-row int8
-  products (the padding rows are zeros)."""
+  """Blocks of PACK output features a packed weight of `out` rows has: a multiple of 4, the tile of one-row products
+  (the padding rows are zeros)."""
   return -(-out // (4 * PACK)) * 4
 
 
@@ -101,18 +101,21 @@ def packed_layout(w: Tensor, blocks: int) -> Tensor:
   return w.pad(((0, blocks * PACK - out), (0, 0))).reshape(blocks, PACK, k).permute(0, 2, 1)
 
 
-def _packed_opts(rows: int, blocks: int, device: str, int8: bool) -> tuple[Opt, ...]:
+THREADED = 1 << 22   # multiply-adds from which a packed product splits over the device's threads (each split costs ~50 us)
+
+
+def _packed_opts(rows: int, blocks: int, k: int, device: str) -> tuple[Opt, ...]:
   """The kernel options of a packed product (kernel axes: blocks, rows when > 1, PACK, in): PACK outputs in one vector
-  and, over several rows, 4 (or 2) rows per tile, so each weight vector loaded feeds 4 multiply-adds; at one row,
-  int8 weights go 4 blocks at a time (their loads convert to float, and four chains keep the adder busy); the blocks
-  split over as many of the device's threads as divide them. Measured in docs/PERFORMANCE.md, "Packed products"."""
+  and, over several rows, 4 (or 2) rows per tile, so that each weight vector loaded feeds 4 multiply-adds; at one row,
+  4 blocks at a time (four independent chains of additions). A product of THREADED multiply-adds or more splits its
+  blocks over as many of the device's threads as divide them. Measured in docs/PERFORMANCE.md, "Packed products"."""
+  large = rows * blocks * PACK * k >= THREADED
   if rows == 1:
-    opts = [Opt(OptOps.UPCAST, 1, PACK)] + ([Opt(OptOps.UPCAST, 0, 4)] if int8 else [])
-    blocks //= 4 if int8 else 1
+    opts, blocks = [Opt(OptOps.UPCAST, 1, PACK), Opt(OptOps.UPCAST, 0, 4)], blocks // 4
   else:
     tile = next(n for n in (4, 2, 1) if rows % n == 0)
     opts = [Opt(OptOps.UPCAST, 2, PACK)] + ([Opt(OptOps.UPCAST, 1, tile)] if tile > 1 else [])
-  threads = max(n for n in range(1, _threads(device) + 1) if blocks % n == 0)
+  threads = max(n for n in range(1, _threads(device) + 1) if blocks % n == 0) if large else 1
   return tuple(opts + ([Opt(OptOps.THREAD, 0, threads)] if threads > 1 else []))
 
 
@@ -127,7 +130,7 @@ def packed_product(blocks: int, rows: int, k: int, out: int, wdtype, scaled: boo
     feature = (b * PACK + j).clip(0, out - 1)   # padding rows (zero weights) read the last row's scale and bias: sliced off
     if scaled: acc = acc * extra[0][feature].cast(dtypes.float32)
     if biased: acc = acc + extra[-1][feature].cast(dtypes.float32)
-    opts = _packed_opts(rows, blocks, device, wdtype == dtypes.int8)
+    opts = _packed_opts(rows, blocks, k, device)
     name = f"packed_{rows}_{blocks * PACK}_{k}"
     return y[b, r, j].store(acc.cast(y.dtype)).end(b, r, j).sink(arg=KernelInfo(name=name, opts_to_apply=opts))
   return kernel

@@ -122,8 +122,10 @@ def _packed_opts(rows: int, blocks: int, k: int, device: str) -> tuple[Opt, ...]
 @functools.cache
 def packed_product(blocks: int, rows: int, k: int, out: int, wdtype, scaled: bool, biased: bool, device: str):
   """The kernel of a product from a packed weight, as a tinygrad custom kernel (UOps) carrying its own options:
-  y[b, r, j] = sum_i w[b, i, j] x[r, i] (times the row's scale, plus its bias) for output feature b*PACK + j, in
-  float32. tinygrad's heuristics give this loop nest no vector of outputs; the options (_packed_opts) give it one."""
+  y[r, b*PACK + j] = sum_i w[b, i, j] x[r, i] (times the feature's scale, plus its bias), accumulated in float32 and
+  stored row by row, as the layers after it read it. tinygrad's heuristics give this loop nest no vector of outputs;
+  the options (_packed_opts) give it one, and a kernel written as a tensor expression cannot carry them in 0.14 (its
+  contiguous(arg=opts) is dropped when the graph is turned into kernels)."""
   def kernel(y: UOp, w: UOp, x: UOp, *extra: UOp) -> UOp:
     b, r, j, i = UOp.range(blocks, 0), UOp.range(rows, 1), UOp.range(PACK, 2), UOp.range(k, 3, AxisType.REDUCE)
     acc = (w[b, i, j].cast(dtypes.float32) * x[r, i].cast(dtypes.float32)).reduce(i, arg=Ops.ADD)
@@ -132,7 +134,7 @@ def packed_product(blocks: int, rows: int, k: int, out: int, wdtype, scaled: boo
     if biased: acc = acc + extra[-1][feature].cast(dtypes.float32)
     opts = _packed_opts(rows, blocks, k, device)
     name = f"packed_{rows}_{blocks * PACK}_{k}"
-    return y[b, r, j].store(acc.cast(y.dtype)).end(b, r, j).sink(arg=KernelInfo(name=name, opts_to_apply=opts))
+    return y[r, b * PACK + j].store(acc.cast(y.dtype)).end(b, r, j).sink(arg=KernelInfo(name=name, opts_to_apply=opts))
   return kernel
 
 
@@ -201,14 +203,14 @@ class Linear(nn.Linear):
     return _packing.get() and self.packed is not None and isinstance(prod(x.shape[:-1]), int)
 
   def _from_packed(self, x: Tensor) -> Tensor:
-    """self(x) computed from the packed weight by `packed_product`, its (blocks, rows, PACK) output viewed as (..., out)."""
+    """self(x) computed from the packed weight by `packed_product` (its padding outputs sliced off)."""
     packed, (out, k) = self.packed, self.weight.shape
     rows = prod(x.shape[:-1])
     extra = [t for t in (self.scale, self.bias) if t is not None]
-    y = Tensor.empty(packed.shape[0], rows, PACK, dtype=x.dtype, device=x.device)
+    y = Tensor.empty(rows, packed.shape[0] * PACK, dtype=x.dtype, device=x.device)
     fxn = packed_product(packed.shape[0], rows, k, out, packed.dtype, self.scale is not None, self.bias is not None, packed.device)
     y = y.custom_kernel(packed, x.reshape(rows, k), *extra, fxn=fxn)[0]
-    return y.permute(1, 0, 2).reshape(*x.shape[:-1], packed.shape[0] * PACK)[..., :out]
+    return y.reshape(*x.shape[:-1], packed.shape[0] * PACK)[..., :out]
 
   def padded(self, x: Tensor, multiple: int) -> Tensor:
     """self(x) at inference, computed over the output features rounded up to a multiple (zero rows, sliced off)."""

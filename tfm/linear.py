@@ -7,6 +7,9 @@ reduced axis, at about a third of the speed of a matmul whose operands are conti
 docs/PERFORMANCE.md, "Where the time goes"). So under training the product is a tinygrad `function` with its own
 gradient: dX = G W as autograd computes it, dW = G^T (X^T)^T with G^T and X^T made contiguous.
 
+Decoding on CPU computes large layers from packed copies of their weights (Linear.pack, packed_product): eight
+output features interleaved along the input axis, so that one vector load feeds eight outputs.
+
 Both classes here are built with unset (empty) weights, which the model initialises or a loader fills.
 """
 from __future__ import annotations
@@ -120,7 +123,7 @@ def _packed_opts(rows: int, blocks: int, k: int, device: str) -> tuple[Opt, ...]
 
 
 @functools.cache
-def packed_product(blocks: int, rows: int, k: int, out: int, wdtype, scaled: bool, biased: bool, device: str):
+def packed_product(blocks: int, rows: int, k: int, out: int, scaled: bool, biased: bool, device: str):
   """The kernel of a product from a packed weight, as a tinygrad custom kernel (UOps) carrying its own options:
   y[r, b*PACK + j] = sum_i w[b, i, j] x[r, i] (times the feature's scale, plus its bias), accumulated in float32 and
   stored row by row, as the layers after it read it. tinygrad's heuristics give this loop nest no vector of outputs;
@@ -168,10 +171,10 @@ class Linear(nn.Linear):
     self.bias = Tensor.empty(out_features) if bias else None
 
   def __call__(self, x: Tensor) -> Tensor:
+    if self._reads_packed(x): return self._from_packed(x)
     if TRAINING:
       if self.scale is not None: raise InputError("an int8 model cannot be trained: load the float32 weights to train, quantize after")
       y = matmul_wt(x, self.weight)
-    elif self._reads_packed(x): return self._from_packed(x)
     # int8: the cast is fused into the product's loads, so the kernel reads the int8 weights; the row scales apply to
     # the outputs, one multiply per output instead of one per weight
     elif self.scale is not None: y = product(x, self.weight) * self.scale.cast(x.dtype)
@@ -200,7 +203,7 @@ class Linear(nn.Linear):
     return self.packed.assign(packed_layout(self.weight, self.packed.shape[0]))
 
   def _reads_packed(self, x: Tensor) -> bool:
-    return _packing.get() and self.packed is not None and isinstance(prod(x.shape[:-1]), int)
+    return _packing.get() and self.packed is not None and not TRAINING and isinstance(prod(x.shape[:-1]), int)
 
   def _from_packed(self, x: Tensor) -> Tensor:
     """self(x) computed from the packed weight by `packed_product` (its padding outputs sliced off)."""
@@ -208,7 +211,7 @@ class Linear(nn.Linear):
     rows = prod(x.shape[:-1])
     extra = [t for t in (self.scale, self.bias) if t is not None]
     y = Tensor.empty(rows, packed.shape[0] * PACK, dtype=x.dtype, device=x.device)
-    fxn = packed_product(packed.shape[0], rows, k, out, packed.dtype, self.scale is not None, self.bias is not None, packed.device)
+    fxn = packed_product(packed.shape[0], rows, k, out, self.scale is not None, self.bias is not None, packed.device)
     y = y.custom_kernel(packed, x.reshape(rows, k), *extra, fxn=fxn)[0]
     return y.reshape(*x.shape[:-1], packed.shape[0] * PACK)[..., :out]
 

@@ -24,28 +24,20 @@ def build_parser() -> argparse.ArgumentParser:
     epilog="examples:\n  tfm backends\n  tfm translate \"3rd of March, 2021\"\n  tfm compare --backends all")
   parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-  add_backends(sub)
-  add_compare(sub)
-  add_translate(sub)
-  add_compile(sub)
-  add_cache(sub)
-  add_kernels(sub)
-  add_convert(sub)
-  add_tune(sub)
-  add_train(sub)
-  add_attention(sub)
-  add_classify(sub)
-  add_serve(sub)
+  from tfm.serve.command import add_parser as add_serve   # (the serve options' defaults come from tfm.serve)
+  for add in (add_backends, add_compare, add_translate, add_compile, add_cache, add_kernels, add_convert, add_tune, add_train,
+              add_attention, add_classify, add_serve):
+    add(sub)
   return parser
 
 
-def _command(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
+def command(sub, name: str, help: str, example: str) -> argparse.ArgumentParser:
   return sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_backends(sub) -> None:
-  p = _command(sub, "backends", "list every tinygrad backend: runs here, compile-only, or unavailable (with the fix)",
+  p = command(sub, "backends", "list every tinygrad backend: runs here, compile-only, or unavailable (with the fix)",
                "tfm backends --timeout 30")
   from backends.probe import TIMEOUT
   p.add_argument("--timeout", type=float, default=TIMEOUT, help=f"seconds each probe may take (default: {TIMEOUT:g}, "
@@ -56,7 +48,7 @@ def add_backends(sub) -> None:
 
 
 def add_compare(sub) -> None:
-  p = _command(sub, "compare", "run one model on every backend here (encoder output, logits, greedy and beam decoding), "
+  p = command(sub, "compare", "run one model on every backend here (encoder output, logits, greedy and beam decoding), "
                "check each against the float64 oracle and the reference backend, and time it; exits 1 when a backend "
                "that runs is out of tolerance or decodes differently",
                "tfm compare\n  tfm compare --model tiny --backends CPU,CL --dtype float16 --json compare.json")
@@ -76,7 +68,7 @@ def add_compare(sub) -> None:
 
 
 def add_translate(sub) -> None:
-  p = _command(sub, "translate", "translate texts with the bundled model, a tfm .safetensors file or a Marian checkpoint "
+  p = command(sub, "translate", "translate texts with the bundled model, a tfm .safetensors file or a Marian checkpoint "
                "folder: greedy decoding, or beam search with --beam; one line out per text, from the command line or a "
                "file of texts, one per line",
                "tfm translate \"3rd of March, 2021\" \"July 4, 1976\"\n"
@@ -131,7 +123,7 @@ def add_translate(sub) -> None:
 
 
 def add_compile(sub) -> None:
-  p = _command(sub, "compile", "compile a model's encoder and decode steps for the batch shapes you will translate, "
+  p = command(sub, "compile", "compile a model's encoder and decode steps for the batch shapes you will translate, "
                "and keep them in tfm's compiled-program cache: later `tfm translate` runs and apps start without "
                "compiling (see `tfm cache info`)",
                "tfm compile\n  tfm compile opus-mt-en-de/ --device CL --batch 1,8 --beam 4 --max-len 64")
@@ -149,7 +141,7 @@ def add_compile(sub) -> None:
 
 
 def add_cache(sub) -> None:
-  p = _command(sub, "cache", "show or empty tfm's caches: compiled steps (`tfm compile`, and every run that compiles) "
+  p = command(sub, "cache", "show or empty tfm's caches: compiled steps (`tfm compile`, and every run that compiles) "
                "and backend probe results; TFM_CACHE_DIR moves them, TFM_CACHE=0 switches them off",
                "tfm cache info\n  tfm cache clear")
   p.add_argument("action", choices=["info", "clear"], help="info: where and how big; clear: remove every entry")
@@ -160,7 +152,7 @@ def add_cache(sub) -> None:
 
 def add_kernels(sub) -> None:
   from backends.kernels import LANGUAGES
-  p = _command(sub, "kernels", "write the kernels of a model's forward pass (attention, layernorm, FFN) in a kernel "
+  p = command(sub, "kernels", "write the kernels of a model's forward pass (attention, layernorm, FFN) in a kernel "
                "language, one file per kernel, without the hardware; CUDA is also compiled to PTX when NVRTC is present",
                "tfm kernels --target cuda --out kernels/")
   p.add_argument("--target", required=True, choices=sorted(LANGUAGES), help="kernel language to render")
@@ -172,7 +164,7 @@ def add_kernels(sub) -> None:
 
 
 def add_convert(sub) -> None:
-  p = _command(sub, "convert", "convert a Marian (opus-mt) or ViT checkpoint folder or a torch.nn.Transformer state dict "
+  p = command(sub, "convert", "convert a Marian (opus-mt) or ViT checkpoint folder or a torch.nn.Transformer state dict "
                "(.pt or .safetensors) into a tfm .safetensors file, listing how every tensor was mapped",
                "tfm convert opus-mt-en-de/ --out en-de.safetensors\n  tfm convert transformer.pt --nhead 8 --out stacks.safetensors")
   p.add_argument("src", help="a Marian or ViT checkpoint folder (config.json + model.safetensors) or a state dict file")
@@ -188,7 +180,7 @@ def add_convert(sub) -> None:
 
 
 def add_tune(sub) -> None:
-  p = _command(sub, "tune", "BEAM-search the kernels of a model's forward pass and decode steps (greedy batch 1, beam 4 batch 8) once "
+  p = command(sub, "tune", "BEAM-search the kernels of a model's forward pass and decode steps (greedy batch 1, beam 4 batch 8) once "
                "on this machine and cache those that beat tinygrad's defaults: "
                "every later run on that backend uses the tuned kernels (TFM_TUNED=0 turns that off)",
                "tfm tune --config base --backend CL\n  tfm tune --config model.safetensors --backend CPU --beam 2")
@@ -201,7 +193,7 @@ def add_tune(sub) -> None:
 
 
 def add_train(sub) -> None:
-  p = _command(sub, "train", "train a Transformer on a synthetic task (teacher forcing, label smoothing, warmup schedule, "
+  p = command(sub, "train", "train a Transformer on a synthetic task (teacher forcing, label smoothing, warmup schedule, "
                "Adam); checkpoints go to --out every --checkpoint-every steps and --resume continues exactly where a run stopped",
                "tfm train --task reverse --config tiny --steps 300 --out runs/reverse\n"
                "  tfm train --task dates --config small --steps 3000 --batch-size 128 --device CPU --out runs/dates\n"
@@ -233,7 +225,7 @@ def add_train(sub) -> None:
 
 
 def add_classify(sub) -> None:
-  p = _command(sub, "classify", "classify images with a Vision Transformer: the bundled digits classifier (8x8 greyscale, "
+  p = command(sub, "classify", "classify images with a Vision Transformer: the bundled digits classifier (8x8 greyscale, "
                "white ink on black as scikit-learn's digits), a tfm .safetensors file of kind vit or a Hugging Face ViT "
                "checkpoint folder; one line per image with its top-k labels and probabilities",
                "tfm classify digit.png\n  tfm classify photo.jpg scan.png --model vit-checkpoint/ --resize --top-k 3")
@@ -249,7 +241,7 @@ def add_classify(sub) -> None:
 
 
 def add_attention(sub) -> None:
-  p = _command(sub, "attention", "translate one text and draw its cross-attention as a PNG: source tokens across, output "
+  p = command(sub, "attention", "translate one text and draw its cross-attention as a PNG: source tokens across, output "
                "tokens down, the layer's mean over heads and one panel per head; or, with --image, classify one image and "
                "draw where the class token looks (attention rollout over the layers) over it (needs matplotlib: pip install 'tfm[viz]')",
                "tfm attention \"3rd of March, 2021\" --out map.png\n"
@@ -270,45 +262,6 @@ def add_attention(sub) -> None:
                  help="beam size of the translation; 1 is greedy (default: the model's setting, else 1)")
   p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
   p.set_defaults(func=commands.cmd_attention)
-
-
-def add_serve(sub) -> None:
-  p = _command(sub, "serve", "serve a model over HTTP until SIGTERM or Ctrl-C: POST /translate as LibreTranslate's API "
-               "({\"q\": TEXT or [TEXTS], \"source\": ..., \"target\": ...} -> {\"translatedText\": ...}, plus beam_size, "
-               "alternatives and scores), GET /health (200 once warmed up), GET /info. Requests arriving together are decoded "
-               "together; warm-up first compiles every batch shape (row counts up to --max-batch x --beam x source lengths)",
-               "tfm serve                                     # the bundled dates model on http://127.0.0.1:8000\n"
-               "  curl -s localhost:8000/translate -H 'Content-Type: application/json' -d '{\"q\": \"3rd of March, 2021\"}'\n"
-               "  tfm serve --model opus-mt-en-de/ --source en --target de --beam 1,4 --max-batch 8 --port 5000\n"
-               "  tfm serve --host 0.0.0.0 --max-queue 64 --timeout 10     # reachable from other machines")
-  from tfm.serve import Options
-  d = Options()
-  p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",
-                 help="the bundled dates model, a tfm .safetensors file (its NAME.vocab.json or vocab.json beside it) or a "
-                      "Marian checkpoint folder (default: bundled)")
-  p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
-  p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface (default: 127.0.0.1, this machine only)")
-  p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one and prints it (default: 8000)")
-  p.add_argument("--beam", default=None, metavar="N[,N...]", help="beam sizes served, each warmed up; the first is the default "
-                 "of requests that name none (default: the model's setting, else 1)")
-  p.add_argument("--max-batch", type=int, default=d.max_batch, metavar="N",
-                 help=f"texts decoded together at most; batches are padded to 1, 2, 4, ... N rows (default: {d.max_batch})")
-  p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms, metavar="MS",
-                 help=f"how long a text waits for others to batch with (default: {d.batch_wait_ms:g})")
-  p.add_argument("--no-batching", action="store_true", help="decode one text at a time (to measure what batching buys)")
-  p.add_argument("--max-queue", type=int, default=d.max_queue, metavar="N",
-                 help=f"texts waiting or decoding at most; more get 503 with Retry-After (default: {d.max_queue})")
-  p.add_argument("--timeout", type=float, default=d.timeout, metavar="S",
-                 help=f"seconds a request may wait for its translation, then 504 (default: {d.timeout:g})")
-  p.add_argument("--max-body", type=int, default=d.max_body, metavar="BYTES", help=f"largest request body; more get 413 (default: {d.max_body})")
-  p.add_argument("--max-texts", type=int, default=d.max_texts, metavar="N", help=f"texts per request; more get 413 (default: {d.max_texts})")
-  p.add_argument("--max-src-len", type=int, default=None, metavar="N",
-                 help="tokens per text, eos included; longer get 422 (default: the model's max_len)")
-  p.add_argument("--source", default=None, metavar="CODE", help="the model's source language: requests naming another get 400 "
-                 "(default: any is accepted)")
-  p.add_argument("--target", default=None, metavar="CODE", help="the model's target language, likewise")
-  p.add_argument("--quiet", action="store_true", help="no line per request on stderr")
-  p.set_defaults(func=commands.cmd_serve)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,7 +61,7 @@ def cmd_translate(args) -> int:
   return 0
 
 
-def _sizes(text: str, flag: str) -> tuple[int, ...]:
+def parse_sizes(text: str, flag: str) -> tuple[int, ...]:
   """'1,8' -> (1, 8): positive integers, or an error naming the flag."""
   try: sizes = tuple(int(x) for x in text.split(","))
   except ValueError: sizes = ()
@@ -76,11 +76,11 @@ def cmd_compile(args) -> int:
 
   from tfm import cache
   from tfm.generation import prepare, resolve_settings
-  batches = _sizes(args.batch, "--batch")
+  batches = parse_sizes(args.batch, "--batch")
   if args.max_len is not None and args.max_len < 1: raise TfmError(f"--max-len must be at least 1, got {args.max_len}")
   model = _load_model(args.model, args.device, args.parallel)
   if not cache.info().enabled: print("tfm compile: note: TFM_CACHE=0, the compiled steps serve this process only", file=sys.stderr)
-  beams = _sizes(args.beam, "--beam") if args.beam else (resolve_settings(model, np.array([1])).beam_size,)
+  beams = parse_sizes(args.beam, "--beam") if args.beam else (resolve_settings(model, np.array([1])).beam_size,)
   start = time.perf_counter()
   n = prepare(model, batches, beams, args.max_len)
   print(f"{n} compiled steps ready on {model.where} (batch {','.join(map(str, batches))}, beam "
@@ -285,41 +285,4 @@ def cmd_attention(args) -> int:
   plot(amap, args.out, layer=args.layer)
   print(f"{amap.text!r} -> {amap.translation!r}: cross-attention of decoder layer {args.layer % amap.weights.shape[0]} "
         f"written to {args.out}")
-  return 0
-
-
-def cmd_serve(args) -> int:
-  import signal
-  import threading
-  import time
-
-  from tfm.serve import Options, Server
-  from tfm.translator import Translator
-  beams = _sizes(args.beam, "--beam") if args.beam else None
-  options = dict(max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, batching=not args.no_batching,
-                 max_queue=args.max_queue, timeout=args.timeout, max_body=args.max_body, max_texts=args.max_texts,
-                 max_src_len=args.max_src_len, beam_sizes=beams, source=args.source, target=args.target)
-  Options(**options).check()   # a bad flag fails before the model loads
-  def log(line: str) -> None: print(f"tfm serve: {line}", file=sys.stderr, flush=True)
-  translator = Translator.bundled(args.device) if args.model == "bundled" else Translator.load(args.model, args.device)
-  server = Server(translator, args.host, args.port, name=args.model, log=log, access_log=not args.quiet, progress=True, **options)
-  stop = threading.Event()
-  previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    start = time.perf_counter()
-    log(f"warming up {len(server.batcher.shapes)} batch shapes on {translator.model.where} "
-        f"(compiled once, then loaded from the compiled-program cache)")
-    server.start(wait=False)
-    while not stop.is_set() and not server.batcher.wait_ready(0.2): pass
-    if server.batcher.state == "failed": raise server.batcher.error
-    if not stop.is_set():
-      print(f"tfm serve: ready in {time.perf_counter() - start:.1f} s on {server.url} (POST /translate, GET /health, GET /info); "
-            f"SIGTERM or Ctrl-C stops it", flush=True)
-      stop.wait()
-    log(f"stopping: answering the {server.batcher.queued} texts accepted")
-  finally:
-    server.stop()
-    for sig, handler in previous.items(): signal.signal(sig, handler)
-  stats = server.batcher.stats
-  log(f"stopped after {stats.requests} requests, {stats.texts} texts in {stats.batches} batches")
   return 0

@@ -59,7 +59,8 @@ class FeedForward:
     if self.activation == "relu": h = h.relu()
     elif self.activation == "gelu": h = h.gelu(approximate="none")  # the exact erf form, as PyTorch and Marian use
     else: h = h.swish()
-    return self.fc2(h)
+    # its own kernel: fused into fc2's loads, each activation would be recomputed once per output feature
+    return self.fc2(h if self.activation == "relu" else h.contiguous())
 
 
 class LayerNorm(nn.LayerNorm):

@@ -121,9 +121,9 @@ def test_a_file_of_10000_lines_keeps_order_line_count_and_blank_lines(tmp_path, 
   assert out[-1] == "" and len(out) - 1 == len(lines) == 10000
   got = out[:-1]
   assert [i for i, line in enumerate(got) if not line] == [i for i, line in enumerate(lines) if not line]
-  unique = sorted(set(s for s, _ in pairs))
-  expected = dict(zip(unique, translator.translate(unique, max_batch_size=128)))
-  assert all(g == expected[s] for g, s in zip(got, lines) if s)
+  # each line's translation is its own (rows decode as if alone: test_generate), so a sample checks the order
+  sample = [i for i in np.random.default_rng(0).choice(len(lines), 512, replace=False) if lines[i]]
+  assert [got[i] for i in sample] == translator.translate([lines[i] for i in sample], max_batch_size=128)
   targets = dict(pairs)
   assert np.mean([g == targets[s] for g, s in zip(got, lines) if s]) > 0.99
 

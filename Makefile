@@ -12,8 +12,10 @@ demo: setup
 	  printf '%s -> ' "$$text"; .venv/bin/tfm translate "$$text"; done
 	.venv/bin/tfm compare
 
+# the suite is mostly compiling (one core's work per process): one worker per core, up to 4, each taking whole test
+# files so that a file's tests share their compiled steps; the workers share the compiled-program cache (conftest.py)
 test: setup
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 lint: setup
 	.venv/bin/ruff check .

@@ -21,7 +21,8 @@ from tfm.subjects import random_arrays
 DEVICE = "CPU"
 
 # the suite's own cache folder (compiled steps, probe results): shared by the tests and the commands they start, never
-# the user's; set TFM_CACHE_DIR to keep one across runs
+# the user's; set TFM_CACHE_DIR to keep one across runs. Under pytest-xdist (make test) the main process makes it before
+# it starts the workers, which inherit it: a step one worker compiled, the others load
 if "TFM_CACHE_DIR" not in os.environ:
   os.environ["TFM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tfm-test-cache-")
   atexit.register(shutil.rmtree, os.environ["TFM_CACHE_DIR"], True)

@@ -189,11 +189,12 @@ def test_a_split_that_cannot_work_is_refused_with_the_fix(tiny_config, make, say
 # --- training --------------------------------------------------------------------------------------------------------
 
 def test_data_parallel_training_follows_the_one_device_run():
-  from test_train import OPTIONS, TINY   # test_train's tiny runs: the one-device step is theirs, compiled once
+  from test_train import OPTIONS, TINY
   from tfm.train import Trainer
+  one_layer = {**TINY, "n_encoder_layers": 1, "n_decoder_layers": 1}   # half the kernels of the tiny model to compile
   runs = {}
   for device in ("CPU", "CPU*2"):
-    trainer = Trainer("reverse", TINY, OPTIONS, device=device, progress=False)
+    trainer = Trainer("reverse", one_layer, OPTIONS, device=device, progress=False)
     runs[device] = ([trainer.train_step() for _ in range(2)], weights.state_arrays(trainer.model))
   assert runs["CPU*2"][0] == pytest.approx(runs["CPU"][0], abs=1e-5)
   # Adam divides each gradient by its own magnitude: a near-zero gradient's rounding can move a weight by up to the

@@ -150,3 +150,18 @@ def test_mismatched_batches_are_refused(tiny_model, batch):
   src, tgt = batch
   with pytest.raises(tfm.InputError, match="batch size 2 but tgt_ids has 1"):
     tiny_model(src, tgt[:1])
+
+
+@pytest.mark.parametrize("head_dim", [7, 8])
+def test_a_decode_steps_attention_with_padded_values_is_scaled_dot_product_attention(head_dim):
+  from tfm.attention import attend_normalised_late, scaled_dot_product_attention, value_width, with_ones
+  rng = np.random.default_rng(0)
+  q, k, v = (Tensor(rng.standard_normal((2, 3, n, head_dim), dtype=np.float32), device=DEVICE) for n in (1, 5, 5))
+  mask = Tensor(np.array([True, True, False, True, False]).reshape(1, 1, 1, 5), device=DEVICE)
+  v1 = with_ones(v)
+  assert v1.shape[-1] == value_width(head_dim) == (8 if head_dim == 7 else 12)   # hd + 1 rounded up to a multiple of 4
+  columns = v1.numpy()
+  np.testing.assert_array_equal(columns[..., :head_dim], v.numpy())
+  assert (columns[..., head_dim] == 1).all() and (columns[..., head_dim + 1:] == 0).all()
+  np.testing.assert_allclose(attend_normalised_late(q, k, v1, mask).numpy(), scaled_dot_product_attention(q, k, v, mask).numpy(),
+                             rtol=1e-5, atol=1e-6)

@@ -76,8 +76,9 @@ class MultiHeadAttention:
 def attend_normalised_late(q: Tensor, k: Tensor, v1: Tensor, mask: Tensor | None = None) -> Tensor:
   """3.2.1 as a decode step computes it: softmax(Q K^T / sqrt(d_k)) V with the division after the weighted sum.
 
-  v1 (B, H, S, hd + 1) carries a last column of ones, so one reduction gives both sum(e * v) and sum(e): a kernel
-  fewer than normalising the weights first. Equal to `scaled_dot_product_attention(q, k, v1[..., :-1], mask)`."""
+  v1 (B, H, S, value_width(hd)) carries a column of ones after the values (then zero columns), so one reduction gives
+  both sum(e * v) and sum(e): a kernel fewer than normalising the weights first. Equal to
+  `scaled_dot_product_attention(q, k, v1[..., :hd], mask)`."""
   scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
   if mask is not None: scores = mask.where(scores, -math.inf) if mask.dtype == dtypes.bool else scores + mask
   # the softmax in float32 whatever the dtype, as in attention_weights (and tinygrad 0.14 cannot compile a float16
@@ -85,18 +86,28 @@ def attend_normalised_late(q: Tensor, k: Tensor, v1: Tensor, mask: Tensor | None
   # sum, each would be recomputed per value column
   scores = scores.float()
   out = (scores - scores.max(-1, keepdim=True)).exp().cast(v1.dtype).contiguous() @ v1
-  return out[..., :-1] / out[..., -1:]
+  hd = q.shape[-1]
+  return out[..., :hd] / out[..., hd:hd + 1]
+
+
+def value_width(head_dim: int) -> int:
+  """The width of values with their ones column (attend_normalised_late): head_dim + 1 rounded up to a multiple of 4,
+  the zero columns making a row of outputs a whole number of vectors. At hd + 1 = 65 (opus-mt, base) tinygrad's CPU
+  heuristics found no vector of outputs for the weighted sum and it ran about 5 times slower (docs/PERFORMANCE.md)."""
+  return -(-(head_dim + 1) // 4) * 4
 
 
 def with_ones(v: Tensor) -> Tensor:
-  """Values (B, H, S, hd) -> (B, H, S, hd + 1) with a last column of ones, as `attend_normalised_late` takes them."""
-  return v.pad(((0, 0), (0, 0), (0, 0), (0, 1))) + (Tensor.arange(v.shape[-1] + 1) == v.shape[-1]).cast(v.dtype)
+  """Values (B, H, S, hd) -> (B, H, S, value_width(hd)): the values, a column of ones, zero columns, as
+  `attend_normalised_late` takes them."""
+  hd, width = v.shape[-1], value_width(v.shape[-1])
+  return v.pad(((0, 0), (0, 0), (0, 0), (0, width - hd))) + (Tensor.arange(width) == hd).cast(v.dtype)
 
 
 class KVCache:
   """The keys and values one decoder self-attention has produced so far, so a decode step projects only its own
-  position: one preallocated (2, rows, heads, length, head_dim + 1) buffer written one slot per step at a symbolic
-  position. Values carry a last column of ones for `attend_normalised_late` (the keys' extra column is unused)."""
+  position: one preallocated (2, rows, heads, length, value_width(head_dim)) buffer written one slot per step at a
+  symbolic position. Values carry their ones column for `attend_normalised_late` (the keys' extra columns are unused)."""
 
   def __init__(self, rows: int, n_heads: int, length: int, head_dim: int, device: str | tuple[str, ...], dtype=dtypes.float32,
                axis: int | None = None, group: int = 1):
@@ -104,8 +115,8 @@ class KVCache:
     `group`: rows come in groups of this many (a sentence's beams), and a row only ever continues one of its group's."""
     self.group = group
     # zeros, not empty: masked slots still meet the values in `weights @ v`, and 0 * garbage could be NaN;
-    # the last column is 1 for values (see attend_normalised_late) and 0 for keys
-    kv = np.zeros((2, rows, n_heads, length, head_dim + 1), np.float32)
+    # the column after the values is 1 (see attend_normalised_late), the keys' 0
+    kv = np.zeros((2, rows, n_heads, length, value_width(head_dim)), np.float32)
     kv[1, ..., head_dim] = 1.0
     self.kv = to_device(kv, device, dtype, axis)
 
@@ -119,7 +130,7 @@ class KVCache:
 
   def update(self, k: Tensor, v: Tensor, pos, origin: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Store one step's k, v (rows, H, 1, hd) in slot pos; return every slot's keys (rows, H, length, hd) and values
-    with their ones column (rows, H, length, hd + 1).
+    with their ones column (rows, H, length, value_width(hd)).
 
     With `origin` (rows,) the filled slots 0..pos-1 are gathered first: row i continues the hypothesis that row
     origin[i] of its own group held (beam search reorders its hypotheses every step)."""

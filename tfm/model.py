@@ -235,7 +235,7 @@ class Transformer:
   # incremental decoding (generation): one target position per call, earlier positions held in KV caches
 
   def memory_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """Each decoder layer's cross-attention keys (B, H, S, hd) and values with a ones column (B, H, S, hd + 1) of
+    """Each decoder layer's cross-attention keys (B, H, S, hd) and values with their ones column (B, H, S, value_width(hd)) of
     memory (B, S, d), as `decode_step` takes them: projected once per source."""
     with self.on_device():
       return [(k, with_ones(v)) for k, v in (layer.encoder_attn.project_kv(memory) for layer in self.decoder.layers)]

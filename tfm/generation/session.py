@@ -11,7 +11,7 @@ import numpy as np
 from tinygrad import Tensor, UOp, dtypes
 from tinygrad.nn.state import get_state_dict
 
-from tfm.attention import KVCache
+from tfm.attention import KVCache, value_width
 from tfm.errors import InputError
 from tfm.generation.settings import GenerationSettings, rule_arrays
 from tfm.linear import pack_layers, packed_products
@@ -43,9 +43,9 @@ class Session:
     rows_second = None if self.row_axis is None else 1
     with model.on_device():
       self.src = filled((rows, src_len), dtypes.int32, dev, c.pad_id, rows_first)
-      # per decoder layer: keys (n, H, S, hd) and values with a ones column (n, H, S, hd + 1), see memory_kv
+      # per decoder layer: keys (n, H, S, hd) and values with their ones column (n, H, S, value_width(hd)), see memory_kv
       self.memory_kv = [(filled((n, c.n_heads, src_len, c.head_dim), self.dtype, dev, axis=heads_second),
-                         filled((n, c.n_heads, src_len, c.head_dim + 1), self.dtype, dev, axis=heads_second))
+                         filled((n, c.n_heads, src_len, value_width(c.head_dim)), self.dtype, dev, axis=heads_second))
                         for _ in range(c.n_decoder_layers)]
       self.src_mask = filled((n, 1, 1, src_len), dtypes.bool, dev, False, rows_first)
       self.feed = filled((2, n), dtypes.int32, dev, axis=rows_second)  # beam search: next tokens and the rows they continue

@@ -8,9 +8,9 @@ from tinygrad import Context, Tensor, dtypes
 from tinygrad.codegen.opt import Opt, OptOps
 
 from tinygrad.nn.state import get_state_dict
+from tinygrad.uop.ops import Ops
 
 from tfm.linear import LANES, PACK, PACK_MIN, WIDE, Linear, _packed_opts, pack_layers, packable, packed_products, product
-from tfm.tune import _kernel_calls
 
 RNG = np.random.default_rng(0)
 
@@ -99,12 +99,24 @@ def test_a_packed_product_is_one_kernel_with_a_vector_of_outputs_threaded_when_l
   layer = packed_layer(out, k)
   x = Tensor(RNG.standard_normal((rows, k)).astype(np.float32), device="CPU")
   with packed_products(): y = layer(x)
-  kernels = [call.src[0] for call in _kernel_calls(y)]
-  assert [kernel.arg.name for kernel in kernels] == [f"packed_{rows}_{out}_{k}"]
-  opts = kernels[0].arg.opts_to_apply
+  kernels = [call.src[0] for call in y.linear_with_vars()[0].src if call.op is Ops.CALL and call.src[0].op is not Ops.COPY]
+  assert len(kernels) == 2   # the product, then the bias added as its output is read
+  product_kernel = kernels[0]
+  assert product_kernel.arg.name == f"packed_{rows}_{out}_{k}"
+  # over several rows, compiled by tfm with scalar loads in C (clang picks the vector width); at one row by tinygrad
+  assert product_kernel.op is (Ops.SINK if rows == 1 else Ops.PROGRAM)
+  opts = product_kernel.arg.opts_to_apply if rows == 1 else product_kernel.src[0].arg.applied_opts
   assert opts == _packed_opts(rows, out // PACK, k, "CPU")
-  assert Opt(OptOps.UPCAST, 1 if rows == 1 else 2, PACK) in opts and (Opt(OptOps.UPCAST, 1, 4) in opts) == (rows > 1)
+  assert Opt(OptOps.UPCAST, 1 if rows == 1 else 2, PACK) in opts
+  assert Opt(OptOps.UPCAST, 1, 8 if rows > 1 else 4) in opts or rows == 1 and Opt(OptOps.UPCAST, 0, 4) in opts
   assert any(opt.op is OptOps.THREAD for opt in opts) == threaded
+  if rows > 1: assert "float4" not in next(u.arg for u in product_kernel.src if u.op is Ops.SOURCE)
+
+
+@pytest.mark.parametrize("rows, tile", [(32, 8), (12, 4), (6, 2), (3, 1)])
+def test_a_packed_product_over_several_rows_takes_the_largest_tile_of_rows_that_divides_them(rows, tile):
+  opts = _packed_opts(rows, 64, 512, "CPU")
+  assert [opt for opt in opts if opt.op is OptOps.UPCAST and opt.axis == 1] == ([Opt(OptOps.UPCAST, 1, tile)] if tile > 1 else [])
 
 
 def test_a_packed_copy_is_read_only_inside_packed_products_and_refreshed_by_repack():

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import functools
 import weakref
 from typing import Any
 
 import numpy as np
 from tinygrad import Device, Tensor, dtypes, nn
+from tinygrad.codegen import to_program
 from tinygrad.codegen.opt import Opt, OptOps
 from tinygrad.dtype import least_upper_dtype, sum_acc_dtype
 from tinygrad.function import function
@@ -109,36 +111,48 @@ THREADED = 1 << 22   # multiply-adds from which a packed product splits over the
 
 def _packed_opts(rows: int, blocks: int, k: int, device: str) -> tuple[Opt, ...]:
   """The kernel options of a packed product (kernel axes: blocks, rows when > 1, PACK, in): PACK outputs in one vector
-  and, over several rows, 4 (or 2) rows per tile, so that each weight vector loaded feeds 4 multiply-adds; at one row,
-  4 blocks at a time (four independent chains of additions). A product of THREADED multiply-adds or more splits its
-  blocks over as many of the device's threads as divide them. Measured in docs/PERFORMANCE.md, "Packed products"."""
+  and, over several rows, 8 rows per tile where they divide (else 4, 2), so that each weight vector loaded feeds 8
+  multiply-adds into 8 independent sums (the latency of a multiply-add is hidden behind 8, not 4); at one row, 4 blocks
+  at a time (four independent chains of additions; that product is bound by memory, not by the adder). A product of
+  THREADED multiply-adds or more splits its blocks over as many of the device's threads as divide them. Measured in
+  docs/PERFORMANCE.md, "Packed products"."""
   large = rows * blocks * PACK * k >= THREADED
   if rows == 1:
     opts, blocks = [Opt(OptOps.UPCAST, 1, PACK), Opt(OptOps.UPCAST, 0, 4)], blocks // 4
   else:
-    tile = next(n for n in (4, 2, 1) if rows % n == 0)
+    tile = next(n for n in (8, 4, 2, 1) if rows % n == 0)
     opts = [Opt(OptOps.UPCAST, 2, PACK)] + ([Opt(OptOps.UPCAST, 1, tile)] if tile > 1 else [])
   threads = max(n for n in range(1, _threads(device) + 1) if blocks % n == 0) if large else 1
   return tuple(opts + ([Opt(OptOps.THREAD, 0, threads)] if threads > 1 else []))
 
 
 @functools.cache
-def packed_product(blocks: int, rows: int, k: int, out: int, scaled: bool, biased: bool, device: str):
-  """The kernel of a product from a packed weight, as a tinygrad custom kernel (UOps) carrying its own options:
-  y[r, b*PACK + j] = sum_i w[b, i, j] x[r, i] (times the feature's scale, plus its bias), accumulated in float32 and
-  stored row by row, as the layers after it read it. tinygrad's heuristics give this loop nest no vector of outputs;
-  the options (_packed_opts) give it one, and a kernel written as a tensor expression cannot carry them in 0.14 (its
-  contiguous(arg=opts) is dropped when the graph is turned into kernels)."""
-  def kernel(y: UOp, w: UOp, x: UOp, *extra: UOp) -> UOp:
+def packed_product(blocks: int, rows: int, k: int, device: str):
+  """The kernel of a product from a packed weight, as a tinygrad custom kernel carrying its own options:
+  y[r, b*PACK + j] = sum_i w[b, i, j] x[r, i], accumulated in float32 and stored row by row, as the layers after it
+  read it. tinygrad's heuristics give this loop nest no vector of outputs; the options (_packed_opts) give it one, and
+  a kernel written as a tensor expression cannot carry them in 0.14 (its contiguous(arg=opts) is dropped when the
+  graph is turned into kernels). Over several rows it is returned compiled (_compiled_as_scalars). A layer's scales and
+  bias are applied by the kernels that read y (Linear._from_packed): read here, they were loaded before the reduction
+  and held in registers through it, which left clang too few for the tile's sums (it kept them in memory instead)."""
+  def kernel(y: UOp, w: UOp, x: UOp) -> UOp:
     b, r, j, i = UOp.range(blocks, 0), UOp.range(rows, 1), UOp.range(PACK, 2), UOp.range(k, 3, AxisType.REDUCE)
     acc = (w[b, i, j].cast(dtypes.float32) * x[r, i].cast(dtypes.float32)).reduce(i, arg=Ops.ADD)
-    feature = (b * PACK + j).clip(0, out - 1)   # padding rows (zero weights) read the last row's scale and bias: sliced off
-    if scaled: acc = acc * extra[0][feature].cast(dtypes.float32)
-    if biased: acc = acc + extra[-1][feature].cast(dtypes.float32)
-    opts = _packed_opts(rows, blocks, k, device)
-    name = f"packed_{rows}_{blocks * PACK}_{k}"
-    return y[r, b * PACK + j].store(acc.cast(y.dtype)).end(b, r, j).sink(arg=KernelInfo(name=name, opts_to_apply=opts))
+    info = KernelInfo(name=f"packed_{rows}_{blocks * PACK}_{k}", opts_to_apply=_packed_opts(rows, blocks, k, device))
+    sink = y[r, b * PACK + j].store(acc.cast(y.dtype)).end(b, r, j).sink(arg=info)
+    return sink if rows == 1 else _compiled_as_scalars(sink, device)
   return kernel
+
+
+def _compiled_as_scalars(sink: UOp, device: str) -> UOp:
+  """The kernel compiled by tinygrad for the device (a PROGRAM, which a custom kernel may be), with tinygrad's grouping
+  of neighbouring loads and stores into 4-wide vectors turned off for it: C gets scalar loads, which clang vectorises
+  at the machine's own width (8 floats on AVX2), where from tinygrad's 4-wide loads it builds 4-wide arithmetic, half
+  an AVX2 unit. Compiled here rather than by tinygrad's pool of compiling processes, which build their own renderer
+  (and so would group the loads again). Measured in docs/PERFORMANCE.md, "Packed products"."""
+  renderer = copy.copy(Device[device].renderer)
+  renderer.supports_float4 = False
+  return to_program(sink, renderer)
 
 
 _packing: contextvars.ContextVar[bool] = contextvars.ContextVar("tfm_packed_products", default=False)
@@ -206,14 +220,15 @@ class Linear(nn.Linear):
     return _packing.get() and self.packed is not None and not TRAINING and isinstance(prod(x.shape[:-1]), int)
 
   def _from_packed(self, x: Tensor) -> Tensor:
-    """self(x) computed from the packed weight by `packed_product` (its padding outputs sliced off)."""
+    """self(x) computed from the packed weight by `packed_product` (its padding outputs sliced off), times the row
+    scales of an int8 weight, plus the bias."""
     packed, (out, k) = self.packed, self.weight.shape
     rows = prod(x.shape[:-1])
-    extra = [t for t in (self.scale, self.bias) if t is not None]
     y = Tensor.empty(rows, packed.shape[0] * PACK, dtype=x.dtype, device=x.device)
-    fxn = packed_product(packed.shape[0], rows, k, out, self.scale is not None, self.bias is not None, packed.device)
-    y = y.custom_kernel(packed, x.reshape(rows, k), *extra, fxn=fxn)[0]
-    return y.reshape(*x.shape[:-1], packed.shape[0] * PACK)[..., :out]
+    y = y.custom_kernel(packed, x.reshape(rows, k), fxn=packed_product(packed.shape[0], rows, k, packed.device))[0]
+    y = y.reshape(*x.shape[:-1], packed.shape[0] * PACK)[..., :out]
+    if self.scale is not None: y = y * self.scale.cast(x.dtype)
+    return y if self.bias is None else y + self.bias
 
   def padded(self, x: Tensor, multiple: int) -> Tensor:
     """self(x) at inference, computed over the output features rounded up to a multiple (zero rows, sliced off)."""

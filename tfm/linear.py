@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import copy
 import functools
 import weakref
 from typing import Any
 
 import numpy as np
-from tinygrad import Device, Tensor, dtypes, nn
-from tinygrad.codegen import to_program
+from tinygrad import Tensor, dtypes, nn
 from tinygrad.codegen.opt import Opt, OptOps
 from tinygrad.dtype import least_upper_dtype, sum_acc_dtype
 from tinygrad.function import function
@@ -31,6 +29,7 @@ from tinygrad.helpers import TRAINING, getenv, prod
 from tinygrad.uop.ops import AxisType, KernelInfo, Ops, UOp
 
 from tfm.errors import InputError
+from tfm.cpu_kernels import WIDE, compiled_as_scalars, serial_reductions, thread_opts
 from tfm.memory import download, like, to_device
 
 
@@ -50,15 +49,8 @@ def matmul_wt(x: Tensor, w: Tensor) -> Tensor:
 
 
 LANES = 16      # partial sums per output where a product's reduction is split (one AVX-512 vector of float32)
-WIDE = 8192     # output features from which a product over several rows is computed transposed (a vocabulary)
 PACK = 8        # output features per block of a packed weight: one AVX2 vector of float32
 PACK_MIN = 1 << 17   # numbers in a weight from which decoding packs it (a 512 x 512 projection has 2 of these)
-
-
-def _serial_reductions(device: Any) -> bool:
-  """Whether tinygrad compiles a reduction for this device as one accumulator per output, added to in order: a
-  renderer without local memory (CPU) has no GROUP option to split it, and C may not reorder float additions."""
-  return isinstance(device, str) and not Device[device].renderer.has_local
 
 
 def product(x: Tensor, w: Tensor) -> Tensor:
@@ -72,7 +64,7 @@ def product(x: Tensor, w: Tensor) -> Tensor:
   times slower). Elsewhere, and for other sizes, x @ w.T."""
   rows, (out, k), float_weights = prod(x.shape[:-1]), w.shape, dtypes.is_float(w.dtype)
   w = w.cast(x.dtype)
-  if not isinstance(rows, int) or not _serial_reductions(x.device) or TRAINING: return x @ w.T
+  if not isinstance(rows, int) or not serial_reductions(x.device) or TRAINING: return x @ w.T
   if k % LANES == 0 and (rows == 1 or (rows <= 4 and k >= out)):
     split = x.reshape(*x.shape[:-1], 1, k // LANES, LANES) * w.reshape(out, k // LANES, LANES)
     return split.sum(-2, dtype=sum_acc_dtype(split.dtype)).sum(-1).cast(least_upper_dtype(x.dtype, w.dtype))
@@ -84,13 +76,8 @@ def packable(weight: Tensor) -> bool:
   """Do products with this weight run faster from a packed copy (Linear.pack)? Where reductions are serial (CPU, one
   device), for float32 and int8 weights of at least PACK_MIN numbers (smaller ones take microseconds either way).
   TFM_PACKED=0 turns packing off."""
-  if not getenv("TFM_PACKED", 1) or not _serial_reductions(weight.device): return False
+  if not getenv("TFM_PACKED", 1) or not serial_reductions(weight.device): return False
   return weight.dtype in (dtypes.float32, dtypes.int8) and weight.numel() >= PACK_MIN
-
-
-def _threads(device: str) -> int:
-  renderer = Device[device].renderer
-  return renderer.global_max[0] if renderer.has_threads and renderer.global_max else 1
 
 
 def packed_blocks(out: int) -> int:
@@ -122,8 +109,7 @@ def _packed_opts(rows: int, blocks: int, k: int, device: str) -> tuple[Opt, ...]
   else:
     tile = next(n for n in (8, 4, 2, 1) if rows % n == 0)
     opts = [Opt(OptOps.UPCAST, 2, PACK)] + ([Opt(OptOps.UPCAST, 1, tile)] if tile > 1 else [])
-  threads = max(n for n in range(1, _threads(device) + 1) if blocks % n == 0) if large else 1
-  return tuple(opts + ([Opt(OptOps.THREAD, 0, threads)] if threads > 1 else []))
+  return tuple(opts) + (thread_opts(blocks, device) if large else ())
 
 
 @functools.cache
@@ -132,27 +118,17 @@ def packed_product(blocks: int, rows: int, k: int, device: str):
   y[r, b*PACK + j] = sum_i w[b, i, j] x[r, i], accumulated in float32 and stored row by row, as the layers after it
   read it. tinygrad's heuristics give this loop nest no vector of outputs; the options (_packed_opts) give it one, and
   a kernel written as a tensor expression cannot carry them in 0.14 (its contiguous(arg=opts) is dropped when the
-  graph is turned into kernels). Over several rows it is returned compiled (_compiled_as_scalars). A layer's scales and
-  bias are applied by the kernels that read y (Linear._from_packed): read here, they were loaded before the reduction
-  and held in registers through it, which left clang too few for the tile's sums (it kept them in memory instead)."""
+  graph is turned into kernels). Over several rows it is returned compiled (tfm.cpu_kernels.compiled_as_scalars).
+  A layer's scales and bias are applied by the kernels that read y (Linear._from_packed): read here, they were loaded
+  before the reduction and held in registers through it, which left clang too few for the tile's sums (it kept them
+  in memory instead)."""
   def kernel(y: UOp, w: UOp, x: UOp) -> UOp:
     b, r, j, i = UOp.range(blocks, 0), UOp.range(rows, 1), UOp.range(PACK, 2), UOp.range(k, 3, AxisType.REDUCE)
     acc = (w[b, i, j].cast(dtypes.float32) * x[r, i].cast(dtypes.float32)).reduce(i, arg=Ops.ADD)
     info = KernelInfo(name=f"packed_{rows}_{blocks * PACK}_{k}", opts_to_apply=_packed_opts(rows, blocks, k, device))
     sink = y[r, b * PACK + j].store(acc.cast(y.dtype)).end(b, r, j).sink(arg=info)
-    return sink if rows == 1 else _compiled_as_scalars(sink, device)
+    return sink if rows == 1 else compiled_as_scalars(sink, device)
   return kernel
-
-
-def _compiled_as_scalars(sink: UOp, device: str) -> UOp:
-  """The kernel compiled by tinygrad for the device (a PROGRAM, which a custom kernel may be), with tinygrad's grouping
-  of neighbouring loads and stores into 4-wide vectors turned off for it: C gets scalar loads, which clang vectorises
-  at the machine's own width (8 floats on AVX2), where from tinygrad's 4-wide loads it builds 4-wide arithmetic, half
-  an AVX2 unit. Compiled here rather than by tinygrad's pool of compiling processes, which build their own renderer
-  (and so would group the loads again). Measured in docs/PERFORMANCE.md, "Packed products"."""
-  renderer = copy.copy(Device[device].renderer)
-  renderer.supports_float4 = False
-  return to_program(sink, renderer)
 
 
 _packing: contextvars.ContextVar[bool] = contextvars.ContextVar("tfm_packed_products", default=False)

@@ -14,6 +14,7 @@ from tinygrad.nn.state import get_state_dict
 from tfm.attention import KVCache, value_width
 from tfm.errors import InputError
 from tfm.generation.settings import GenerationSettings, rule_arrays
+from tfm.cpu_kernels import log_softmax, logsumexp
 from tfm.linear import pack_layers, packed_products
 from tfm.memory import filled, upload
 from tfm.model import Transformer
@@ -151,11 +152,10 @@ class Steps:
     with s.model.on_device():
       last = self.trace[0, :, pos].cast(dtypes.int32)
       logits = s.model.decode_step(last.reshape(-1, 1), pos, self.caches, s.memory_kv, s.src_mask).float()
-      top = logits.max(-1, keepdim=True)
-      logsumexp = top + (logits - top).exp().sum(-1, keepdim=True).log()
+      normaliser = logsumexp(logits)
       ruled = self._apply_rules(logits, pos)  # argmax of ruled logits = argmax of ruled log-probs
       best, best_logit = ruled.argmax(-1), ruled.max(-1, keepdim=True)
-      logprob = (s.rules[pos:pos + 1] == 2).where(0.0, best_logit - logsumexp)  # a forced token has log-prob 0
+      logprob = (s.rules[pos:pos + 1] == 2).where(0.0, best_logit - normaliser)  # a forced token has log-prob 0
       written = Tensor.stack(best.float(), logprob[:, 0]).reshape(2, -1, 1)
       # a whole-buffer assign: a view assign would also make this step's read of slot pos see the new value
       slot = Tensor.arange(self.length + 1) == pos + 1
@@ -166,7 +166,7 @@ class Steps:
     s = self.session
     with s.model.on_device():
       logits = s.model.decode_step(s.feed[0].reshape(-1, 1), pos, self.caches, s.memory_kv, s.src_mask, origin=s.feed[1])
-      s.logprobs.assign(self._apply_rules(logits.float().log_softmax(-1), pos)).realize()
+      s.logprobs.assign(self._apply_rules(log_softmax(logits.float()), pos)).realize()
 
   def _logits_step(self, pos: UOp) -> None:
     """The beam step's inputs, the raw logits out (no rules): for decoding whose rules run on the host (tfm.generation.rules)."""

@@ -1,0 +1,83 @@
+"""Kernels tfm writes itself, as tinygrad custom kernels, for devices whose reductions are serial (CPU): the products
+from packed weights (tfm.linear) and the exponentials of a log-softmax over a vocabulary (logsumexp).
+
+On such devices tinygrad 0.14 groups neighbouring loads into 4-wide vectors, and clang then builds 4-wide arithmetic
+from them: half an AVX2 unit. Given scalar loads instead, clang vectorises at the machine's own width, 8 floats on
+AVX2 (compiled_as_scalars). tinygrad cannot be told that per kernel, so the kernels that gain from it are compiled
+here and handed to tinygrad compiled.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import math
+from typing import Any
+
+from tinygrad import Device, Tensor, dtypes
+from tinygrad.codegen import to_program
+from tinygrad.codegen.opt import Opt, OptOps
+from tinygrad.uop.ops import KernelInfo, UOp
+
+WIDE = 8192     # output features from which a product over several rows is computed transposed (a vocabulary)
+
+
+def serial_reductions(device: Any) -> bool:
+  """Whether tinygrad compiles a reduction for this device as one accumulator per output, added to in order: a
+  renderer without local memory (CPU) has no GROUP option to split it, and C may not reorder float additions."""
+  return isinstance(device, str) and not Device[device].renderer.has_local
+
+
+def threads(device: str) -> int:
+  """How many threads a kernel on this device can be split over (its THREAD option): the CPU's cores, else 1."""
+  renderer = Device[device].renderer
+  return renderer.global_max[0] if renderer.has_threads and renderer.global_max else 1
+
+
+def thread_opts(items: int, device: str) -> tuple[Opt, ...]:
+  """A THREAD option splitting `items` (the kernel's first axis) over as many of the device's threads as divide it."""
+  n = max(n for n in range(1, threads(device) + 1) if items % n == 0)
+  return (Opt(OptOps.THREAD, 0, n),) if n > 1 else ()
+
+
+def compiled_as_scalars(sink: UOp, device: str) -> UOp:
+  """The kernel compiled by tinygrad for the device (a PROGRAM, which a custom kernel may be), with tinygrad's grouping
+  of neighbouring loads and stores into 4-wide vectors turned off for it: C gets scalar loads, which clang vectorises
+  at the machine's own width (8 floats on AVX2), where from tinygrad's 4-wide loads it builds 4-wide arithmetic.
+  Compiled here rather than by tinygrad's pool of compiling processes, which build their own renderer (and so would
+  group the loads again). Measured in docs/PERFORMANCE.md, "Packed products"."""
+  renderer = copy.copy(Device[device].renderer)
+  renderer.supports_float4 = False
+  return to_program(sink, renderer)
+
+
+@functools.cache
+def _shifted_exp(rows: int, n: int, device: str):
+  """The kernel e[r, i] = exp(x[r, i] - m[r, 0]), compiled as scalars: tinygrad's exp (a polynomial with checks for
+  infinities and NaN) in a plain loop, which clang vectorises whole; fused into a reduction, or from 4-wide loads,
+  it stays mostly scalar."""
+  def kernel(e: UOp, x: UOp, m: UOp) -> UOp:
+    r, i = UOp.range(rows, 0), UOp.range(n, 1)
+    value = ((x[r, i] - m[r, 0]) * (1 / math.log(2))).exp2()
+    info = KernelInfo(name=f"exp_{rows}_{n}", opts_to_apply=thread_opts(rows, device))
+    return compiled_as_scalars(e[r, i].store(value).end(r, i).sink(arg=info), device)
+  return kernel
+
+
+def logsumexp(x: Tensor) -> Tensor:
+  """log(sum(exp(x), -1)) of float32 x (rows..., n), kept as a size-1 last axis, computed from the row maxima as
+  Tensor.logsumexp does. Where reductions are serial and n is a vocabulary (>= WIDE), the exponentials are their own
+  kernel (_shifted_exp): a beam 4 x 8 step's log-softmax over opus-mt's 58,101 tokens took 10.9 ms, 6.1 this way
+  (docs/PERFORMANCE.md, "Where the time goes")."""
+  m = x.max(-1, keepdim=True)
+  n = x.shape[-1]
+  rows = math.prod(x.shape[:-1])
+  if not (isinstance(rows, int) and isinstance(n, int) and n >= WIDE and x.dtype == dtypes.float32 and serial_reductions(x.device)):
+    return m + (x - m).exp().sum(-1, keepdim=True).log()
+  flat, flat_m = x.reshape(rows, n), m.reshape(rows, 1)
+  e = Tensor.empty(rows, n, dtype=x.dtype, device=x.device).custom_kernel(flat, flat_m, fxn=_shifted_exp(rows, n, x.device))[0]
+  return m + e.sum(-1).reshape(m.shape).log()
+
+
+def log_softmax(x: Tensor) -> Tensor:
+  """x - logsumexp(x) over the last axis (Tensor.log_softmax, with its exponentials as logsumexp computes them)."""
+  return x - logsumexp(x)

@@ -1,13 +1,15 @@
 """tfm.cpu_kernels: the log-softmax over a vocabulary whose exponentials are a kernel of their own, compiled by tfm with
-scalar loads, equals the float64 one; below a vocabulary's size it is tinygrad's."""
+scalar loads, equals the float64 one; below a vocabulary's size it is tinygrad's. The FFN's activations compiled the
+same way equal tinygrad's."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from tinygrad import Tensor
+from tinygrad import Context, Tensor
 from tinygrad.uop.ops import Ops
 
-from tfm.cpu_kernels import WIDE, log_softmax, logsumexp
+from tfm.cpu_kernels import ELEMENTS, WIDE, activated, log_softmax, logsumexp
+from tfm.layers import _gelu, _swish
 
 RNG = np.random.default_rng(0)
 
@@ -37,3 +39,20 @@ def test_log_softmax_is_the_float64_one_with_its_exponentials_compiled_by_tfm_ov
   np.testing.assert_allclose(got, x - expected_logsumexp(x), rtol=0, atol=5e-5)
   np.testing.assert_allclose(got, t.log_softmax(-1).numpy(), rtol=0, atol=2e-6)
   np.testing.assert_allclose(logsumexp(t).numpy(), expected_logsumexp(x), rtol=0, atol=5e-5)
+
+
+@pytest.mark.parametrize("fn", [_swish, _gelu])
+@pytest.mark.parametrize("elements, own_kernel", [(ELEMENTS, True), (ELEMENTS // 2, False)])
+def test_an_activation_compiled_by_tfm_is_tinygrads(fn, elements, own_kernel):
+  x = (RNG.standard_normal((2, 4, elements // 8)) * 3).astype(np.float32)
+  programs = [k for k in kernels(activated(Tensor.empty(*x.shape, device="CPU").realize(), fn)) if k.op is Ops.PROGRAM]
+  assert [p.arg.name for p in programs] == ([f"act_8_{elements // 8}"] if own_kernel else [])
+  t = Tensor(x, device="CPU").realize()
+  got = activated(t, fn).numpy()
+  assert got.shape == x.shape
+  np.testing.assert_allclose(got, fn(t).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_an_activation_under_training_is_tinygrads_own_kernel():
+  with Context(TRAINING=1):
+    assert not [k for k in kernels(activated(Tensor.empty(8, ELEMENTS // 8, device="CPU").realize(), _swish)) if k.op is Ops.PROGRAM]

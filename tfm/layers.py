@@ -10,6 +10,7 @@ from tinygrad import Tensor, nn
 
 from tfm.attention import KVCache, MultiHeadAttention
 from tfm.config import TransformerConfig, VisionConfig
+from tfm.cpu_kernels import activated
 from tfm.linear import Linear
 from tfm.memory import to_device
 
@@ -56,11 +57,16 @@ class FeedForward:
 
   def __call__(self, x: Tensor) -> Tensor:
     h = self.fc1(x)
-    if self.activation == "relu": h = h.relu()
-    elif self.activation == "gelu": h = h.gelu(approximate="none")  # the exact erf form, as PyTorch and Marian use
-    else: h = h.swish()
-    # its own kernel: fused into fc2's loads, each activation would be recomputed once per output feature
-    return self.fc2(h if self.activation == "relu" else h.contiguous())
+    if self.activation == "relu": return self.fc2(h.relu())
+    # in a kernel of its own: fused into fc2's loads, each activation would be recomputed once per output feature
+    return self.fc2(activated(h, _gelu if self.activation == "gelu" else _swish))
+
+
+def _gelu(v):   # the exact erf form, as PyTorch and Marian use; on a Tensor or a UOp (tfm.cpu_kernels.activated)
+  return v.gelu(approximate="none")
+
+
+def _swish(v): return v.swish()
 
 
 class LayerNorm(nn.LayerNorm):

@@ -135,7 +135,9 @@ def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[in
     steps = steps_at(session, t, steps)
     upload(session.feed, np.stack([tokens, origin]))
     steps.beam(t)
-    lp = download(session.logprobs)
+    # read in place where the device is host memory (CPU): the next step rewrites the buffer, after this one is ranked;
+    # a copy where the host's rules change the scores
+    lp = view if not host and (view := host_view(session.logprobs)) is not None else download(session.logprobs)
     if host:   # not at a forced eos step: there the device already left eos alone, as Hugging Face's last processor does
       history = np.concatenate([np.full((b * k, 1), s.start_id, np.int32), running[:, :, :t].reshape(b * k, t)], 1)
       if rule_at[t] != 2: lp = rules.apply(lp, history, s)

@@ -113,18 +113,21 @@ def _packed_opts(rows: int, blocks: int, k: int, device: str) -> tuple[Opt, ...]
 
 
 @functools.cache
-def packed_product(blocks: int, rows: int, k: int, device: str):
+def packed_product(blocks: int, rows: int, k: int, out: int, scaled: bool, biased: bool, device: str):
   """The kernel of a product from a packed weight, as a tinygrad custom kernel carrying its own options:
-  y[r, b*PACK + j] = sum_i w[b, i, j] x[r, i], accumulated in float32 and stored row by row, as the layers after it
-  read it. tinygrad's heuristics give this loop nest no vector of outputs; the options (_packed_opts) give it one, and
-  a kernel written as a tensor expression cannot carry them in 0.14 (its contiguous(arg=opts) is dropped when the
-  graph is turned into kernels). Over several rows it is returned compiled (tfm.cpu_kernels.compiled_as_scalars).
-  A layer's scales and bias are applied by the kernels that read y (Linear._from_packed): read here, they were loaded
-  before the reduction and held in registers through it, which left clang too few for the tile's sums (it kept them
-  in memory instead)."""
-  def kernel(y: UOp, w: UOp, x: UOp) -> UOp:
+  y[r, b*PACK + j] = sum_i w[b, i, j] x[r, i] (times the feature's scale, plus its bias, where `scaled`, `biased`),
+  accumulated in float32 and stored row by row, as the layers after it read it. tinygrad's heuristics give this loop
+  nest no vector of outputs; the options (_packed_opts) give it one, and a kernel written as a tensor expression cannot
+  carry them in 0.14 (its contiguous(arg=opts) is dropped when the graph is turned into kernels). Over several rows it
+  is returned compiled (tfm.cpu_kernels.compiled_as_scalars), and the scales and bias are left to the kernels that read
+  y (Linear._from_packed): read here, they were loaded before the reduction and held in registers through it, which
+  left clang too few for the tile's sums (it kept them in memory instead)."""
+  def kernel(y: UOp, w: UOp, x: UOp, *extra: UOp) -> UOp:
     b, r, j, i = UOp.range(blocks, 0), UOp.range(rows, 1), UOp.range(PACK, 2), UOp.range(k, 3, AxisType.REDUCE)
     acc = (w[b, i, j].cast(dtypes.float32) * x[r, i].cast(dtypes.float32)).reduce(i, arg=Ops.ADD)
+    feature = (b * PACK + j).clip(0, out - 1)   # padding rows (zero weights) read the last row's scale and bias: sliced off
+    if scaled: acc = acc * extra[0][feature].cast(dtypes.float32)
+    if biased: acc = acc + extra[-1][feature].cast(dtypes.float32)
     info = KernelInfo(name=f"packed_{rows}_{blocks * PACK}_{k}", opts_to_apply=_packed_opts(rows, blocks, k, device))
     sink = y[r, b * PACK + j].store(acc.cast(y.dtype)).end(b, r, j).sink(arg=info)
     return sink if rows == 1 else compiled_as_scalars(sink, device)
@@ -197,12 +200,15 @@ class Linear(nn.Linear):
 
   def _from_packed(self, x: Tensor) -> Tensor:
     """self(x) computed from the packed weight by `packed_product` (its padding outputs sliced off), times the row
-    scales of an int8 weight, plus the bias."""
+    scales of an int8 weight, plus the bias: in the kernel at one row, by the kernels that read it over several."""
     packed, (out, k) = self.packed, self.weight.shape
     rows = prod(x.shape[:-1])
-    y = Tensor.empty(rows, packed.shape[0] * PACK, dtype=x.dtype, device=x.device)
-    y = y.custom_kernel(packed, x.reshape(rows, k), fxn=packed_product(packed.shape[0], rows, k, packed.device))[0]
+    extra = [t for t in (self.scale, self.bias) if t is not None] if rows == 1 else []
+    fxn = packed_product(packed.shape[0], rows, k, out, rows == 1 and self.scale is not None, rows == 1 and self.bias is not None,
+                         packed.device)
+    y = Tensor.empty(rows, packed.shape[0] * PACK, dtype=x.dtype, device=x.device).custom_kernel(packed, x.reshape(rows, k), *extra, fxn=fxn)[0]
     y = y.reshape(*x.shape[:-1], packed.shape[0] * PACK)[..., :out]
+    if rows == 1: return y
     if self.scale is not None: y = y * self.scale.cast(x.dtype)
     return y if self.bias is None else y + self.bias
 

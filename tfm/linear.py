@@ -28,8 +28,8 @@ from tinygrad.function import function
 from tinygrad.helpers import TRAINING, getenv, prod
 from tinygrad.uop.ops import AxisType, KernelInfo, Ops, UOp
 
-from tfm.errors import InputError
 from tfm.cpu_kernels import WIDE, compiled_as_scalars, serial_reductions, thread_opts
+from tfm.errors import InputError
 from tfm.memory import download, like, to_device
 
 

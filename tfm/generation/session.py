@@ -12,9 +12,9 @@ from tinygrad import Tensor, UOp, dtypes
 from tinygrad.nn.state import get_state_dict
 
 from tfm.attention import KVCache, value_width
+from tfm.cpu_kernels import log_softmax, logsumexp
 from tfm.errors import InputError
 from tfm.generation.settings import GenerationSettings, rule_arrays
-from tfm.cpu_kernels import log_softmax, logsumexp
 from tfm.linear import pack_layers, packed_products
 from tfm.memory import filled, upload
 from tfm.model import Transformer

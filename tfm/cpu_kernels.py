@@ -55,31 +55,46 @@ def compiled_as_scalars(sink: UOp, device: str) -> UOp:
 
 
 @functools.cache
-def _shifted_exp(rows: int, n: int, device: str):
-  """The kernel e[r, i] = exp(x[r, i] - m[r, 0]), compiled as scalars: tinygrad's exp (a polynomial with checks for
-  infinities and NaN) in a plain loop, which clang vectorises whole; fused into a reduction, or from 4-wide loads,
-  it stays mostly scalar."""
-  def kernel(e: UOp, x: UOp, m: UOp) -> UOp:
+def _rowwise(fn: Callable[..., Any], name: str, rows: int, n: int, device: str):
+  """The kernel y[r, i] = fn(x[r, i], *(c[r, 0] for each further input c)), compiled as scalars, its rows split over
+  the device's threads: an elementwise function in a plain loop, which clang vectorises whole. With an exponential in
+  it (tinygrad's: a polynomial with checks for infinities and NaN), fused into a reduction or read through 4-wide
+  loads, it stays mostly scalar."""
+  def kernel(y: UOp, x: UOp, *per_row: UOp) -> UOp:
     r, i = UOp.range(rows, 0), UOp.range(n, 1)
-    value = ((x[r, i] - m[r, 0]) * (1 / math.log(2))).exp2()
-    info = KernelInfo(name=f"exp_{rows}_{n}", opts_to_apply=thread_opts(rows, device))
-    return compiled_as_scalars(e[r, i].store(value).end(r, i).sink(arg=info), device)
+    info = KernelInfo(name=f"{name}_{rows}_{n}", opts_to_apply=thread_opts(rows, device))
+    return compiled_as_scalars(y[r, i].store(fn(x[r, i], *(c[r, 0] for c in per_row))).end(r, i).sink(arg=info), device)
   return kernel
+
+
+def _rows_here(x: Tensor, elements: int) -> int | None:
+  """The rows of x (rows..., n) as one axis, where x is float32 of at least `elements` numbers with static shapes on a
+  device whose reductions are serial: what _rowwise kernels are compiled for; else None."""
+  rows, n = math.prod(x.shape[:-1]), x.shape[-1]
+  if not (isinstance(rows, int) and isinstance(n, int) and rows * n >= elements and x.dtype == dtypes.float32
+          and serial_reductions(x.device)): return None
+  return rows
+
+
+def _rowwise_call(x: Tensor, rows: int, fn: Callable[..., Any], name: str, *per_row: Tensor) -> Tensor:
+  """_rowwise's kernel on x as (rows, n) and per-row inputs as (rows, 1); the result (rows, n)."""
+  n = x.shape[-1]
+  inputs = [x.reshape(rows, n)] + [c.reshape(rows, 1) for c in per_row]
+  return Tensor.empty(rows, n, dtype=x.dtype, device=x.device).custom_kernel(*inputs, fxn=_rowwise(fn, name, rows, n, x.device))[0]
+
+
+def _shifted_exp(v, top): return ((v - top) * (1 / math.log(2))).exp2()
 
 
 def logsumexp(x: Tensor) -> Tensor:
   """log(sum(exp(x), -1)) of float32 x (rows..., n), kept as a size-1 last axis, computed from the row maxima as
   Tensor.logsumexp does. Where reductions are serial and n is a vocabulary (>= WIDE), the exponentials are their own
-  kernel (_shifted_exp): in a beam 4 x 8 step over opus-mt's 58,101 tokens, 5.3 ms fused into the sum, 1.0 ms this
+  kernel (_rowwise): in a beam 4 x 8 step over opus-mt's 58,101 tokens, 5.3 ms fused into the sum, 1.0 ms this
   way plus 1.7 ms for the passes it adds (docs/PERFORMANCE.md, "Packed products")."""
   m = x.max(-1, keepdim=True)
-  n = x.shape[-1]
-  rows = math.prod(x.shape[:-1])
-  if not (isinstance(rows, int) and isinstance(n, int) and n >= WIDE and x.dtype == dtypes.float32 and serial_reductions(x.device)):
+  if (rows := _rows_here(x, WIDE)) is None or x.shape[-1] < WIDE:   # (_rows_here: the shape is static)
     return m + (x - m).exp().sum(-1, keepdim=True).log()
-  flat, flat_m = x.reshape(rows, n), m.reshape(rows, 1)
-  e = Tensor.empty(rows, n, dtype=x.dtype, device=x.device).custom_kernel(flat, flat_m, fxn=_shifted_exp(rows, n, x.device))[0]
-  return m + e.sum(-1).reshape(m.shape).log()
+  return m + _rowwise_call(x, rows, _shifted_exp, "exp", m).sum(-1).reshape(m.shape).log()
 
 
 def log_softmax(x: Tensor) -> Tensor:
@@ -90,25 +105,11 @@ def log_softmax(x: Tensor) -> Tensor:
 ELEMENTS = 1 << 14   # elements from which an activation is its own kernel compiled as scalars (activated)
 
 
-@functools.cache
-def _elementwise(fn: Callable[[Any], Any], rows: int, n: int, device: str):
-  """The kernel y[r, i] = fn(x[r, i]), compiled as scalars, its rows split over the device's threads."""
-  def kernel(y: UOp, x: UOp) -> UOp:
-    r, i = UOp.range(rows, 0), UOp.range(n, 1)
-    info = KernelInfo(name=f"act_{rows}_{n}", opts_to_apply=thread_opts(rows, device))
-    return compiled_as_scalars(y[r, i].store(fn(x[r, i])).end(r, i).sink(arg=info), device)
-  return kernel
-
-
 def activated(x: Tensor, fn: Callable[[Any], Any]) -> Tensor:
   """fn(x) in a kernel of its own (what the next product reads, rather than recomputing it per output feature). fn is
   an elementwise function of tinygrad's that Tensor and UOp both have (`lambda v: v.swish()`). Where reductions are
   serial, outside training, for float32 x of ELEMENTS numbers or more, that kernel is compiled as scalars: an
   activation with an exponential (swish, exact gelu), from 4-wide loads, stayed mostly scalar (a beam 4 x 8 step's six
   swish kernels: 2.65 -> 0.46 ms, plus 0.22 ms to store fc1's output for it; docs/PERFORMANCE.md, "Packed products")."""
-  rows, n = math.prod(x.shape[:-1]), x.shape[-1]
-  if TRAINING or not (isinstance(rows, int) and isinstance(n, int) and rows * n >= ELEMENTS and x.dtype == dtypes.float32
-                      and serial_reductions(x.device)):
-    return fn(x).contiguous()
-  y = Tensor.empty(rows, n, dtype=x.dtype, device=x.device).custom_kernel(x.reshape(rows, n), fxn=_elementwise(fn, rows, n, x.device))[0]
-  return y.reshape(x.shape)
+  if TRAINING or (rows := _rows_here(x, ELEMENTS)) is None: return fn(x).contiguous()
+  return _rowwise_call(x, rows, fn, "act").reshape(x.shape)

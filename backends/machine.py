@@ -16,14 +16,15 @@ import shutil
 import sys
 from pathlib import Path
 
+from backends import switches
 
-def cache_enabled() -> bool:
-  return os.environ.get("TFM_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+def cache_enabled() -> bool: return switches.cache_on()
 
 
 def cache_dir() -> Path:
   """The folder of tfm's caches (which may not exist yet)."""
-  if given := os.environ.get("TFM_CACHE_DIR"): return Path(given).expanduser()
+  if given := switches.cache_dir(): return Path(given).expanduser()
   home = Path.home()
   if sys.platform == "darwin": return home / "Library" / "Caches" / "tfm"
   if sys.platform == "win32": return Path(os.environ.get("LOCALAPPDATA", home / "AppData" / "Local")) / "tfm" / "cache"

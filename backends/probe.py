@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses, hashlib, json, os, platform, shutil, subprocess, sys, tempfile, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from backends import switches
 from backends.kernels import NVRTC_PIP, nvidia_lib_dir
 from backends.machine import driver_files, file_identity, cache_dir, cache_enabled
 from backends.registry import BACKENDS, COMPILE_ONLY, RUNS, UNAVAILABLE, Backend, BackendInfo, lookup
 
 # generous: a probe is one import and one tiny kernel (1-2 s idle), but a machine busy compiling can take far longer,
 # and a probe that times out marks a working backend unavailable for the whole process. TFM_PROBE_TIMEOUT overrides.
-TIMEOUT = float(os.environ.get("TFM_PROBE_TIMEOUT", "60"))
+TIMEOUT = switches.probe_timeout()
 _MARK = "TFM_PROBE "
 KEPT_FOR = 24 * 3600   # seconds a saved probe result is trusted
 _results: dict[str, BackendInfo] = {}

@@ -19,9 +19,10 @@ CPU devices are made on demand (each is one worker thread), so any number may be
 must be one the probe counted.
 """
 from __future__ import annotations
-import contextlib, dataclasses, logging, os, re, warnings
+import contextlib, dataclasses, logging, re, warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from backends import switches
 from backends.probe import TIMEOUT, available, probe
 from backends.registry import BackendInfo, SelectionError, format_table, lookup
 
@@ -38,7 +39,7 @@ class BackendUnavailable(SelectionError):
 def select(preference: str | Sequence[str] = "auto", timeout: float = TIMEOUT) -> BackendInfo:
   """The backend to run on: a name ("CL"), a priority list (["CUDA", "CL"] or "CUDA,CL,CPU"), or "auto"."""
   source = "device"
-  if isinstance(preference, str) and preference.strip().lower() == "auto" and (env := os.environ.get("TFM_DEVICE", "").strip()):
+  if isinstance(preference, str) and preference.strip().lower() == "auto" and (env := switches.device()):
     preference, source = env, "TFM_DEVICE"
   if (several := _devices(preference, source)) is not None: return _select_devices(*several, source, timeout)
   names = _parse(preference, source)

@@ -23,10 +23,10 @@ from tinygrad import GlobalCounters
 from benchmarks.common import config, load_average, print_rows, ratio, torch_or_none, torch_thread_counts
 from benchmarks.forward import same_model
 from tfm.generation import generate
-from tfm.memory import drain
-from tfm.model import Transformer
-from tfm.translator import BUNDLED_MODEL
-from tfm.weights import load
+from tfm.runtime.memory import drain
+from tfm.nn.transformer import Transformer
+from tfm.files import BUNDLED_MODEL
+from tfm.io.weights import load
 
 COLUMNS = ["bench", "config", "backend", "search", "batch", "tokens", "first_s", "per_token_ms", "tokens_per_s",
            "kernels", "torch_ms", "ratio", "same_ids", "load"]

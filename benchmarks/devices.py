@@ -3,7 +3,7 @@
     python -m benchmarks devices --backends CPU,CPU*2,CL --parallel data,tensor
 
 Two workloads, each with the same weights on every backend:
-- forward: the base model's teacher-forced logits for a batch of 8 x 64 tokens, as one compiled step (tfm.replay);
+- forward: the base model's teacher-forced logits for a batch of 8 x 64 tokens, as one compiled step (tfm.runtime.replay);
   max_abs_diff is against one CPU device's logits.
 - beam: an opus-mt-shaped model (d_model 512, 6+6 layers, 58,101 tokens; tfm's own random weights) decoding a batch of
   8 sources of 24 tokens with beam 4, exactly 32 tokens each; same_ids is the fraction of tokens equal to one CPU
@@ -53,9 +53,9 @@ def forward_row(model, src: np.ndarray, tgt: np.ndarray, reps: int) -> tuple[dic
   """The compiled forward of `model` on a batch: timings, how it replayed, and its logits."""
   from tinygrad import dtypes
 
-  from tfm.memory import download, drain, filled, to_device
-  from tfm.placement import batch_axis
-  from tfm.replay import CompiledStep
+  from tfm.runtime.memory import download, drain, filled, to_device
+  from tfm.runtime.placement import batch_axis
+  from tfm.runtime.replay import CompiledStep
   rows, axis = src.shape[0], batch_axis(model, src.shape[0]) if model.parallel else None
   s, t = (to_device(a.astype(np.int32), model.device, axis=axis) for a in (src, tgt))
   out = filled((rows, tgt.shape[1], model.config.vocab_size), dtypes.float32, model.device, axis=axis)
@@ -72,10 +72,10 @@ def _replay(step) -> str:
 
 def beam_row(model, src: np.ndarray, reps: int) -> tuple[dict, np.ndarray]:
   import tfm
-  from tfm.generation import session as sessions
+  from tfm.generation import sessions_of
   def decode(): return tfm.generate(model, src, beam_size=4, max_len=32, min_len=32)
   first, median = _median(decode, reps)
-  session = next(iter(sessions._SESSIONS[model].values()))
+  session = sessions_of(model)[-1]
   return {"first_s": first, "median_ms": median * 1e3, "replay": _replay(session.steps[min(session.steps)].beam)}, decode()
 
 
@@ -85,7 +85,7 @@ def run(args) -> list[dict]:
   import tfm
   from benchmarks.common import config, print_rows
   from benchmarks.steps import OPUS
-  from tfm import weights
+  from tfm.io import weights
   from tinygrad import Tensor
   rows: list[dict] = []
   rng = np.random.default_rng(0)

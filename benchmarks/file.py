@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import load_average, print_rows
-from tfm.tasks import get_task
+from tfm.training.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["bench", "backend", "lines", "batch", "first_s", "wall_s", "lines_per_s", "exact_match", "load"]

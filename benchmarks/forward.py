@@ -10,10 +10,11 @@ from tinygrad import GlobalCounters, Tensor, TinyJit
 
 from benchmarks.common import (Timing, add_common, config, load_average, measure, print_rows, ratio, timed_torch,
                                torch_or_none, torch_thread_counts)
-from tfm.memory import drain
-from tfm.model import Transformer
-from tfm import tune, weights
-from tfm.tune import tuned_settings
+from tfm.runtime.memory import drain
+from tfm.nn.transformer import Transformer
+from tfm.runtime import patches
+from tfm.io import weights
+from tfm.runtime.tuned import tuned_settings
 
 COLUMNS = ["bench", "config", "shape", "backend", "mode", "first_s", "median_ms", "torch_ms", "ratio", "cpu_ms", "cpu_ratio",
            "max_abs_diff", "kernels", "gflops", "cores", "load", "tuned"]
@@ -40,7 +41,7 @@ def same_model(cfg, backend: str, arrays: dict[str, np.ndarray] | None) -> tuple
 
 
 def tuned_label(model: Transformer) -> str:
-  """'+beamN' when the model's kernels come from `tfm tune` results (see tfm.tune), else ''."""
+  """'+beamN' when the model's kernels come from `tfm tune` results (see tfm.runtime.tuned), else ''."""
   beam = tuned_settings(model.target or model.device).get("BEAM")
   return f"+beam{beam}" if beam else ""
 
@@ -85,7 +86,7 @@ def run(args) -> list[dict]:
       rows += torch_rows
       print_rows(torch_rows, COLUMNS, header=False)
     for mode, fn in (("eager", eager), ("jit", jitted)):
-      hits, misses = tune.lookups.hits, tune.lookups.misses
+      hits, misses = patches.lookups.hits, patches.lookups.misses
       load = load_average()
       t: Timing = measure(fn, args.reps, warmup=2 if mode == "jit" else 1)  # the jit captures on its second call
       kernels, ops = counted(model, fn)
@@ -96,7 +97,7 @@ def run(args) -> list[dict]:
                    "cpu_ms": t.cpu_s * 1e3, "cpu_ratio": ratio(t.cpu_s * 1e3, torch_cpu_ms), "max_abs_diff": diff,
                    "kernels": kernels, "gflops": ops / t.median_s / 1e9, "cores": t.cores, "load": load})
       if tuned_label(model):  # how many of the kernels compiled here found a tuned entry
-        rows[-1]["tuned"] = f"{tune.lookups.hits - hits}/{tune.lookups.hits + tune.lookups.misses - hits - misses}"
+        rows[-1]["tuned"] = f"{patches.lookups.hits - hits}/{patches.lookups.hits + patches.lookups.misses - hits - misses}"
       print_rows(rows[-1:], COLUMNS, header=False)
   print("\nratio = tfm median / the faster PyTorch median, cpu_ratio = the same for CPU time per call;\n"
         "load = 1-minute load average when the row started")

@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 
 def _subject(name: str):
-  from tfm import subjects
+  from tfm.apps import subjects
   if name == "opus":
     from benchmarks.translate import model_dir
     return subjects.load_subject(str(model_dir()))
@@ -50,7 +50,8 @@ def _agreement(ids: np.ndarray, reference: np.ndarray, pad: int) -> tuple[float,
 def run(args) -> list[dict]:
   import tfm
   from benchmarks.common import print_rows
-  from tfm import compare, weights
+  from tfm.apps import compare
+  from tfm.io import weights
   rows = []
   for name in [m.strip() for m in args.models.split(",") if m.strip()]:
     subject = _subject(name)

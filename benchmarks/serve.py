@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.common import load_average, print_rows
-from tfm.tasks import get_task
+from tfm.training.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["mode", "backend", "requests", "clients", "reps", "rps", "p50_ms", "p99_ms", "mean_batch", "same", "load"]

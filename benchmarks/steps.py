@@ -34,9 +34,9 @@ def add_arguments(parser) -> None:
 def run(args) -> list[dict]:
   import tfm
   from benchmarks.common import print_rows
-  from tfm.generation import session as sessions
-  from tfm.memory import drain
-  from tfm.replay import _launch
+  from tfm.generation import sessions_of
+  from tfm.runtime.memory import drain
+  from tfm.runtime.replay import _launch
   rows = []
   for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
     model = tfm.Transformer(tfm.TransformerConfig(**OPUS), device=backend)
@@ -44,7 +44,7 @@ def run(args) -> list[dict]:
     src = np.random.default_rng(0).integers(3, OPUS["vocab_size"] - 1, (args.batch, 24))
     src[:, -1] = OPUS["eos_id"]
     tfm.generate(model, src, beam_size=args.beam, max_len=32, min_len=32)
-    session = next(iter(sessions._SESSIONS[model].values()))
+    session = sessions_of(model)[-1]
     steps = session.steps[min(session.steps)]
     step = steps.beam if args.beam > 1 else steps.greedy
     families: dict[str, list] = collections.defaultdict(lambda: [0, 0.0])

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tfm.config import TransformerConfig
-from tfm.layers import sinusoid_table
+from tfm.nn.layers import sinusoid_table
 
 
 class MultiHeadAttention(nn.Module):

@@ -1,5 +1,5 @@
 """Train-step benchmark: one teacher-forced Adam step (label-smoothed cross-entropy, backward, gradients clipped to
-norm 1, update) of the same weights, timed as tfm.train.Trainer runs it (tfm.train.TrainStep) on each backend and
+norm 1, update) of the same weights, timed as tfm.training.trainer.Trainer runs it (tfm.training.trainer.TrainStep) on each backend and
 in PyTorch eager, with the time ratio and the largest difference between the two frameworks' losses.
 
     python -m benchmarks train --backends CPU,CL --config medium     # d=128, 2+2 layers, batch 64 x 32 tokens
@@ -11,9 +11,9 @@ from tinygrad import GlobalCounters
 
 from benchmarks.common import add_common, config, load_average, measure, print_rows, ratio, torch_or_none, torch_thread_counts
 from benchmarks.forward import inputs, same_model, tuned_label
-from tfm.model import Transformer
-from tfm.train import TrainOptions
-from tfm.train_step import FlatAdam, TrainStep
+from tfm.nn.transformer import Transformer
+from tfm.training.trainer import TrainOptions
+from tfm.training.step import FlatAdam, TrainStep
 
 COLUMNS = ["bench", "config", "shape", "backend", "mode", "first_s", "median_ms", "torch_ms", "ratio", "cpu_ms", "cpu_ratio",
            "max_abs_diff", "kernels", "gflops", "cores", "load"]
@@ -43,7 +43,7 @@ def run(args) -> list[dict]:
       print_rows(torch_rows, COLUMNS, header=False)
     params = model.parameters()
     with model.on_device():
-      opt = FlatAdam(params, lr=LR, b1=BETAS[0], b2=BETAS[1], eps=EPS, clip_norm=CLIP)   # as tfm.train.Trainer does
+      opt = FlatAdam(params, lr=LR, b1=BETAS[0], b2=BETAS[1], eps=EPS, clip_norm=CLIP)   # as tfm.training.trainer.Trainer does
     s, ti, y = (a.astype(np.int32) for a in (src, tgt_in, labels))
     losses: list[float] = []
     train_step = TrainStep(model, opt, SMOOTHING, (s.shape, ti.shape, y.shape))

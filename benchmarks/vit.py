@@ -17,9 +17,9 @@ from tinygrad import Device, Tensor, TinyJit
 
 from benchmarks.common import Timing, load_average, measure, print_rows, ratio, timed_torch, torch_or_none, torch_thread_counts
 from benchmarks.forward import counted
-from tfm import weights
+from tfm.io import weights
 from tfm.config import VISION_PRESETS, VisionConfig
-from tfm.vit import VisionTransformer
+from tfm.nn.vit import VisionTransformer
 
 COLUMNS = ["bench", "config", "shape", "backend", "mode", "first_s", "median_ms", "torch_ms", "ratio", "cpu_ms", "cpu_ratio",
            "max_abs_diff", "kernels", "gflops", "cores", "load"]

@@ -8,7 +8,7 @@ import argparse
 import sys
 
 import tfm
-from tfm.attention_map import cross_attention, plot
+from tfm.apps.attention_map import cross_attention, plot
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("text", help="the text to translate")

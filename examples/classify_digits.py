@@ -14,7 +14,7 @@ import sys
 import numpy as np
 
 import tfm
-from tfm.image_attention import image_attention
+from tfm.apps.image_attention import image_attention
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("images", nargs="*", help="image files (PNG, JPEG, ...) or .npy arrays")
@@ -28,7 +28,7 @@ paths, truth = list(args.images), {}
 try:
   if args.held_out:
     from PIL import Image
-    from tfm.train_vision import DIGIT_MAX, digits_split
+    from tfm.training.digits import DIGIT_MAX, digits_split
     split = digits_split()
     os.makedirs(args.out, exist_ok=True)
     for i in range(min(args.held_out, len(split.test_labels))):

@@ -14,9 +14,10 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from tinygrad.nn.state import get_state_dict
 
+from tfm.nn.base import unique_state
 import tfm
-from tfm import weights
-from tfm.subjects import random_arrays
+from tfm.io import weights
+from tfm.apps.subjects import random_arrays
 
 DEVICE = "CPU"
 
@@ -31,7 +32,7 @@ if "TFM_CACHE_DIR" not in os.environ:
 def randomize(model: tfm.Transformer, seed: int = 0) -> tfm.Transformer:
   """Give every parameter (biases, LayerNorm gains and biases, the pad row) random, non-trivial values: the seeded
   weights `tfm compare` uses for the tiny config."""
-  weights.assign(weights.unique_state(model), random_arrays(model.config, seed), f"random weights (seed {seed})")
+  weights.assign(unique_state(model), random_arrays(model.config, seed), f"random weights (seed {seed})")
   return model
 
 

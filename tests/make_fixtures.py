@@ -23,7 +23,7 @@ tests/fixtures/
   vit_<variant>.npz              pixels (2, C, H, W), expected last_hidden_state, logits (with a head) and every
                                  layer's attention weights (2, heads, tokens, tokens)
   digits_test.npz                the held-out split of scikit-learn's load_digits that the bundled classifier never saw
-                                 in training (tfm.train_vision.digits_split): 360 images (0..16) and their labels
+                                 in training (tfm.training.digits.digits_split): 360 images (0..16) and their labels
 
 The ViT variants (d_model 16, 4 heads, FFN 32, 2 layers): "c1" greyscale 8 x 8 in 4 x 4 patches, 3 classes; "c3" RGB
 12 x 12 in 4 x 4 patches, 5 named classes, relu, layer_norm_eps 1e-6; "model_c3" a ViTModel (no head, no pooler) with
@@ -176,8 +176,8 @@ def vit_fixture(variant: str, spec: dict, rng: np.random.Generator) -> None:
 
 
 def digits_fixture() -> None:
-  """The digits held out from training, as tfm.train_vision.digits_split draws them (needs scikit-learn)."""
-  from tfm.train_vision import digits_split
+  """The digits held out from training, as tfm.training.digits.digits_split draws them (needs scikit-learn)."""
+  from tfm.training.digits import digits_split
   split = digits_split()
   np.savez_compressed(os.path.join(HERE, "digits_test.npz"), images=split.test_images.astype(np.uint8), labels=split.test_labels.astype(np.uint8))
 

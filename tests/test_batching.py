@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import tfm
-from tfm import batching, cli, textfiles
+from tfm import cli
+from tfm.generation import batching
+from tfm.apps import textfiles
 from tfm.errors import InputError
 from tfm.generation import greedy_search
 
@@ -77,7 +79,7 @@ def test_a_streamed_translation_is_the_greedy_one_piece_by_piece(translator, alo
 
 
 def test_return_attention_gives_each_translations_cross_attention(translator, alone):
-  from tfm.attention_map import cross_attention
+  from tfm.apps.attention_map import cross_attention
   texts, attentions = translator.translate(TEXTS[:2], return_attention=True)
   assert texts == alone[0][:2]
   for text, weights in zip(TEXTS[:2], attentions):

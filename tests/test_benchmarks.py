@@ -13,7 +13,8 @@ from tinygrad.helpers import diskcache_get, VERSION, db_connection
 
 from benchmarks import common, report
 from benchmarks.__main__ import main as bench_main
-from tfm import tune
+from tfm.apps import tune
+from tfm.runtime import patches, tuned
 from tfm.config import PRESETS
 from tfm.cli import main as cli_main
 
@@ -87,14 +88,14 @@ def test_report_replaces_only_the_measured_section(results, tmp_path):
 
 def test_untuned_backend_gets_no_settings(tmp_path, monkeypatch):
   monkeypatch.setattr("tinygrad.helpers.CACHEDB", str(tmp_path / "cache.db"))
-  assert tune.tuned_settings("CPU") == {}
+  assert tuned.tuned_settings("CPU") == {}
 
 
 def test_tuned_backend_turns_beam_on_lookup_only(tmp_path, monkeypatch):
   monkeypatch.setattr("tinygrad.helpers.CACHEDB", str(tmp_path / "cache.db"))
-  tune._write_marker("CPU", {"beam": 2})
-  assert tune.tuned_settings("CPU") == {"BEAM": 2, "TFM_BEAM_LOOKUP_ONLY": 1}
-  assert tune.tuned_settings("CL") == {}
+  tune.write_marker("CPU", {"beam": 2})
+  assert tuned.tuned_settings("CPU") == {"BEAM": 2, "TFM_BEAM_LOOKUP_ONLY": 1}
+  assert tuned.tuned_settings("CL") == {}
 
 
 def beam_entries() -> int:
@@ -103,14 +104,22 @@ def beam_entries() -> int:
   except sqlite3.OperationalError: return 0  # no search has ever been stored
 
 
-def test_lookup_only_compiles_an_untuned_kernel_without_searching():
-  tune._install_lookup_only()
-  misses, before = tune.lookups.misses, beam_entries()
+@pytest.fixture
+def lookup_installed():
+  """tinygrad's beam_search wrapped as a tuned backend has it, tinygrad's own again after the test."""
+  installed = bool(patches._original)
+  yield patches.tuned_lookup
+  if not installed: patches.restore_beam_search()
+
+
+def test_lookup_only_compiles_an_untuned_kernel_without_searching(lookup_installed):
+  lookup_installed()
+  misses, before = patches.lookups.misses, beam_entries()
   x = Tensor(np.arange(37 * 29, dtype=np.float32).reshape(37, 29), device="CPU")
   with Context(BEAM=2, TFM_BEAM_LOOKUP_ONLY=1):
     total = (x * 3).sum(axis=1).numpy()
   np.testing.assert_allclose(total, np.arange(37 * 29).reshape(37, 29).sum(1) * 3, rtol=1e-6)
-  assert tune.lookups.misses > misses
+  assert patches.lookups.misses > misses
   assert beam_entries() == before  # a search stores its result: nothing was stored, so nothing was searched
 
 
@@ -119,15 +128,15 @@ def test_tune_rejects_a_zero_beam(capsys):
   assert "--beam must be at least 1" in capsys.readouterr().err
 
 
-def test_a_kernel_searched_from_the_default_stores_the_optimizations_a_later_lookup_applies(monkeypatch):
-  tune._install_lookup_only()
+def test_a_kernel_searched_from_the_default_stores_the_optimizations_a_later_lookup_applies(monkeypatch, lookup_installed):
+  lookup_installed(tune.search_from_default)
   monkeypatch.setattr(tune, "MIN_SEARCH_MS", 0.0)   # search even this small kernel
   stored, put = [], tune.diskcache_put
   monkeypatch.setattr(tune, "diskcache_put", lambda table, key, opts: (stored.append((key, opts)), put(table, key, opts)))
   x = Tensor(np.arange(61 * 45, dtype=np.float32).reshape(61, 45), device="CPU")
-  searched = tune.lookups.searched
+  searched = patches.lookups.searched
   with Context(BEAM=2, TFM_BEAM_LOOKUP_ONLY=0, IGNORE_BEAM_CACHE=1): total = (x * 5).sum(axis=1).numpy()
   np.testing.assert_allclose(total, np.arange(61 * 45).reshape(61, 45).sum(1) * 5, rtol=1e-6)
-  assert tune.lookups.searched > searched and stored   # searched from the default optimizations, whatever was stored
+  assert patches.lookups.searched > searched and stored   # searched from the default optimizations, whatever was stored
   key, opts = stored[-1]
   assert key["amt"] == 2 and diskcache_get("beam_search", key) == opts   # what a later lookup finds

@@ -18,9 +18,9 @@ import pytest
 from tinygrad import Tensor
 
 import tfm
-from tfm import cache
-from tfm.memory import download, to_device, upload
-from tfm.replay import CompiledStep
+from tfm.runtime import cache
+from tfm.runtime.memory import download, to_device, upload
+from tfm.runtime.replay import CompiledStep
 
 PYTHON = sys.executable
 probe_mod = importlib.import_module("backends.probe")   # `backends.probe` is the function
@@ -125,7 +125,7 @@ def test_a_cpu_kernel_split_over_cores_runs_its_slices_on_each_core_with_the_sam
   them at once, the calling thread and a helper each taking slices, and computes the same numbers."""
   import threading
 
-  from tfm import replay
+  from tfm.runtime import replay
   if replay._CORES.helpers < 1: pytest.skip("one core: nothing to split over")
   rng = np.random.default_rng(0)
   a, w = rng.standard_normal((32, 256), dtype=np.float32), rng.standard_normal((1024, 256), dtype=np.float32)
@@ -158,7 +158,7 @@ DECODE = textwrap.dedent("""
   import json, sys
   import numpy as np
   import tfm
-  from tfm import cache
+  from tfm.runtime import cache
   model = tfm.load(sys.argv[1], device="CPU")
   src = np.array(json.loads(sys.argv[2]), dtype=np.int32)
   greedy, greedy_scores = tfm.generate(model, src, max_len=8, return_scores=True)

@@ -14,7 +14,8 @@ import backends
 from backends import compare as bc
 from backends.kernels import nvrtc_path
 import tfm
-from tfm import compare, subjects
+from tfm.apps import compare
+from tfm.apps import subjects
 from tfm.cli import main
 
 X = np.arange(12, dtype=np.float32).reshape(3, 4) / 7

@@ -1,4 +1,4 @@
-"""tfm.cpu_kernels: the log-softmax over a vocabulary whose exponentials are a kernel of their own, compiled by tfm with
+"""tfm.runtime.cpu_kernels: the log-softmax over a vocabulary whose exponentials are a kernel of their own, compiled by tfm with
 scalar loads, equals the float64 one; below a vocabulary's size it is tinygrad's. The FFN's activations compiled the
 same way equal tinygrad's."""
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 from tinygrad import Context, Tensor
 from tinygrad.uop.ops import Ops
 
-from tfm.cpu_kernels import ELEMENTS, WIDE, activated, log_softmax, logsumexp
-from tfm.layers import _gelu, _swish
+from tfm.runtime.cpu_kernels import ELEMENTS, WIDE, activated, log_softmax, logsumexp
+from tfm.nn.layers import _gelu, _swish
 
 RNG = np.random.default_rng(0)
 

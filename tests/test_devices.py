@@ -1,4 +1,4 @@
-"""Several devices: choosing them (backends.select), laying a model over them (tfm.placement: data and tensor parallel),
+"""Several devices: choosing them (backends.select), laying a model over them (tfm.runtime.placement: data and tensor parallel),
 and what it computes there: the one-device model's numbers, ids and training steps, on two CPU devices ("CPU*2")."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from tinygrad import Tensor
 import backends
 import tfm
 from backends.registry import RUNS, BackendInfo, SelectionError
-from tfm import weights
+from tfm.io import weights
 from tfm.errors import InputError
-from tfm.memory import download, to_device, upload
+from tfm.runtime.memory import download, to_device, upload
 
 TWO = ("CPU", "CPU:1")
 SRC = np.array([[5, 9, 12, 33, 2, 0, 0], [7, 8, 9, 10, 11, 40, 2], [6, 6, 30, 2, 0, 0, 0], [40, 41, 42, 43, 44, 45, 2]], np.int32)
@@ -114,10 +114,10 @@ def test_generation_on_two_devices_gives_one_devices_ids_and_scores(tiny_model, 
 def test_a_data_parallel_decode_step_replays_each_devices_kernels_on_its_own_thread(split, monkeypatch):
   import threading
 
-  from tfm import replay
-  from tfm.generation import session as sessions
+  from tfm.runtime import replay
+  from tfm.generation import sessions_of
   tfm.generate(split["data"], SRC, beam_size=4, max_len=12)
-  session = next(s for s in sessions._SESSIONS[split["data"]].values() if s.beam == 4 and s.rows == 4)
+  session = next(s for s in sessions_of(split["data"]) if s.beam == 4 and s.rows == 4)
   step = session.steps[min(session.steps)].beam
   assert len(step.lanes) == 2 and {lane[0][5] for lane in step.lanes} == set(TWO)
   seen, launch = {}, replay._launch
@@ -132,8 +132,8 @@ def test_a_data_parallel_decode_step_replays_each_devices_kernels_on_its_own_thr
 def test_a_step_over_two_devices_is_stored_and_relaunched_per_device_on_new_buffers(tmp_path, monkeypatch):
   from tinygrad import Context
 
-  from tfm import cache
-  from tfm.replay import CompiledStep
+  from tfm.runtime import cache
+  from tfm.runtime.replay import CompiledStep
   monkeypatch.setenv("TFM_CACHE_DIR", str(tmp_path / "cache"))
   monkeypatch.delenv("TFM_CACHE", raising=False)
   def doubling():
@@ -171,7 +171,7 @@ def test_the_bundled_translator_on_two_devices_translates_as_on_one():
 
 
 def test_the_default_mode_is_data_parallel_below_the_size_bound(tiny_config):
-  from tfm import placement
+  from tfm.runtime import placement
   assert placement.choose(None, tiny_config, TWO) == "data"
   assert placement.choose(None, tfm.TransformerConfig.preset("big").replace(vocab_size=1_000_000), TWO) == "tensor"   # > 4 GB of float32
 
@@ -190,7 +190,7 @@ def test_a_split_that_cannot_work_is_refused_with_the_fix(tiny_config, make, say
 
 def test_data_parallel_training_follows_the_one_device_run():
   from test_train import OPTIONS, TINY
-  from tfm.train import Trainer
+  from tfm.training.trainer import Trainer
   one_layer = {**TINY, "n_encoder_layers": 1, "n_decoder_layers": 1}   # half the kernels of the tiny model to compile
   runs = {}
   for device in ("CPU", "CPU*2"):
@@ -203,7 +203,8 @@ def test_data_parallel_training_follows_the_one_device_run():
 
 
 def test_tfm_compare_checks_a_model_split_over_two_cpu_devices_against_the_oracle():
-  from tfm import compare, subjects
+  from tfm.apps import compare
+  from tfm.apps import subjects
   report = compare.run(subjects.tiny_subject(seed=1), "CPU,CPU*2", repeat=0, progress=False)
   split_run = report.runs[1]
   assert report.ok and split_run.backend.label == "CPU*2" and split_run.all_identical
@@ -212,7 +213,8 @@ def test_tfm_compare_checks_a_model_split_over_two_cpu_devices_against_the_oracl
 
 def test_tfm_compare_compile_checks_a_split_model_for_two_gpus_it_cannot_run():
   from backends.kernels import nvrtc_path
-  from tfm import compare, subjects
+  from tfm.apps import compare
+  from tfm.apps import subjects
   cuda = backends.probe("CUDA")
   if cuda.status != backends.COMPILE_ONLY or not nvrtc_path(): pytest.skip(f"CUDA is {cuda.status} here")
   (run,) = compare.run(subjects.tiny_subject(seed=1), "CUDA*2", repeat=0, progress=False).runs
@@ -221,17 +223,17 @@ def test_tfm_compare_compile_checks_a_split_model_for_two_gpus_it_cannot_run():
 
 
 def test_training_on_two_devices_with_dropout_is_refused_rather_than_repeating_its_masks():
-  from tfm.train import TrainOptions, Trainer
+  from tfm.training.trainer import TrainOptions, Trainer
   with pytest.raises(InputError, match="needs dropout=0"): Trainer("dates", "tiny", TrainOptions(steps=1, batch_size=8), device="CPU*2")
 
 
 def test_a_tensor_parallel_model_is_not_trained_and_the_trainer_splits_the_batch_instead(split):
-  from tfm.train_step import TrainStep
+  from tfm.training.step import TrainStep
   with pytest.raises(InputError, match="tensor-parallel model cannot be trained"): TrainStep(split["tensor"], None, 0.1, ((8, 5),))
 
 
 def test_the_beam_reorder_keeps_an_overflowed_row_from_its_sentences_other_beams():
-  from tfm.attention import KVCache
+  from tfm.nn.attention import KVCache
   cache = KVCache(4, 1, 3, 2, "CPU", group=2)
   kv = np.zeros(cache.kv.shape, np.float32)
   kv[:, 1, :, 0] = np.inf   # row 1 overflowed (a float16 cache can)

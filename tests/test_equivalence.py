@@ -2,9 +2,9 @@
 step's loss and gradients, greedy decoding, and float16 logits and greedy decoding where the device supports float16.
 
 Parametrised over every backend tfm knows, and the tiny model split over two CPU devices ("CPU*2": tensor parallel on
-the subject's batch of 3, tfm.compare.model_on); those that do not run here are skipped with the probe's reason. The fast
+the subject's batch of 3, tfm.apps.compare.model_on); those that do not run here are skipped with the probe's reason. The fast
 backends use the tiny config (the numerical contract is stated on it); the Python emulator, which interprets each
-kernel element by element, a very small one. Tolerances come from tfm.compare.TOLERANCE, the one place they live.
+kernel element by element, a very small one. Tolerances come from tfm.apps.compare.TOLERANCE, the one place they live.
 Each backend builds its model once (module-scoped cache): tinygrad compiles every kernel anew for each backend.
 """
 from __future__ import annotations
@@ -18,8 +18,10 @@ from tinygrad import Context, Tensor
 
 import backends
 from backends.compare import dtype_unsupported
-from tfm import compare, subjects, weights
-from tfm.compare import TOLERANCE
+from tfm.nn.base import unique_state
+from tfm.apps import compare
+from tfm.apps import subjects
+from tfm.apps.compare import TOLERANCE
 from tfm.generation import generate
 from tfm.reference import Reference
 
@@ -129,7 +131,7 @@ def training_step(cache, info):
   forward and backward per backend); dropout 0, so that every backend computes the same thing."""
   def run():
     m, s = model(cache, info), subject_for(info.name)
-    params = weights.unique_state(m)
+    params = unique_state(m)
     with backends.use(info), Context(TRAINING=1):
       logits = m(s.src, s.tgt[:, :-1])
       loss = logits.sparse_categorical_crossentropy(Tensor(s.tgt[:, 1:], device=m.device))

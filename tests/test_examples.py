@@ -15,11 +15,11 @@ from tinygrad.nn.state import get_state_dict
 import backends
 import tfm
 from tfm import cli
-from tfm.attention import MultiHeadAttention
-from tfm.attention_map import AttentionMap, attention_of, cross_attention, plot
+from tfm.nn.attention import MultiHeadAttention
+from tfm.apps.attention_map import AttentionMap, attention_of, cross_attention, plot
 from tfm.errors import InputError, WeightsError
 from tfm.reference import Reference, _softmax
-from tfm.tasks import get_task
+from tfm.training.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

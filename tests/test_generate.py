@@ -13,13 +13,13 @@ from numpy_beam import beam_search as reference_beam_search
 from tinygrad import Tensor, TinyJit
 
 import tfm
-from tfm import translator as translator_module
+from tfm.apps import translator as translator_module
 from tfm.cli import main
 from tfm.generation.ranking import best_continuations
-from tfm.tokenizer import CharTokenizer
+from tfm.io.tokenizer import CharTokenizer
 
 from tfm import generation as gen
-from tfm import linear
+from tfm.nn import linear
 ROWS, T_MAX = 4, 16  # the reference's forward passes always have this shape, so they compile once
 SRC = np.array([[5, 9, 12, 33, 41, 7, 8, 19, 3], [7, 8, 9, 10, 11, 0, 0, 0, 0], [60, 61, 62, 0, 0, 0, 0, 0, 0]], np.int32)
 
@@ -81,7 +81,7 @@ def test_cached_step_gives_the_full_forward_log_probs(model, full):
 
 
 def test_cache_mask_lets_position_pos_see_slots_up_to_pos_only():
-  mask = tfm.attention.KVCache(1, 1, 6, 2, DEVICE).mask(3).numpy()
+  mask = tfm.nn.attention.KVCache(1, 1, 6, 2, DEVICE).mask(3).numpy()
   np.testing.assert_array_equal(mask.reshape(-1), [True, True, True, True, False, False])
 
 
@@ -231,13 +231,13 @@ def test_generate_sees_weights_replaced_after_a_call(model):
 
 @contextlib.contextmanager
 def every_layer_packed(model):
-  """Decoding with every Linear layer of the tiny model packed (tfm.linear.Linear.pack: at real sizes they pack, the
+  """Decoding with every Linear layer of the tiny model packed (tfm.nn.linear.Linear.pack: at real sizes they pack, the
   tiny model's are below PACK_MIN), in sessions of their own."""
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(linear, "PACK_MIN", 0)
-    gen.session._SESSIONS.pop(model, None)
+    gen.forget_sessions(model)
     try: yield
-    finally: gen.session._SESSIONS.pop(model, None)
+    finally: gen.forget_sessions(model)
   for layer in linear.linear_layers(model): layer.unpack()
 
 

@@ -11,10 +11,12 @@ from conftest import DEVICE, randomize
 from tinygrad import Context, dtypes
 from tinygrad.nn.state import get_state_dict
 
+from tfm.nn.base import unique_state
 import tfm
-from tfm import stored, weights
+from tfm.io import stored
+from tfm.io import weights
 from tfm import generation as gen
-from tfm.linear import linear_layers, quantize_rows
+from tfm.nn.linear import linear_layers, quantize_rows
 
 SRC = np.array([[5, 9, 12, 33, 41, 7, 8, 2], [7, 8, 9, 10, 11, 2, 0, 0]], np.int32)
 TGT = np.array([[1, 20, 21, 22, 23, 24], [1, 30, 31, 32, 33, 34]], np.int32)
@@ -51,7 +53,7 @@ def dequantized(q8: tfm.Transformer) -> tfm.Transformer:
   """A float32 model whose Linear weights are the int8 model's rows times their scales (untied: the int8 generator
   is not the embedding)."""
   state = get_state_dict(q8)
-  arrays = {name: t.numpy().astype(np.float32) for name, t in weights.unique_state(q8).items() if not name.endswith(".scale")}
+  arrays = {name: t.numpy().astype(np.float32) for name, t in unique_state(q8).items() if not name.endswith(".scale")}
   for name, scale in state.items():
     if name.endswith(".scale"):
       weight = name[:-len("scale")] + "weight"
@@ -116,7 +118,7 @@ def test_an_int8_model_saves_as_int8_and_loads_back_exactly(pair, tmp_path):
   assert (tmp_path / "f.safetensors").stat().st_size < 0.6 * (tmp_path / "f32.safetensors").stat().st_size
   with pytest.raises(tfm.WeightsError, match="holds int8 weights: load it with dtype='int8'"): tfm.load(path, dtype="float16")
   with pytest.raises(tfm.WeightsError, match="holds int8 weights and the model is float"): weights.load_into(f32, path)
-  from tfm import subjects
+  from tfm.apps import subjects
   with pytest.raises(tfm.TfmError, match="holds int8 weights: compare the float file"): subjects.load_subject(str(path))
 
 

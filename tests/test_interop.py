@@ -17,7 +17,7 @@ from safetensors import safe_open
 import tfm
 from tfm.cli import main
 from tfm.interop import convert_marian, convert_torch_transformer, load_stacks, load_torch_transformer
-from tfm.layers import sinusoid_table
+from tfm.nn.layers import sinusoid_table
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MARIAN = FIXTURES / "marian_tiny"

@@ -1,4 +1,4 @@
-"""tfm.linear.product: the form a Linear's product takes per device and row count, and that every form is x @ w.T;
+"""tfm.nn.linear.product: the form a Linear's product takes per device and row count, and that every form is x @ w.T;
 packed weights (Linear.pack): their products, when they are read, and that they are no model state."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tinygrad.codegen.opt import Opt, OptOps
 from tinygrad.nn.state import get_state_dict
 from tinygrad.uop.ops import Ops
 
-from tfm.linear import LANES, PACK, PACK_MIN, WIDE, Linear, _packed_opts, pack_layers, packable, packed_products, product
+from tfm.nn.linear import LANES, PACK, PACK_MIN, WIDE, Linear, _packed_opts, pack_layers, packable, packed_products, product
 
 RNG = np.random.default_rng(0)
 

@@ -8,8 +8,8 @@ from reference import Reference
 from tinygrad import Context, Tensor
 
 import tfm
-from tfm.compare import TOLERANCE
-from tfm.layers import sinusoid_table
+from tfm.apps.compare import TOLERANCE
+from tfm.nn.layers import sinusoid_table
 
 FLOAT32_TOLERANCE = TOLERANCE["float32"]
 
@@ -154,7 +154,7 @@ def test_mismatched_batches_are_refused(tiny_model, batch):
 
 @pytest.mark.parametrize("head_dim", [7, 8])
 def test_a_decode_steps_attention_with_padded_values_is_scaled_dot_product_attention(head_dim):
-  from tfm.attention import attend_normalised_late, scaled_dot_product_attention, value_width, with_ones
+  from tfm.nn.attention import attend_normalised_late, scaled_dot_product_attention, value_width, with_ones
   rng = np.random.default_rng(0)
   q, k, v = (Tensor(rng.standard_normal((2, 3, n, head_dim), dtype=np.float32), device=DEVICE) for n in (1, 5, 5))
   mask = Tensor(np.array([True, True, False, True, False]).reshape(1, 1, 1, 5), device=DEVICE)

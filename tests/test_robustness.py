@@ -28,12 +28,16 @@ from tinygrad import Tensor
 from tinygrad.device import CompileError
 
 import backends
+from tfm.nn.base import unique_state
 import tfm
-from tfm import cli, commands, stored, weights
-from tfm.tokenizer import CharTokenizer
+from tfm import cli
+from tfm.cli import commands
+from tfm.io import stored
+from tfm.io import weights
+from tfm.io.tokenizer import CharTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-translator_mod = importlib.import_module("tfm.translator")
+translator_mod = importlib.import_module("tfm.apps.translator")
 select_mod = importlib.import_module("backends.select")
 probe_mod = importlib.import_module("backends.probe")
 
@@ -312,7 +316,7 @@ def test_randomly_damaged_files_load_exactly_or_raise_weights_error(small_file, 
       outcomes["refused"] += 1
       return
     outcomes["loaded"] += 1
-    loaded = {name: t.numpy() for name, t in weights.unique_state(model).items()}
+    loaded = {name: t.numpy() for name, t in unique_state(model).items()}
     assert loaded.keys() == arrays.keys()
     for name in arrays: np.testing.assert_array_equal(loaded[name], arrays[name], err_msg=name)
   check()
@@ -323,7 +327,7 @@ def test_randomly_damaged_files_load_exactly_or_raise_weights_error(small_file, 
 
 SLOW_WRITE = textwrap.dedent("""
   import os, sys, time
-  from tfm import stored
+  from tfm.io import stored
   real = stored.serialize_file
   def slow(specs, filename, metadata=None):
     # the real bytes, rewritten slowly in chunks: the kill lands while the temp file is half written
@@ -368,16 +372,16 @@ def test_a_save_killed_midway_leaves_the_previous_file(small_file, tmp_path):
   """)
   assert os.path.dirname(tmp) == str(tmp_path)  # the temp file sits beside the target, and only it was cut short
   assert path.read_bytes() == data
-  loaded = {name: t.numpy() for name, t in weights.unique_state(tfm.load(path, device=DEVICE)).items()}
+  loaded = {name: t.numpy() for name, t in unique_state(tfm.load(path, device=DEVICE)).items()}
   for name in arrays: np.testing.assert_array_equal(loaded[name], arrays[name], err_msg=name)
 
 
 def test_a_checkpoint_killed_midway_leaves_the_previous_one(tmp_path):
-  from tfm.train import Trainer
+  from tfm.training.trainer import Trainer
   out = tmp_path / "run"
   tmp, _ = kill_during_write(f"""
-    from tfm import stored
-    from tfm.train import Trainer, TrainOptions
+    from tfm.io import stored
+    from tfm.training.trainer import Trainer, TrainOptions
     trainer = Trainer("copy", "tiny", TrainOptions(eval_size=1), device="CPU", out={str(out)!r})
     stored.serialize_file = real                             # the first checkpoint is written in full
     trainer.save_checkpoint()

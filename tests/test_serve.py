@@ -4,7 +4,7 @@ error and the server goes on; a full queue is 503, a late answer 504; stop answe
 
 One server (port 0, CPU, batches of up to 4 rows, sources up to 32 tokens: 6 shapes to compile) serves most tests;
 the others run small servers on the same model, whose shapes are compiled by then. Tests that need the model thread
-busy hold tfm.translator.LOCK, which every model call takes: what is accepted meanwhile stays queued."""
+busy hold tfm.apps.translator.LOCK, which every model call takes: what is accepted meanwhile stays queued."""
 from __future__ import annotations
 
 import http.client
@@ -27,9 +27,9 @@ import pytest
 import tfm
 from tfm import cli
 from tfm.errors import InputError, WeightsError
-from tfm.serve import Server, batcher
-from tfm.tasks import get_task
-from tfm.translator import LOCK
+from tfm.apps.serve import Server, batcher
+from tfm.training.tasks import get_task
+from tfm.apps.translator import LOCK
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_SRC_LEN = 32   # the dates task's sources are at most 29 tokens
@@ -302,5 +302,5 @@ def test_stop_answers_every_accepted_request_and_accepts_no_more(translator, alo
 @pytest.mark.parametrize("field, value", [("timeout", float("inf")), ("batch_wait_ms", float("inf")), ("timeout", 1e10)])
 def test_waits_too_long_for_threading_are_refused_by_name(field, value):
   from tfm.errors import ConfigError
-  from tfm.serve.protocol import Options
+  from tfm.apps.serve.protocol import Options
   with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')} must be"): Options(**{field: value}).check()

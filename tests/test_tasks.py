@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from tfm.errors import InputError, WeightsError
-from tfm.tasks import DATE_FORMATS, FIRST_DATE, LAST_DATE, WEEKDAYS, format_date, get_task, held_out, ordinal
-from tfm.tokenizer import CharTokenizer
+from tfm.training.tasks import DATE_FORMATS, FIRST_DATE, LAST_DATE, WEEKDAYS, format_date, get_task, held_out, ordinal
+from tfm.io.tokenizer import CharTokenizer
 
 # independent readers for every format: datetime.strptime patterns (names match case-insensitively there)
 STRPTIME = ("%d %B %Y", "%B %d, %Y", "%b %d %Y", "%b %d, %Y", "%d %b %Y", "%d of %B, %Y", "%d of %B %Y",

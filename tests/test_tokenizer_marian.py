@@ -12,7 +12,7 @@ import pytest
 import sentencepiece
 
 import tfm
-from tfm.tokenizer import MarianTokenizer
+from tfm.io.tokenizer import MarianTokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SOURCE = ["the cat sat on the mat", "a dog ran in the park", "the bird sang a song", "we read books at night"]

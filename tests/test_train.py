@@ -11,15 +11,17 @@ from tinygrad import Context, Tensor
 import backends
 from backends.machine import cache_enabled
 import tfm
+from tfm.nn.base import unique_state
 from tfm import cli
 from tfm.config import PRESETS
+from tfm.files import BUNDLED_MODEL
 from tfm.errors import ConfigError, InputError, WeightsError
-from tfm.linear import Linear, _matmul_wt_gradient
-from tfm.tasks import get_task
-from tfm.tokenizer import CharTokenizer
-from tfm.train import Trainer, TrainOptions, encode_batch, evaluate, loss, noam_lr, resolve_config
+from tfm.nn.linear import Linear, _matmul_wt_gradient
+from tfm.training.tasks import get_task
+from tfm.io.tokenizer import CharTokenizer
+from tfm.training.trainer import Trainer, TrainOptions, encode_batch, evaluate, loss, noam_lr, resolve_config
 
-ASSETS = Path(tfm.__file__).parent / "assets"
+ASSETS = Path(BUNDLED_MODEL).parent
 # one set of options for every tiny run, so every trainer reuses the same compiled step
 STEPS = 400
 TINY = {**{k: v for k, v in PRESETS["tiny"].items() if k != "vocab_size"}, "dropout": 0.0}  # a step's loss can be recomputed
@@ -65,7 +67,7 @@ def test_the_reported_loss_is_the_one_before_the_update():
 
 
 def _weights(trainer: Trainer) -> dict[str, np.ndarray]:
-  return {k: v.numpy() for k, v in tfm.weights.unique_state(trainer.model).items()}
+  return {k: v.numpy() for k, v in unique_state(trainer.model).items()}
 
 
 def test_resume_continues_bit_for_bit(tmp_path):
@@ -104,11 +106,11 @@ def test_a_training_step_agrees_on_cpu_and_cl():
   # one layer of each kind is every kernel a step has, at half the OpenCL compile time of two
   trainer = Trainer("reverse", {**TINY, "n_encoder_layers": 1, "n_decoder_layers": 1}, OPTIONS, device="CPU", progress=False)
   models = {"CPU": trainer.model, "CL": tfm.Transformer(trainer.config, device="CL", initialise=False)}
-  tfm.weights.assign(tfm.weights.unique_state(models["CL"]), _weights(trainer), "the CPU model's weights")
+  tfm.io.weights.assign(unique_state(models["CL"]), _weights(trainer), "the CPU model's weights")
   batch = trainer.next_batch()
   results = {}
   for dev, model in models.items():
-    params = tfm.weights.unique_state(model)
+    params = unique_state(model)
     value = loss(model, *(Tensor(a, device=model.device) for a in batch))
     grads = value.gradient(*params.values())
     Tensor.realize(value, *grads)   # one schedule for them all
@@ -128,7 +130,7 @@ def test_linear_trains_with_its_own_gradient_and_it_is_the_matmul_gradient():
   xt = Tensor(x, device="CPU")
   with Context(TRAINING=1):
     y = layer(xt)
-    # under training the product is the function whose gradient tfm.linear writes; outside it, tinygrad's Linear
+    # under training the product is the function whose gradient tfm.nn.linear writes; outside it, tinygrad's Linear
     assert any(getattr(u.arg, "grad_fxn", None) is _matmul_wt_gradient for u in y.uop.toposort())
     dx, dw, db = y.gradient(xt, layer.weight, layer.bias, gradient=Tensor(g, device="CPU"))
   assert not any(getattr(u.arg, "grad_fxn", None) is _matmul_wt_gradient for u in layer(xt).uop.toposort())
@@ -140,10 +142,10 @@ def test_linear_trains_with_its_own_gradient_and_it_is_the_matmul_gradient():
 
 
 def test_training_gradients_are_autograds():
-  # the whole loss: gradients under training (tfm.linear's function, as the trainer's step runs) against tinygrad's own
+  # the whole loss: gradients under training (tfm.nn.linear's function, as the trainer's step runs) against tinygrad's own
   # autograd of the same graph outside training (dropout is 0, so the two forward passes are the same)
   trainer = Trainer("reverse", TINY, OPTIONS, device="CPU", progress=False)
-  params = tfm.weights.unique_state(trainer.model)
+  params = unique_state(trainer.model)
   batch = [Tensor(a, device="CPU") for a in trainer.next_batch()]
   grads = {}
   for training in (1, 0):

@@ -16,14 +16,16 @@ from tinygrad import Context
 
 import backends
 import tfm
-from tfm import compare, weights
-from tfm.classifier import BUNDLED_CLASSIFIER, Classifier
+from tfm.apps import compare
+from tfm.io import weights
+from tfm.apps.classifier import Classifier
+from tfm.files import BUNDLED_CLASSIFIER
 from tfm.cli import main
 from tfm.config import VISION_PRESETS
-from tfm.image_attention import attention_of, image_attention, rollout
+from tfm.apps.image_attention import attention_of, image_attention, rollout
 from tfm.interop import convert_vit
 from tfm.reference import VisionReference
-from tfm.train_vision import DIGIT_MAX, digits_pixels
+from tfm.training.digits import DIGIT_MAX, digits_pixels
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TOLERANCE = compare.TOLERANCE["float32"]
@@ -166,7 +168,7 @@ def test_bundled_classifier_reaches_its_accuracy_on_the_held_out_digits(digits):
 
 def test_held_out_fixture_is_the_split_training_never_saw():
   pytest.importorskip("sklearn", reason="scikit-learn not installed: the committed held-out split is used as it is")
-  from tfm.train_vision import digits_split
+  from tfm.training.digits import digits_split
   split, held_out = digits_split(), np.load(FIXTURES / "digits_test.npz")
   np.testing.assert_array_equal(split.test_images, held_out["images"])
   np.testing.assert_array_equal(split.test_labels, held_out["labels"])
@@ -308,7 +310,7 @@ def test_vit_benchmark_times_tfm_eager_and_jit(tmp_path):
 
 
 def test_digits_training_lowers_the_loss_and_saves_a_loadable_classifier(tmp_path):
-  from tfm.train_vision import DigitsSplit, DigitsTrainer, VisionTrainOptions
+  from tfm.training.digits import DigitsSplit, DigitsTrainer, VisionTrainOptions
   held_out = np.load(FIXTURES / "digits_test.npz")
   images, labels = held_out["images"].astype(np.float32), held_out["labels"].astype(np.int64)
   split = DigitsSplit(images[:300], labels[:300], images[300:], labels[300:])   # no scikit-learn needed

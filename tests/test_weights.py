@@ -15,8 +15,11 @@ from safetensors.numpy import save_file
 from tinygrad import dtypes
 
 import backends
+from tfm.nn.base import unique_state
 import tfm
-from tfm import memory, stored, weights
+from tfm.runtime import memory
+from tfm.io import stored
+from tfm.io import weights
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +67,7 @@ def test_config_and_format_version_travel_in_the_metadata(saved, tiny_model):
 
 def test_generation_config_travels_in_the_metadata(tiny_model, tmp_path):
   path = tmp_path / "g.safetensors"
-  arrays = {name: t.numpy() for name, t in weights.unique_state(tiny_model).items()}
+  arrays = {name: t.numpy() for name, t in unique_state(tiny_model).items()}
   weights.write(path, arrays, tiny_model.config, generation_config={"num_beams": 4, "bad_words_ids": [[0]]})
   assert weights.read(path).generation_config == {"num_beams": 4, "bad_words_ids": [[0]]}
 
@@ -96,7 +99,7 @@ def test_float16_storage_halves_the_file_and_rounds_each_value(tiny_model, saved
 
 
 def test_values_beyond_float16_are_refused_not_stored_as_inf(tiny_model, tmp_path):
-  arrays = {name: t.numpy() for name, t in weights.unique_state(tiny_model).items()}
+  arrays = {name: t.numpy() for name, t in unique_state(tiny_model).items()}
   arrays["encoder.layers.0.ffn.fc2.bias"] = arrays["encoder.layers.0.ffn.fc2.bias"] + 7e4
   with pytest.raises(tfm.WeightsError, match="encoder.layers.0.ffn.fc2.bias has values up to 7e\\+04, beyond what float16 holds"):
     weights.write(tmp_path / "h.safetensors", arrays, tiny_model.config, dtype="float16")
@@ -239,11 +242,11 @@ class Handout(Mapping):
 def test_loading_holds_one_array_at_a_time(tiny_model, device):
   # OpenCL keeps a copy's host array until its queue has run: without draining it, every array was alive at the end
   if not backends.probe(device).runs: pytest.skip(f"{device} does not run here")
-  arrays = Handout({name: t.numpy() for name, t in weights.unique_state(tiny_model).items()})
+  arrays = Handout({name: t.numpy() for name, t in unique_state(tiny_model).items()})
   model = tfm.Transformer(tiny_model.config, device=device, initialise=False)
-  weights.assign(weights.unique_state(model), arrays, "handed out")
+  weights.assign(unique_state(model), arrays, "handed out")
   assert len(arrays) > 20 and arrays.most <= 2
-  for name, t in weights.unique_state(model).items(): np.testing.assert_array_equal(t.numpy(), arrays.arrays[name])
+  for name, t in unique_state(model).items(): np.testing.assert_array_equal(t.numpy(), arrays.arrays[name])
 
 
 def test_a_file_replaced_after_it_was_checked_is_refused_not_read_half_new(tiny_model, tmp_path):

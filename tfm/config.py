@@ -1,9 +1,9 @@
-"""TransformerConfig: the single source of every size in the model, with the paper's presets."""
+"""TransformerConfig and VisionConfig: the single source of every size in a model, with named presets."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, TypeVar
 
 from tfm.errors import ConfigError
 
@@ -11,10 +11,19 @@ ACTIVATIONS = ("relu", "gelu", "swish")
 POSITIONAL_LAYOUTS = ("interleaved", "half_split")
 
 
-class Fields:
-  """What every config does with its fields: replace some, and to and from a dict (unknown fields are named)."""
+C = TypeVar("C", bound="Fields")
 
-  def replace(self, **changes: Any) -> Self: return dataclasses.replace(self, **changes)
+
+class Fields:
+  """What every config does with its fields: check the encoder's, replace some, to and from a dict (unknown fields
+  are named), and build a named preset. Subclasses are frozen dataclasses with d_model, n_heads, dropout, activation
+  and layer_norm_eps (the encoder stack reads these from either config)."""
+  PRESETS: ClassVar[dict[str, dict[str, Any]]]
+  PRESET_KIND: ClassVar[str]
+  d_model: int
+  n_heads: int
+
+  def replace(self: C, **changes: Any) -> C: return dataclasses.replace(self, **changes)
 
   def check_integers(self, positive: tuple[str, ...], counts: tuple[str, ...]) -> None:
     """Sizes must be positive integers and counts (of layers, of labels) integers >= 0: else an error naming the field."""
@@ -23,10 +32,30 @@ class Fields:
         value = getattr(self, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < least: raise ConfigError(f"{name}={value!r} must be {what}")
 
+  def check_encoder(self) -> None:
+    """The fields every encoder layer reads: heads that divide d_model, a dropout rate, an activation, an epsilon."""
+    if self.d_model % self.n_heads != 0:
+      raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
+                        f"each head gets d_model / n_heads features; pick n_heads among the divisors of {self.d_model}")
+    if not 0.0 <= self.dropout < 1.0: raise ConfigError(f"dropout={self.dropout!r} must be in [0, 1)")
+    if self.activation not in ACTIVATIONS:
+      raise ConfigError(f"activation={self.activation!r} is not supported; choose one of {', '.join(ACTIVATIONS)}")
+    if not self.layer_norm_eps > 0: raise ConfigError(f"layer_norm_eps={self.layer_norm_eps!r} must be > 0")
+
+  @property
+  def head_dim(self) -> int: return self.d_model // self.n_heads
+
   def to_dict(self) -> dict[str, Any]: return dataclasses.asdict(self)
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> Self:
+  def preset(cls: type[C], name: str, **overrides: Any) -> C:
+    """A named configuration (the class's PRESETS), with fields overridden."""
+    if name not in cls.PRESETS:
+      raise ConfigError(f"unknown {cls.PRESET_KIND} {name!r}; choose one of {', '.join(cls.PRESETS)}")
+    return cls(**{**cls.PRESETS[name], **overrides})
+
+  @classmethod
+  def from_dict(cls: type[C], d: dict[str, Any]) -> C:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown: raise ConfigError(f"unknown config field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
@@ -65,27 +94,16 @@ class TransformerConfig(Fields):
 
   def __post_init__(self):
     self.check_integers(("vocab_size", "d_model", "n_heads", "d_ff", "max_len"), ("n_encoder_layers", "n_decoder_layers"))
-    if self.d_model % self.n_heads != 0:
-      raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
-                        f"each head gets d_model / n_heads features; pick n_heads among the divisors of {self.d_model}")
+    self.check_encoder()
     if self.d_model % 2 != 0:
       raise ConfigError(f"d_model={self.d_model} must be even: the sinusoidal table pairs a sine with a cosine")
-    if not 0.0 <= self.dropout < 1.0:
-      raise ConfigError(f"dropout={self.dropout!r} must be in [0, 1)")
-    if self.activation not in ACTIVATIONS:
-      raise ConfigError(f"activation={self.activation!r} is not supported; choose one of {', '.join(ACTIVATIONS)}")
     if self.positional not in POSITIONAL_LAYOUTS:
       raise ConfigError(f"positional={self.positional!r} is not supported; choose one of {', '.join(POSITIONAL_LAYOUTS)}")
-    if not self.layer_norm_eps > 0:
-      raise ConfigError(f"layer_norm_eps={self.layer_norm_eps!r} must be > 0")
     for name in ("pad_id", "bos_id", "eos_id", "decoder_start_id"):
       value = getattr(self, name)
       if value is None and name == "decoder_start_id": continue
       if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < self.vocab_size:
         raise ConfigError(f"{name}={value!r} is out of range for vocab_size={self.vocab_size} (must be in [0, {self.vocab_size - 1}])")
-
-  @property
-  def head_dim(self) -> int: return self.d_model // self.n_heads
 
   @property
   def use_final_norm(self) -> bool: return self.norm_first if self.final_norm is None else self.final_norm
@@ -95,16 +113,9 @@ class TransformerConfig(Fields):
     """The first decoder input: bos, unless the checkpoint starts from another id (Marian starts from pad)."""
     return self.bos_id if self.decoder_start_id is None else self.decoder_start_id
 
-  @classmethod
-  def preset(cls, name: str, **overrides: Any) -> TransformerConfig:
-    """A named configuration, with fields overridden: "base" and "big" (the paper's table 3), "tiny" (tests), "small"
-    (the bundled model's size), "medium" (the train-step benchmark's)."""
-    if name not in PRESETS:
-      raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return cls(**{**PRESETS[name], **overrides})
 
-
-
+# "base" and "big" (the paper's table 3), "tiny" (tests), "small" (the bundled model's size), "medium" (the train-step
+# benchmark's)
 PRESETS: dict[str, dict[str, Any]] = {
   "base": dict(d_model=512, n_heads=8, d_ff=2048, n_encoder_layers=6, n_decoder_layers=6, dropout=0.1),
   "big": dict(d_model=1024, n_heads=16, d_ff=4096, n_encoder_layers=6, n_decoder_layers=6, dropout=0.3),
@@ -122,7 +133,7 @@ class VisionConfig(Fields):
   through the Transformer's encoder.
 
   The encoder's fields have TransformerConfig's names (d_model, n_heads, d_ff, activation, layer_norm_eps, dropout), so
-  tfm.layers.EncoderLayer and tfm.model.Encoder build from either config; a ViT's encoder is always pre-norm with a
+  tfm.nn.layers.EncoderLayer and tfm.nn.transformer.Encoder build from either config; a ViT's encoder is always pre-norm with a
   final LayerNorm (`norm_first`, `use_final_norm`). Images are (num_channels, image_size, image_size); `image_mean` and
   `image_std` (one per channel, default 0.5) normalise pixels in [0, 1] as the model was trained on them; `labels`
   names the classes (empty: "0", "1", ...). num_labels=0 is an encoder without a classification head.
@@ -148,13 +159,7 @@ class VisionConfig(Fields):
     if self.image_size % self.patch_size != 0:
       raise ConfigError(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}: the patches must "
                         f"tile the image; pick a patch_size among the divisors of {self.image_size}")
-    if self.d_model % self.n_heads != 0:
-      raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: each head gets d_model / n_heads "
-                        f"features; pick n_heads among the divisors of {self.d_model}")
-    if not 0.0 <= self.dropout < 1.0: raise ConfigError(f"dropout={self.dropout!r} must be in [0, 1)")
-    if self.activation not in ACTIVATIONS:
-      raise ConfigError(f"activation={self.activation!r} is not supported; choose one of {', '.join(ACTIVATIONS)}")
-    if not self.layer_norm_eps > 0: raise ConfigError(f"layer_norm_eps={self.layer_norm_eps!r} must be > 0")
+    self.check_encoder()
     object.__setattr__(self, "labels", tuple(self.labels))   # JSON gives lists; tuples keep the config hashable
     if self.labels and len(self.labels) != self.num_labels:
       raise ConfigError(f"labels has {len(self.labels)} names but num_labels={self.num_labels}; give one name per class, or none")
@@ -177,9 +182,6 @@ class VisionConfig(Fields):
   def n_encoder_layers(self) -> int: return self.n_layers
 
   @property
-  def head_dim(self) -> int: return self.d_model // self.n_heads
-
-  @property
   def grid(self) -> int:
     """Patches along each side of the image."""
     return self.image_size // self.patch_size
@@ -196,15 +198,6 @@ class VisionConfig(Fields):
     """The name of class `index`."""
     return self.labels[index] if self.labels else str(index)
 
-  @classmethod
-  def preset(cls, name: str, **overrides: Any) -> VisionConfig:
-    """A named configuration, with fields overridden: "vit-ti16", "vit-s16", "vit-b16", "vit-l16" (224 x 224, 1000
-    classes), "vit-tiny" (tests), "digits" (the bundled 8 x 8 digits classifier's size)."""
-    if name not in VISION_PRESETS:
-      raise ConfigError(f"unknown vision preset {name!r}; choose one of {', '.join(VISION_PRESETS)}")
-    return cls(**{**VISION_PRESETS[name], **overrides})
-
-
 
 # ViT-B/16 and L/16: the ViT paper's table 1 (Dosovitskiy et al., 2021); Ti/16 and S/16: the smaller widths its authors
 # added later ("How to train your ViT", Steiner et al., 2022, as in DeiT). Every one at 224 x 224 with 16 x 16 patches.
@@ -218,3 +211,6 @@ VISION_PRESETS: dict[str, dict[str, Any]] = {
   "digits": dict(image_size=8, patch_size=2, num_channels=1, num_labels=10, d_model=64, n_heads=4, d_ff=128, n_layers=3,
                  labels=tuple(str(i) for i in range(10))),
 }
+
+TransformerConfig.PRESETS, TransformerConfig.PRESET_KIND = PRESETS, "preset"
+VisionConfig.PRESETS, VisionConfig.PRESET_KIND = VISION_PRESETS, "vision preset"

@@ -1,10 +1,16 @@
-"""Files and folders written whole or not at all: a temp file (or folder) beside the target, renamed into place."""
+"""Files and folders written whole or not at all (a temp file or folder beside the target, renamed into place), and
+where the models that ship with tfm are."""
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
 from typing import Callable
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")   # tfm/assets/README.md says how each was made
+BUNDLED_MODEL = os.path.join(ASSETS, "dates.safetensors")        # the dates translator, with its character vocabulary:
+BUNDLED_VOCAB = os.path.join(ASSETS, "dates.vocab.json")
+BUNDLED_CLASSIFIER = os.path.join(ASSETS, "digits.safetensors")  # the digits image classifier (tfm.training.digits)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:

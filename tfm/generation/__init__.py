@@ -26,11 +26,12 @@ Conventions follow Hugging Face `generate` where they apply, so imported Marian 
 
 Modules: settings (the knobs and their checks), session (device buffers, KV caches, compiled steps; `prepare`
 compiles ahead of time), search (greedy and beam search, and the functions below), rules (the host-side rules and
-sampling). The compiled steps are tfm.replay's.
+sampling), batching (id lists padded into batches). The compiled steps are tfm.runtime.replay's; `forget_sessions`
+drops a model's compiled sessions.
 """
 from tfm.generation.search import beam_search, generate, generate_tokens, greedy_search, incremental_logprobs, lengths_to_eos
-from tfm.generation.session import prepare
+from tfm.generation.session import SOURCE_BUCKET, forget_sessions, keep_sessions, prepare, sessions_of
 from tfm.generation.settings import GenerationSettings, resolve_settings
 
-__all__ = ["GenerationSettings", "beam_search", "generate", "generate_tokens", "greedy_search",
-           "incremental_logprobs", "lengths_to_eos", "prepare", "resolve_settings"]
+__all__ = ["GenerationSettings", "SOURCE_BUCKET", "beam_search", "forget_sessions", "generate", "generate_tokens", "greedy_search",
+           "incremental_logprobs", "keep_sessions", "lengths_to_eos", "prepare", "resolve_settings", "sessions_of"]

@@ -12,8 +12,8 @@ from tfm.generation import rules
 from tfm.generation.ranking import best_continuations, largest
 from tfm.generation.session import Session, Steps, encoded, steps_at
 from tfm.generation.settings import GenerationSettings, check, resolve_settings, rule_arrays
-from tfm.memory import download, host_view, upload
-from tfm.model import Transformer
+from tfm.runtime.memory import download, host_view, upload
+from tfm.nn.transformer import Transformer
 
 CHECK_EVERY = 4        # greedy decoding asks "all rows finished?" every this many steps (every step where that is free)
 

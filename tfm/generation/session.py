@@ -1,5 +1,5 @@
 """Decoding sessions: what decoding one shape of batch needs on the device (source ids, memory keys and values, KV
-caches, the step's inputs and outputs) and its compiled steps (tfm.replay), kept per model and reused by later
+caches, the step's inputs and outputs) and its compiled steps (tfm.runtime.replay), kept per model and reused by later
 batches of the same shape. A decode that outgrows its caches moves to caches twice as long."""
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import numpy as np
 from tinygrad import Tensor, UOp, dtypes
 from tinygrad.nn.state import get_state_dict
 
-from tfm.attention import KVCache, value_width
-from tfm.cpu_kernels import log_softmax, logsumexp
+from tfm.nn.attention import KVCache, value_width
+from tfm.runtime.cpu_kernels import log_softmax, logsumexp
 from tfm.errors import InputError
 from tfm.generation.settings import GenerationSettings, rule_arrays
-from tfm.linear import pack_layers, packed_products
-from tfm.memory import filled, upload
-from tfm.model import Transformer
-from tfm.placement import TENSOR, batch_axis
-from tfm.replay import CompiledStep
-from tfm.tune import tuned_entry
+from tfm.nn.linear import pack_layers, packed_products
+from tfm.runtime.memory import filled, upload
+from tfm.nn.transformer import Transformer
+from tfm.runtime.placement import TENSOR, batch_axis
+from tfm.runtime.replay import CompiledStep
+from tfm.runtime.tuned import tuned_entry
 
 SOURCE_BUCKET = 8      # sources are padded to a multiple of this, so nearby lengths share one compiled step
 FIRST_CACHE_LEN = 64   # caches start this long and double when a decode outgrows them
@@ -36,7 +36,7 @@ class Session:
     self.model_ref = weakref.ref(model)
     self.rows, self.beam, self.src_len, self.device = rows, beam, src_len, dev
     self.dtype = model.dtype
-    # on several devices (tfm.placement): a data-parallel model splits the rows (whole sentences with their beams on
+    # on several devices (tfm.runtime.placement): a data-parallel model splits the rows (whole sentences with their beams on
     # each device), a tensor-parallel one the heads; None: every buffer whole on each device (or one device)
     self.row_axis = batch_axis(model, rows)
     self.head_axis = 1 if model.parallel == TENSOR else None
@@ -55,7 +55,7 @@ class Session:
       # every step (0, or -inf for suppressed tokens) and for the forced step (0 for the forced token, -inf elsewhere)
       self.rules = filled((c.max_len,), dtypes.int32, dev)
       self.bias = filled((2, c.vocab_size), dtypes.float32, dev)
-    # products from packed weights (tfm.linear.Linear.pack) where they run faster; each prefill refreshes the copies,
+    # products from packed weights (tfm.nn.linear.Linear.pack) where they run faster; each prefill refreshes the copies,
     # so a decode always reads the weights as they are (a model trained between two decodes included)
     self.packed = pack_layers(model)   # (none on several devices: packable)
     self.steps: dict[int, Steps] = {}
@@ -184,6 +184,14 @@ def keep_sessions(model: Transformer, n: int) -> None:
   if not isinstance(n, int) or n < 1: raise InputError(f"keep_sessions needs a count >= 1, got {n!r}")
   _KEPT[model] = max(n, _KEPT.get(model, SESSIONS_PER_MODEL))
 
+def forget_sessions(model: Transformer) -> None:
+  """Drop every decoding session `model` keeps: its next decode builds (or loads from the cache) its steps anew."""
+  _SESSIONS.pop(model, None)
+
+def sessions_of(model: Transformer) -> list[Session]:
+  """The decoding sessions `model` keeps now, least recently used first (benchmarks and tests inspect their steps)."""
+  return list(_SESSIONS.get(model, {}).values())
+
 def session_for(model: Transformer, rows: int, beam: int, src_len: int) -> Session:
   """The model's session for this shape (least recently used ones are dropped), rebuilt if its weights were replaced."""
   params = model.parameters()
@@ -228,7 +236,7 @@ def prepare(model: Transformer, batch_sizes: tuple[int, ...] = (1,), beam_sizes:
   sources of up to max_src_len tokens (default: 64, at most config.max_len) can use: the encoder pass of each source
   bucket and the decode step of each cache length its output budget reaches. `source_lengths` prepares the buckets of
   just those lengths instead (a server that pads its sources to a few lengths). Each lands in the compiled-program
-  cache (tfm.cache), so later processes start without compiling. Returns the number of steps prepared."""
+  cache (tfm.runtime.cache), so later processes start without compiling. Returns the number of steps prepared."""
   from tinygrad.helpers import tqdm
 
   from tfm.generation.rules import active as host_rules

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from tfm.errors import InputError
-from tfm.model import Transformer
+from tfm.nn.transformer import Transformer
 
 
 @dataclass(frozen=True)

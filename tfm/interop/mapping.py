@@ -12,6 +12,9 @@ import numpy as np
 from tfm.config import TransformerConfig, VisionConfig
 from tfm.errors import WeightsError
 
+# Hugging Face's activation names (hidden_act, activation_function) -> tfm's config.activation
+HF_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "swish", "silu": "swish"}
+
 
 @dataclass
 class Conversion:

@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from tfm import stored, weights
+from tfm.io import stored
+
+from tfm.io import weights
 from tfm.config import TransformerConfig
 from tfm.errors import ConfigError, WeightsError
-from tfm.interop.mapping import Conversion, checkpoint_file
-from tfm.layers import sinusoid_table
-from tfm.model import Transformer
+from tfm.interop.mapping import HF_ACTIVATIONS, Conversion, checkpoint_file
+from tfm.nn.layers import sinusoid_table
+from tfm.nn.transformer import Transformer
 
 # MarianConfig's defaults for the fields read here, for config.json files that leave some out
 DEFAULTS: dict[str, Any] = {
@@ -29,7 +31,6 @@ DEFAULTS: dict[str, Any] = {
   "decoder_start_token_id": 58100, "scale_embedding": False, "pad_token_id": 58100, "eos_token_id": 0,
   "bos_token_id": None, "share_encoder_decoder_embeddings": True, "tie_word_embeddings": True,
 }
-ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "swish", "silu": "swish"}  # Marian's name -> tfm's
 POSITIONS = ("model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight")
 POSITION_TOLERANCE = 1e-3  # a stored table may be float16
 GENERATION_FIELDS = ("num_beams", "max_length", "max_new_tokens", "min_length", "min_new_tokens", "length_penalty",
@@ -74,9 +75,9 @@ def marian_config(hf: dict[str, Any], output_bias: bool) -> TransformerConfig:
   if hf["decoder_vocab_size"] not in (None, hf["vocab_size"]):
     raise WeightsError(f"config.json has decoder_vocab_size={hf['decoder_vocab_size']} != vocab_size={hf['vocab_size']}; "
                        f"tfm models have one vocabulary")
-  if hf["activation_function"] not in ACTIVATIONS:
+  if hf["activation_function"] not in HF_ACTIVATIONS:
     raise WeightsError(f"config.json has activation_function={hf['activation_function']!r}; tfm computes "
-                       f"{', '.join(ACTIVATIONS)} (gelu as the exact erf form)")
+                       f"{', '.join(HF_ACTIVATIONS)} (gelu as the exact erf form)")
   if not isinstance(hf["eos_token_id"], int):
     raise WeightsError(f"config.json has eos_token_id={hf['eos_token_id']!r}; tfm needs one eos id")
   start = hf["decoder_start_token_id"]
@@ -84,7 +85,7 @@ def marian_config(hf: dict[str, Any], output_bias: bool) -> TransformerConfig:
     return TransformerConfig(
       vocab_size=hf["vocab_size"], d_model=hf["d_model"], n_heads=hf["encoder_attention_heads"], d_ff=hf["encoder_ffn_dim"],
       n_encoder_layers=hf["encoder_layers"], n_decoder_layers=hf["decoder_layers"], dropout=float(hf["dropout"]),
-      max_len=hf["max_position_embeddings"], norm_first=False, activation=ACTIVATIONS[hf["activation_function"]],
+      max_len=hf["max_position_embeddings"], norm_first=False, activation=HF_ACTIVATIONS[hf["activation_function"]],
       layer_norm_eps=1e-5, scale_embedding=bool(hf["scale_embedding"]),
       tie_embeddings=bool(hf["share_encoder_decoder_embeddings"] and hf["tie_word_embeddings"]),
       positional="half_split", final_norm=False, output_bias=output_bias, pad_id=hf["pad_token_id"],

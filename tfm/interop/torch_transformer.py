@@ -15,12 +15,14 @@ import numpy as np
 from tinygrad import Context, Tensor
 from tinygrad.nn.state import get_state_dict
 
-from tfm import stored, weights
+from tfm.io import stored
+
+from tfm.io import weights
 from tfm.config import TransformerConfig
 from tfm.errors import InputError, WeightsError
 from tfm.interop.mapping import Conversion
-from tfm.model import Decoder, Encoder
-from tfm.placement import resolve_device
+from tfm.nn.transformer import Decoder, Encoder
+from tfm.runtime.placement import resolve_device
 
 # nn.Transformer's names inside one layer -> tfm's, per stack; "in_proj" entries are the packed q/k/v projections
 ENCODER_NAMES = {"self_attn.in_proj": "self_attn", "self_attn.out_proj": "self_attn.out_proj", "linear1": "ffn.fc1",

@@ -1,7 +1,7 @@
 """Import Vision Transformer checkpoints in the Hugging Face layout (ViTForImageClassification, ViTModel): config.json
 (model_type "vit") + model.safetensors, and preprocessor_config.json when the folder has one.
 
-A Hugging Face ViT in tfm's terms (tfm.vit): the Conv2d patch projection (d, C, p, p) is the patch embedding's
+A Hugging Face ViT in tfm's terms (tfm.nn.vit): the Conv2d patch projection (d, C, p, p) is the patch embedding's
 Linear weight (d, C*p*p), reshaped; class token, position embeddings, the pre-norm layers (layernorm_before,
 attention, layernorm_after, MLP), the final layernorm and the classifier map name for name. `qkv_bias: false` becomes
 zero query, key and value biases (the same function). What tfm's ViT does not compute is refused with the reason:
@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from tfm import stored, weights
+from tfm.io import stored
+
+from tfm.io import weights
 from tfm.config import VisionConfig
 from tfm.errors import ConfigError, WeightsError
-from tfm.interop.mapping import Conversion, checkpoint_file
-from tfm.vit import VisionTransformer
+from tfm.interop.mapping import HF_ACTIVATIONS, Conversion, checkpoint_file
+from tfm.nn.vit import VisionTransformer
 
 # ViTConfig's defaults for the fields read here, for config.json files that leave some out
 DEFAULTS: dict[str, Any] = {
@@ -29,7 +31,6 @@ DEFAULTS: dict[str, Any] = {
   "hidden_dropout_prob": 0.0, "layer_norm_eps": 1e-12, "image_size": 224, "patch_size": 16, "num_channels": 3,
   "qkv_bias": True,
 }
-ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "silu": "swish", "swish": "swish"}   # Hugging Face's name -> tfm's
 ARCHITECTURES = ("ViTForImageClassification", "ViTModel")
 # a layer's tensors: Hugging Face's name under encoder.layer.N -> tfm's under encoder.layers.N
 LAYER_NAMES = {
@@ -93,15 +94,15 @@ def _preprocessing(folder: str, channels: int) -> dict[str, tuple[float, ...]]:
 
 def vit_config(hf: dict[str, Any], num_labels: int, path: str) -> VisionConfig:
   """A ViT config.json (with ViTConfig's defaults) -> the VisionConfig that computes the same function."""
-  if hf["hidden_act"] not in ACTIVATIONS:
-    raise WeightsError(f"{path} has hidden_act={hf['hidden_act']!r}; tfm's ViT computes {', '.join(ACTIVATIONS)} "
+  if hf["hidden_act"] not in HF_ACTIVATIONS:
+    raise WeightsError(f"{path} has hidden_act={hf['hidden_act']!r}; tfm's ViT computes {', '.join(HF_ACTIVATIONS)} "
                        f"(gelu as the exact erf form)")
   size, patch = _square(hf, "image_size", path), _square(hf, "patch_size", path)
   try:
     return VisionConfig(image_size=size, patch_size=patch, num_channels=hf["num_channels"], num_labels=num_labels,
                         d_model=hf["hidden_size"], n_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
                         n_layers=hf["num_hidden_layers"], dropout=float(hf["hidden_dropout_prob"]),
-                        activation=ACTIVATIONS[hf["hidden_act"]], layer_norm_eps=float(hf["layer_norm_eps"]),
+                        activation=HF_ACTIVATIONS[hf["hidden_act"]], layer_norm_eps=float(hf["layer_norm_eps"]),
                         labels=_labels(hf, num_labels, path))
   except ConfigError as e:
     raise WeightsError(f"{path} does not describe a ViT tfm can build: {e}") from None

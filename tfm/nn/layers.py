@@ -1,0 +1,146 @@
+"""The Transformer's building blocks: positional encoding (3.5), the feed-forward network (3.3), and the
+encoder and decoder layers (3.1) with their residual connections and layer normalisation (Add & Norm)."""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import numpy as np
+from tinygrad import Tensor, nn
+
+from tfm.nn.attention import KVCache, MultiHeadAttention
+from tfm.config import TransformerConfig, VisionConfig
+from tfm.runtime.cpu_kernels import activated
+from tfm.nn.linear import Linear
+from tfm.runtime.memory import to_device
+
+
+def sinusoid_table(length: int, d_model: int, layout: str = "interleaved") -> np.ndarray:
+  """3.5 PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), as a float64 (length, d_model) array.
+
+  "interleaved" stores sin and cos in alternate features, as the paper writes it; "half_split" stores all sines
+  then all cosines, as Marian and fairseq do.
+  """
+  pos = np.arange(length, dtype=np.float64)[:, None]
+  freq = np.power(10000.0, -np.arange(0, d_model, 2, dtype=np.float64) / d_model)[None, :]
+  angles = pos * freq  # (length, d_model / 2)
+  if layout == "half_split": return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+  return np.stack([np.sin(angles), np.cos(angles)], axis=2).reshape(length, d_model)
+
+
+@functools.cache
+def _table_on(length: int, d_model: int, layout: str, device: str) -> Tensor:
+  # kept out of the model's attributes: a fixed table is not a weight and must not appear in the state dict
+  return to_device(sinusoid_table(length, d_model, layout), device)
+
+
+class PositionalEncoding:
+  """3.5 Positional encoding: a fixed sinusoidal table added to the embeddings (not learned, not saved)."""
+
+  def __init__(self, config: TransformerConfig, device: str):
+    self.max_len, self.d_model, self.layout, self.device = config.max_len, config.d_model, config.positional, device
+
+  def table(self) -> Tensor:
+    """The whole table (max_len, d_model) on the model's device, computed once per process and shape."""
+    return _table_on(self.max_len, self.d_model, self.layout, self.device)
+
+  def __call__(self, length: int, offset: int = 0) -> Tensor:
+    """Rows offset .. offset+length of the table: (length, d_model)."""
+    return self.table()[offset:offset + length]
+
+
+class FeedForward:
+  """3.3 Position-wise feed-forward network: fc2(activation(fc1(x))), applied to each position alike."""
+
+  def __init__(self, d_model: int, d_ff: int, activation: str):
+    self.fc1, self.fc2, self.activation = Linear(d_model, d_ff), Linear(d_ff, d_model), activation
+
+  def __call__(self, x: Tensor) -> Tensor:
+    h = self.fc1(x)
+    if self.activation == "relu": return self.fc2(h.relu())
+    # in a kernel of its own: fused into fc2's loads, each activation would be recomputed once per output feature
+    return self.fc2(activated(h, _gelu if self.activation == "gelu" else _swish))
+
+
+def _gelu(v):   # the exact erf form, as PyTorch and Marian use; on a Tensor or a UOp (tfm.runtime.cpu_kernels.activated)
+  return v.gelu(approximate="none")
+
+
+def _swish(v): return v.swish()
+
+
+class LayerNorm(nn.LayerNorm):
+  """Layer normalisation (the Norm of 3.1's Add & Norm) computed in float32 whatever the model's dtype, then cast
+  back: in float16 a mean, a variance and the affine step in half precision lose more than the tolerance, which is
+  why mixed-precision frameworks keep normalisation in float32 too. For a float32 model nothing changes."""
+
+  def __call__(self, x: Tensor) -> Tensor: return super().__call__(x.float()).cast(x.dtype)
+
+
+def layer_norm_one_pass(norm: LayerNorm, x: Tensor) -> Tensor:
+  """norm(x) with mean and variance from one reduction (E[x] and E[x^2], in float32 as LayerNorm): a kernel fewer per norm,
+  which is what a decode step's latency is made of. Agrees with LayerNorm to float32 rounding for activations whose
+  mean is not many standard deviations from zero, as a residual stream's is not."""
+  xf = x.float()
+  stats = Tensor.stack(xf, xf * xf).mean(-1, keepdim=True)
+  mean, var = stats[0], stats[1] - stats[0] * stats[0]
+  return ((xf - mean) * (var + norm.eps).rsqrt() * norm.weight.float() + norm.bias.float()).cast(x.dtype)
+
+
+def add_and_norm(x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: LayerNorm, norm_first: bool, dropout: float) -> Tensor:
+  """5.4 residual dropout and 3.1 Add & Norm: LayerNorm(x + Dropout(Sublayer(x))), or x + Dropout(Sublayer(LayerNorm(x))) pre-norm."""
+  if norm_first: return x + sublayer(norm(x)).dropout(dropout)
+  return norm(x + sublayer(x).dropout(dropout))
+
+
+class EncoderLayer:
+  """3.1 Encoder layer: self-attention, then the feed-forward network, each wrapped in Add & Norm (also a ViT's layer:
+  pre-norm, from a VisionConfig, which names the fields read here as TransformerConfig does)."""
+
+  def __init__(self, config: TransformerConfig | VisionConfig):
+    d, eps = config.d_model, config.layer_norm_eps
+    self.self_attn = MultiHeadAttention(d, config.n_heads)
+    self.self_attn_layer_norm = LayerNorm(d, eps=eps)
+    self.ffn = FeedForward(d, config.d_ff, config.activation)
+    self.final_layer_norm = LayerNorm(d, eps=eps)
+    self.norm_first, self.dropout = config.norm_first, config.dropout
+
+  def __call__(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    x = add_and_norm(x, lambda h: self.self_attn(h, h, mask), self.self_attn_layer_norm, self.norm_first, self.dropout)
+    return add_and_norm(x, self.ffn, self.final_layer_norm, self.norm_first, self.dropout)
+
+
+class DecoderLayer:
+  """3.1 Decoder layer: masked self-attention, attention over the encoder output (encoder_attn), then the FFN."""
+
+  def __init__(self, config: TransformerConfig):
+    d, eps = config.d_model, config.layer_norm_eps
+    self.self_attn = MultiHeadAttention(d, config.n_heads)
+    self.self_attn_layer_norm = LayerNorm(d, eps=eps)
+    self.encoder_attn = MultiHeadAttention(d, config.n_heads)
+    self.encoder_attn_layer_norm = LayerNorm(d, eps=eps)
+    self.ffn = FeedForward(d, config.d_ff, config.activation)
+    self.final_layer_norm = LayerNorm(d, eps=eps)
+    self.norm_first, self.dropout = config.norm_first, config.dropout
+
+  def __call__(self, x: Tensor, memory: Tensor, self_mask: Tensor | None, memory_mask: Tensor | None) -> Tensor:
+    x = add_and_norm(x, lambda h: self.self_attn(h, h, self_mask), self.self_attn_layer_norm, self.norm_first, self.dropout)
+    x = add_and_norm(x, lambda h: self.encoder_attn(h, memory, memory_mask), self.encoder_attn_layer_norm,
+                     self.norm_first, self.dropout)
+    return add_and_norm(x, self.ffn, self.final_layer_norm, self.norm_first, self.dropout)
+
+  def step(self, x: Tensor, cache: KVCache, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor | None, pos,
+           origin: Tensor | None = None) -> Tensor:
+    """One decode position x (N, 1, d) at position pos: self-attention over the cached slots 0..pos (this position's
+    keys and values are stored first), attention over memory's keys and values (projected once per source, values
+    with a ones column), the FFN. The same function as __call__ in fewer kernels (attend_step, layer_norm_one_pass)."""
+    def self_attention(h: Tensor) -> Tensor:
+      a = self.self_attn
+      keys, values = cache.update(a.split_heads(a.k_proj(h)), a.split_heads(a.v_proj(h)), pos, origin)
+      return a.attend_step(h, keys, values, cache.mask(pos))
+    def norm(ln: LayerNorm) -> Callable[[Tensor], Tensor]: return lambda h: layer_norm_one_pass(ln, h)
+    x = add_and_norm(x, self_attention, norm(self.self_attn_layer_norm), self.norm_first, self.dropout)
+    x = add_and_norm(x, lambda h: self.encoder_attn.attend_step(h, *memory_kv, memory_mask), norm(self.encoder_attn_layer_norm),
+                     self.norm_first, self.dropout)
+    return add_and_norm(x, self.ffn, norm(self.final_layer_norm), self.norm_first, self.dropout)
+

@@ -10,7 +10,7 @@ import time
 
 import backends
 import tfm
-from tfm.training.trainer import Trainer, TrainOptions
+from tfm import Trainer, TrainOptions
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--steps", type=int, default=400, help="optimizer steps (default: 400)")

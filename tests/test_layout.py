@@ -194,3 +194,12 @@ def test_imports_inside_functions_and_relative_ones_are_read(tmp_path, source):
   path.write_text(source)
   assert [(m, item) for m, item, _ in imports_of(path, package="tfm.nn")] == [("tfm.apps" if "translator" in source else "tfm",
                                                                               "translator" if "translator" in source else "cli")]
+
+
+def test_the_python_pyproject_requires_is_the_one_tinygrad_requires():
+  """pyproject's requires-python is what is true: the pinned tinygrad's own floor (0.14 needs 3.11), and this one runs."""
+  import re
+  from importlib.metadata import metadata
+  ours = re.search(r'^requires-python = "(.*?)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+  assert ours == metadata("tinygrad")["Requires-Python"]
+  assert sys.version_info >= tuple(int(x) for x in ours.lstrip(">=").split("."))

@@ -35,6 +35,7 @@ def _filled(bufs: list) -> list:
   import numpy as np
   from tinygrad.device import Buffer
   pattern = (np.random.default_rng(0).random(4096, dtype=np.float32) - 0.5).view(np.uint8)
+  # tinygrad-0.14: BEAM times candidates on untouched buffers: filled here through internal Buffer copies
   for b in bufs:
     if b is None: continue
     b.ensure_allocated()
@@ -47,6 +48,7 @@ def _seconds(k, bufs: list, var_vals: dict, reps: int = 5) -> float:
   import math
 
   from tinygrad.codegen.opt import search
+  # tinygrad-0.14: search._try_compile and _time_program are private (BEAM's own compile and timer)
   compiled = search._try_compile((0, k))[1]
   if compiled is None: return math.inf
   return min(search._time_program(compiled[0], var_vals, bufs, allow_test_size=False, cnt=reps))
@@ -57,6 +59,7 @@ def search_from_default(searching, s, rawbufs: list, var_vals: dict, amt: int, k
   from tinygrad import Context
 
   from tfm.runtime.replay import timed_as_replayed
+  # tinygrad-0.14: its BEAM starts from no optimizations and times slices one after the other: on CPU often slower than its defaults
   best = default = default_optimizations(s)
   with timed_as_replayed(s.ren.target.device), Context(CACHELEVEL=0):   # candidates' binaries are not worth keeping
     bufs = _filled(rawbufs)
@@ -69,7 +72,7 @@ def search_from_default(searching, s, rawbufs: list, var_vals: dict, amt: int, k
         if min(t for _, t in times) <= KEEP * min(t for t, _ in times):
           best = found
           lookups.improved += 1
-  diskcache_put("beam_search", key, best.applied_opts)
+  diskcache_put("beam_search", key, best.applied_opts)   # tinygrad-0.14: under beam_search's own cache key
   return best
 
 
@@ -113,6 +116,7 @@ def _untuned(model):
 def _kernel_calls(out) -> list:
   """The kernel calls (SINK ASTs) that realizing `out` would run, in order, deduplicated."""
   from tinygrad.uop.ops import Ops
+  # tinygrad-0.14: Tensor.linear_with_vars and CALL/SINK uops are internal (the kernels a realize runs)
   linear, _ = out.linear_with_vars()
   seen, calls = set(), []
   for call in linear.src:
@@ -172,6 +176,7 @@ def tune(model, batch: int = 8, length: int = 64, beam: int = 2, reps: int = 3, 
     tuned_lookup(search_from_default)
     start, misses, searched, improved = time.perf_counter(), lookups.misses, lookups.searched, lookups.improved
     for call in tqdm(calls, desc=f"BEAM={beam} on {backend}: forward", disable=not progress):
+      # tinygrad-0.14: engine.realize.compile_linear (internal) compiles one call, searching it under BEAM
       with model.on_device(), Context(BEAM=beam, TFM_BEAM_LOOKUP_ONLY=0): compile_linear(UOp(Ops.LINEAR, src=(call,)), beam=beam)
     forget_sessions(model)   # the decodes timed above keep compiled steps: compile them again, searching
     for k, b in tqdm(decodes, desc=f"BEAM={beam} on {backend}: decodes", disable=not progress or not decodes):

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_backends(sub) -> None:
   p = subcommand(sub, "backends", "list every tinygrad backend: runs here, compile-only, or unavailable (with the fix)",
-               "tfm backends --timeout 30")
+                  "tfm backends --timeout 30")
   from backends.probe import TIMEOUT
   p.add_argument("--timeout", type=float, default=TIMEOUT, help=f"seconds each probe may take (default: {TIMEOUT:g}, "
                  "or $TFM_PROBE_TIMEOUT)")
@@ -35,9 +35,9 @@ def add_backends(sub) -> None:
 
 def add_compare(sub) -> None:
   p = subcommand(sub, "compare", "run one model on every backend here (encoder output, logits, greedy and beam decoding), "
-               "check each against the float64 oracle and the reference backend, and time it; exits 1 when a backend "
-               "that runs is out of tolerance or decodes differently",
-               "tfm compare\n  tfm compare --model tiny --backends CPU,CL --dtype float16 --json compare.json")
+                  "check each against the float64 oracle and the reference backend, and time it; exits 1 when a backend "
+                  "that runs is out of tolerance or decodes differently",
+                  "tfm compare\n  tfm compare --model tiny --backends CPU,CL --dtype float16 --json compare.json")
   p.add_argument("--model", default=None, metavar="bundled|tiny|vit|digits|PATH|DIR",
                  help="the bundled model, the tiny config with random weights, the vit-tiny Vision Transformer with random "
                       "weights, the bundled digits classifier, a tfm .safetensors file, or a Marian or ViT checkpoint folder "
@@ -55,12 +55,12 @@ def add_compare(sub) -> None:
 
 def add_translate(sub) -> None:
   p = subcommand(sub, "translate", "translate texts with the bundled model, a tfm .safetensors file or a Marian checkpoint "
-               "folder: greedy decoding, or beam search with --beam; one line out per text, from the command line or a "
-               "file of texts, one per line",
-               "tfm translate \"3rd of March, 2021\" \"July 4, 1976\"\n"
-               "  tfm translate --model opus-mt-en-de/ --beam 4 --scores \"How are you?\"\n"
-               "  tfm translate --input dates.txt --output iso.txt --batch-size 64\n"
-               "  tfm translate --stream \"3rd of March, 2021\"")
+                  "folder: greedy decoding, or beam search with --beam; one line out per text, from the command line or a "
+                  "file of texts, one per line",
+                  "tfm translate \"3rd of March, 2021\" \"July 4, 1976\"\n"
+                  "  tfm translate --model opus-mt-en-de/ --beam 4 --scores \"How are you?\"\n"
+                  "  tfm translate --input dates.txt --output iso.txt --batch-size 64\n"
+                  "  tfm translate --stream \"3rd of March, 2021\"")
   p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to translate, batched together (or give --input)")
   p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",
                  help="the bundled dates model, a tfm .safetensors file (its NAME.vocab.json or vocab.json beside it) or a "
@@ -110,9 +110,9 @@ def add_translate(sub) -> None:
 
 def add_compile(sub) -> None:
   p = subcommand(sub, "compile", "compile a model's encoder and decode steps for the batch shapes you will translate, "
-               "and keep them in tfm's compiled-program cache: later `tfm translate` runs and apps start without "
-               "compiling (see `tfm cache info`)",
-               "tfm compile\n  tfm compile opus-mt-en-de/ --device CL --batch 1,8 --beam 4 --max-len 64")
+                  "and keep them in tfm's compiled-program cache: later `tfm translate` runs and apps start without "
+                  "compiling (see `tfm cache info`)",
+                  "tfm compile\n  tfm compile opus-mt-en-de/ --device CL --batch 1,8 --beam 4 --max-len 64")
   p.add_argument("model", nargs="?", default="bundled", metavar="MODEL",
                  help="bundled, a tfm .safetensors file or a Marian checkpoint folder (default: bundled)")
   p.add_argument("--device", default="auto", help="backend to compile for, as `tfm backends` lists them, or several "
@@ -128,8 +128,8 @@ def add_compile(sub) -> None:
 
 def add_cache(sub) -> None:
   p = subcommand(sub, "cache", "show or empty tfm's caches: compiled steps (`tfm compile`, and every run that compiles) "
-               "and backend probe results; TFM_CACHE_DIR moves them, TFM_CACHE=0 switches them off",
-               "tfm cache info\n  tfm cache clear")
+                  "and backend probe results; TFM_CACHE_DIR moves them, TFM_CACHE=0 switches them off",
+                  "tfm cache info\n  tfm cache clear")
   p.add_argument("action", choices=["info", "clear"], help="info: where and how big; clear: remove every entry")
   p.add_argument("--dir", default=None, metavar="FOLDER", help="a cache folder other than this environment's "
                  "(default: $TFM_CACHE_DIR, else the platform's cache folder)")
@@ -139,8 +139,8 @@ def add_cache(sub) -> None:
 def add_kernels(sub) -> None:
   from backends.kernels import LANGUAGES
   p = subcommand(sub, "kernels", "write the kernels of a model's forward pass (attention, layernorm, FFN) in a kernel "
-               "language, one file per kernel, without the hardware; CUDA is also compiled to PTX when NVRTC is present",
-               "tfm kernels --target cuda --out kernels/")
+                  "language, one file per kernel, without the hardware; CUDA is also compiled to PTX when NVRTC is present",
+                  "tfm kernels --target cuda --out kernels/")
   p.add_argument("--target", required=True, choices=sorted(LANGUAGES), help="kernel language to render")
   p.add_argument("--out", required=True, help="directory to write the kernel files into (created if missing)")
   p.add_argument("--config", default="tiny", help="preset of the model whose forward pass is rendered: a Transformer's (tiny, "
@@ -151,8 +151,8 @@ def add_kernels(sub) -> None:
 
 def add_convert(sub) -> None:
   p = subcommand(sub, "convert", "convert a Marian (opus-mt) or ViT checkpoint folder or a torch.nn.Transformer state dict "
-               "(.pt or .safetensors) into a tfm .safetensors file, listing how every tensor was mapped",
-               "tfm convert opus-mt-en-de/ --out en-de.safetensors\n  tfm convert transformer.pt --nhead 8 --out stacks.safetensors")
+                  "(.pt or .safetensors) into a tfm .safetensors file, listing how every tensor was mapped",
+                  "tfm convert opus-mt-en-de/ --out en-de.safetensors\n  tfm convert transformer.pt --nhead 8 --out stacks.safetensors")
   p.add_argument("src", help="a Marian or ViT checkpoint folder (config.json + model.safetensors) or a state dict file")
   p.add_argument("--out", required=True, help="the .safetensors file to write (replaced atomically)")
   p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "int8"],
@@ -167,9 +167,9 @@ def add_convert(sub) -> None:
 
 def add_tune(sub) -> None:
   p = subcommand(sub, "tune", "BEAM-search the kernels of a model's forward pass and decode steps (greedy batch 1, beam 4 batch 8) once "
-               "on this machine and cache those that beat tinygrad's defaults: "
-               "every later run on that backend uses the tuned kernels (TFM_TUNED=0 turns that off)",
-               "tfm tune --config base --backend CL\n  tfm tune --config model.safetensors --backend CPU --beam 2")
+                  "on this machine and cache those that beat tinygrad's defaults: "
+                  "every later run on that backend uses the tuned kernels (TFM_TUNED=0 turns that off)",
+                  "tfm tune --config base --backend CL\n  tfm tune --config model.safetensors --backend CPU --beam 2")
   p.add_argument("--config", default="base", help="a preset (base, big, tiny) or a saved model file (default: base)")
   p.add_argument("--backend", default="auto", help="backend to tune for, as `tfm backends` lists them (default: auto)")
   p.add_argument("--beam", type=int, default=2, help="BEAM search width: wider searches longer (default: 2)")
@@ -180,11 +180,11 @@ def add_tune(sub) -> None:
 
 def add_train(sub) -> None:
   p = subcommand(sub, "train", "train a Transformer on a synthetic task (teacher forcing, label smoothing, warmup schedule, "
-               "Adam); checkpoints go to --out every --checkpoint-every steps and --resume continues exactly where a run stopped",
-               "tfm train --task reverse --config tiny --steps 300 --out runs/reverse\n"
-               "  tfm train --task dates --config small --steps 3000 --batch-size 128 --device CPU --out runs/dates\n"
-               "  tfm train --out runs/dates --resume --steps 4000\n"
-               "  tfm train --task digits --steps 3000 --device CPU --out runs/digits    # the ViT digits classifier (scikit-learn)")
+                  "Adam); checkpoints go to --out every --checkpoint-every steps and --resume continues exactly where a run stopped",
+                  "tfm train --task reverse --config tiny --steps 300 --out runs/reverse\n"
+                  "  tfm train --task dates --config small --steps 3000 --batch-size 128 --device CPU --out runs/dates\n"
+                  "  tfm train --out runs/dates --resume --steps 4000\n"
+                  "  tfm train --task digits --steps 3000 --device CPU --out runs/digits    # the ViT digits classifier (scikit-learn)")
   p.add_argument("--task", default=None, choices=["dates", "copy", "reverse", "digits"],
                  help="what to learn (default: dates); digits trains a Vision Transformer on scikit-learn's load_digits "
                       "(tfm.training.digits: --config is then a vision preset, default digits)")
@@ -212,9 +212,9 @@ def add_train(sub) -> None:
 
 def add_classify(sub) -> None:
   p = subcommand(sub, "classify", "classify images with a Vision Transformer: the bundled digits classifier (8x8 greyscale, "
-               "white ink on black as scikit-learn's digits), a tfm .safetensors file of kind vit or a Hugging Face ViT "
-               "checkpoint folder; one line per image with its top-k labels and probabilities",
-               "tfm classify digit.png\n  tfm classify photo.jpg scan.png --model vit-checkpoint/ --resize --top-k 3")
+                  "white ink on black as scikit-learn's digits), a tfm .safetensors file of kind vit or a Hugging Face ViT "
+                  "checkpoint folder; one line per image with its top-k labels and probabilities",
+                  "tfm classify digit.png\n  tfm classify photo.jpg scan.png --model vit-checkpoint/ --resize --top-k 3")
   p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ... through Pillow) or .npy arrays "
                  "((H, W) or (H, W, C); uint8, or floats in [0, 1]), classified together")
   p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",
@@ -228,11 +228,11 @@ def add_classify(sub) -> None:
 
 def add_attention(sub) -> None:
   p = subcommand(sub, "attention", "translate one text and draw its cross-attention as a PNG: source tokens across, output "
-               "tokens down, the layer's mean over heads and one panel per head; or, with --image, classify one image and "
-               "draw where the class token looks (attention rollout over the layers) over it (needs matplotlib: pip install 'tfm[viz]')",
-               "tfm attention \"3rd of March, 2021\" --out map.png\n"
-               "  tfm attention \"12.10.2030\" --layer 0 --model runs/dates/model.safetensors --out layer0.png\n"
-               "  tfm attention --image digit.png --out rollout.png")
+                  "tokens down, the layer's mean over heads and one panel per head; or, with --image, classify one image and "
+                  "draw where the class token looks (attention rollout over the layers) over it (needs matplotlib: pip install 'tfm[viz]')",
+                  "tfm attention \"3rd of March, 2021\" --out map.png\n"
+                  "  tfm attention \"12.10.2030\" --layer 0 --model runs/dates/model.safetensors --out layer0.png\n"
+                  "  tfm attention --image digit.png --out rollout.png")
   p.add_argument("text", metavar="TEXT", nargs="?", default=None, help="the text to translate (or give --image)")
   p.add_argument("--image", default=None, metavar="IMAGE",
                  help="an image (PNG, JPEG, ... or .npy) to classify with a Vision Transformer instead of a text; --model "

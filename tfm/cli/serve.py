@@ -8,13 +8,13 @@ from tfm.cli.options import parse_sizes, subcommand
 
 def add_parser(sub) -> None:
   p = subcommand(sub, "serve", "serve a model over HTTP until SIGTERM or Ctrl-C: POST /translate as LibreTranslate's API "
-              "({\"q\": TEXT or [TEXTS], \"source\": ..., \"target\": ...} -> {\"translatedText\": ...}, plus beam_size, "
-              "alternatives and scores), GET /health (200 once warmed up), GET /info. Requests arriving together are decoded "
-              "together; warm-up first compiles every batch shape (row counts up to --max-batch x --beam x source lengths)",
-              "tfm serve                                     # the bundled dates model on http://127.0.0.1:8000\n"
-              "  curl -s localhost:8000/translate -H 'Content-Type: application/json' -d '{\"q\": \"3rd of March, 2021\"}'\n"
-              "  tfm serve --model opus-mt-en-de/ --source en --target de --beam 1,4 --max-batch 8 --port 5000\n"
-              "  tfm serve --host 0.0.0.0 --max-queue 64 --timeout 10     # reachable from other machines")
+                 "({\"q\": TEXT or [TEXTS], \"source\": ..., \"target\": ...} -> {\"translatedText\": ...}, plus beam_size, "
+                 "alternatives and scores), GET /health (200 once warmed up), GET /info. Requests arriving together are decoded "
+                 "together; warm-up first compiles every batch shape (row counts up to --max-batch x --beam x source lengths)",
+                 "tfm serve                                     # the bundled dates model on http://127.0.0.1:8000\n"
+                 "  curl -s localhost:8000/translate -H 'Content-Type: application/json' -d '{\"q\": \"3rd of March, 2021\"}'\n"
+                 "  tfm serve --model opus-mt-en-de/ --source en --target de --beam 1,4 --max-batch 8 --port 5000\n"
+                 "  tfm serve --host 0.0.0.0 --max-queue 64 --timeout 10     # reachable from other machines")
   from tfm.apps.serve import Options
   d = Options()
   p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",

@@ -157,7 +157,7 @@ class Steps:
       best, best_logit = ruled.argmax(-1), ruled.max(-1, keepdim=True)
       logprob = (s.rules[pos:pos + 1] == 2).where(0.0, best_logit - normaliser)  # a forced token has log-prob 0
       written = Tensor.stack(best.float(), logprob[:, 0]).reshape(2, -1, 1)
-      # a whole-buffer assign: a view assign would also make this step's read of slot pos see the new value
+      # tinygrad-0.14: a view assign would also make this step's read of slot pos see the new value: a whole-buffer assign
       slot = Tensor.arange(self.length + 1) == pos + 1
       self.trace.assign(slot.where(written, self.trace)).realize()
 
@@ -195,6 +195,7 @@ def sessions_of(model: Transformer) -> list[Session]:
 def session_for(model: Transformer, rows: int, beam: int, src_len: int) -> Session:
   """The model's session for this shape (least recently used ones are dropped), rebuilt if its weights were replaced."""
   params = model.parameters()
+  # tinygrad-0.14: uop.is_realized and uop.buffer (internal) identify the buffers a captured step reads
   if unrealized := [p for p in params if not p.uop.is_realized]: Tensor.realize(*unrealized)
   weights = tuple(id(p.uop.buffer) for p in params)  # captured steps read these buffers: a replaced one needs a new capture
   sessions = _SESSIONS.setdefault(model, OrderedDict())

@@ -138,7 +138,7 @@ class TorchTransformer:
 
   def on_device(self) -> contextlib.AbstractContextManager:
     """Build and compile kernels for the backend that was asked for (as Transformer.on_device)."""
-    return Context(DEV=self.target) if self.target else contextlib.nullcontext()
+    return Context(DEV=self.target) if self.target else contextlib.nullcontext()   # tinygrad-0.14: renderer picked from DEV at compile
 
   def state(self) -> dict[str, Tensor]:
     """The stacks' tensors under the names a "stacks" weight file uses (encoder.*, decoder.*)."""

@@ -28,8 +28,8 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tenso
   """softmax(Q K^T / sqrt(d_k)) over the keys: (B, H, Tq, hd) x (B, H, Tk, hd) -> (B, H, Tq, Tk)."""
   scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
   if mask is not None: scores = mask.where(scores, -math.inf) if mask.dtype == dtypes.bool else scores + mask
-  # in float32 whatever the dtype, as LayerNorm (tfm/layers.py); contiguous, else tinygrad fuses the softmax into
-  # `weights @ v` and recomputes each exponential once per value column (docs/PERFORMANCE.md)
+  # tinygrad-0.14: contiguous, else it fuses the softmax into `weights @ v` and recomputes each exponential once per
+  # value column (docs/PERFORMANCE.md); in float32 whatever the dtype, as LayerNorm (tfm/nn/layers.py)
   return scores.float().softmax(-1).cast(q.dtype).contiguous()
 
 
@@ -69,6 +69,7 @@ class MultiHeadAttention:
   def attend_step(self, x: Tensor, k: Tensor, v1: Tensor, mask: Tensor | None = None) -> Tensor:
     """`attend` for a decode step: values v1 carry a ones column (see `attend_normalised_late`). The heads are merged
     into a buffer of their own: read through the division and the merge, out_proj runs about 3 times slower."""
+    # tinygrad-0.14: read through the division and the merge, out_proj runs ~3x slower: heads merged into their own buffer
     out = self.merge_heads(attend_normalised_late(self.split_heads(self.q_proj(x)), k, v1, mask)).contiguous()
     return self.out_proj(out)
 
@@ -81,10 +82,10 @@ def attend_normalised_late(q: Tensor, k: Tensor, v1: Tensor, mask: Tensor | None
   `scaled_dot_product_attention(q, k, v1[..., :hd], mask)`."""
   scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
   if mask is not None: scores = mask.where(scores, -math.inf) if mask.dtype == dtypes.bool else scores + mask
-  # the softmax in float32 whatever the dtype, as in attention_weights (and tinygrad 0.14 cannot compile a float16
-  # max where it emulates float16: CPU:LLVM on Linux); the exponentials get their own kernel: fused into the weighted
-  # sum, each would be recomputed per value column
+  # the softmax in float32 whatever the dtype, as in attention_weights
+  # tinygrad-0.14: cannot compile a float16 max where it emulates float16 (CPU:LLVM on Linux)
   scores = scores.float()
+  # tinygrad-0.14: fused into the weighted sum, each exponential is recomputed per value column: their own kernel
   out = (scores - scores.max(-1, keepdim=True)).exp().cast(v1.dtype).contiguous() @ v1
   hd = q.shape[-1]
   return out[..., :hd] / out[..., hd:hd + 1]
@@ -94,6 +95,7 @@ def value_width(head_dim: int) -> int:
   """The width of values with their ones column (attend_normalised_late): head_dim + 1 rounded up to a multiple of 4,
   the zero columns making a row of outputs a whole number of vectors. At hd + 1 = 65 (opus-mt, base) tinygrad's CPU
   heuristics found no vector of outputs for the weighted sum and it ran about 5 times slower (docs/PERFORMANCE.md)."""
+  # tinygrad-0.14: at hd + 1 = 65 its CPU heuristics found no vector of outputs (5x slower)
   return -(-(head_dim + 1) // 4) * 4
 
 
@@ -126,6 +128,7 @@ class KVCache:
   def mask(self, pos) -> Tensor:
     """(1, 1, 1, length): the query at position pos sees slots 0..pos. Built explicitly because a top-left-aligned
     causal mask (`is_causal`) would let that one query see slot 0 only."""
+    # tinygrad-0.14: is_causal is top-left aligned (one query would see slot 0 only): mask built explicitly
     return (Tensor.arange(self.length) <= pos).reshape(1, 1, 1, self.length)
 
   def update(self, k: Tensor, v: Tensor, pos, origin: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -136,7 +139,7 @@ class KVCache:
     origin[i] of its own group held (beam search reorders its hypotheses every step)."""
     hd = k.shape[-1]
     if origin is not None: self.kv[:, :, :, :pos].assign(self._reordered(origin, pos))
-    # k and v made first: fused into the write, their two projections compile to one kernel several times slower
+    # tinygrad-0.14: k and v made first: fused into the write, their two projections compile to one kernel several times slower
     self.kv[:, :, :, pos:pos + 1, :hd].assign(Tensor.stack(k.contiguous(), v.contiguous()).cast(self.kv.dtype))  # (2, rows, H, 1, hd)
     return self.kv[0, :, :, :, :hd], self.kv[1]
 

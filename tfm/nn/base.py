@@ -65,6 +65,7 @@ class Model:
     """Every weight set to `initial_value`, drawn on the host (random kernels for every weight shape would cost
     seconds of compiling per model on each backend), following tinygrad's seed: `Tensor.manual_seed` repeats it.
     A tied matrix is initialised once, as the weight it first appears as."""
+    # tinygrad-0.14: random kernels for every weight shape cost seconds of compiling: weights drawn on the host
     rng = init_rng()
     for name, p in unique_state(self).items(): p.replace(like(self.initial_value(name, p.shape, rng), p))
 

@@ -58,7 +58,7 @@ class FeedForward:
   def __call__(self, x: Tensor) -> Tensor:
     h = self.fc1(x)
     if self.activation == "relu": return self.fc2(h.relu())
-    # in a kernel of its own: fused into fc2's loads, each activation would be recomputed once per output feature
+    # tinygrad-0.14: in a kernel of its own: fused into fc2's loads, each activation would be recomputed once per output feature
     return self.fc2(activated(h, _gelu if self.activation == "gelu" else _swish))
 
 

@@ -35,7 +35,7 @@ from tfm.runtime.memory import download, like, to_device
 
 
 def _matmul_wt_gradient(grad: UOp, call: UOp) -> tuple[UOp, UOp]:
-  x, w = (Tensor(u) for u in call.src[1:])  # the call's arguments, in matmul_wt's order
+  x, w = (Tensor(u) for u in call.src[1:])  # tinygrad-0.14: a function's CALL uop holds its arguments at src[1:]
   g = Tensor(grad)
   g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # (tokens, out), (tokens, in)
   dx = (g2 @ w).reshape(x.shape)
@@ -43,6 +43,7 @@ def _matmul_wt_gradient(grad: UOp, call: UOp) -> tuple[UOp, UOp]:
   return dx.uop, dw.uop
 
 
+# tinygrad-0.14: autograd's dW reduces over a strided axis, ~3x slower than a contiguous matmul
 @function(grad_fxn=_matmul_wt_gradient)
 def matmul_wt(x: Tensor, w: Tensor) -> Tensor:
   """x @ w.T, differentiated by `_matmul_wt_gradient`."""
@@ -66,9 +67,11 @@ def product(x: Tensor, w: Tensor) -> Tensor:
   rows, (out, k), float_weights = prod(x.shape[:-1]), w.shape, dtypes.is_float(w.dtype)
   w = w.cast(x.dtype)
   if not isinstance(rows, int) or not serial_reductions(x.device) or TRAINING: return x @ w.T
+  # tinygrad-0.14: a CPU reduction is one serial chain per output (no GROUP): split into LANES partial sums
   if k % LANES == 0 and (rows == 1 or (rows <= 4 and k >= out)):
     split = x.reshape(*x.shape[:-1], 1, k // LANES, LANES) * w.reshape(out, k // LANES, LANES)
     return split.sum(-2, dtype=sum_acc_dtype(split.dtype)).sum(-1).cast(least_upper_dtype(x.dtype, w.dtype))
+  # tinygrad-0.14: its CPU heuristics run a vocabulary-wide x @ w.T faster as (w @ x^T)^T
   if rows >= 8 and out >= WIDE and float_weights: return (w @ x.reshape(rows, k).T).contiguous().T.reshape(*x.shape[:-1], out)
   return x @ w.T
 
@@ -104,6 +107,7 @@ def _packed_opts(rows: int, blocks: int, k: int, device: str) -> tuple[Opt, ...]
   at a time (four independent chains of additions; that product is bound by memory, not by the adder). A product of
   THREADED multiply-adds or more splits its blocks over as many of the device's threads as divide them. Measured in
   docs/PERFORMANCE.md, "Packed products"."""
+  # tinygrad-0.14: its heuristics give a packed product no vector of outputs: explicit UPCAST/THREAD options
   large = rows * blocks * PACK * k >= THREADED
   if rows == 1:
     opts, blocks = [Opt(OptOps.UPCAST, 1, PACK), Opt(OptOps.UPCAST, 0, 4)], blocks // 4
@@ -129,9 +133,10 @@ def packed_product(blocks: int, rows: int, k: int, out: int, scaled: bool, biase
     feature = (b * PACK + j).clip(0, out - 1)   # padding rows (zero weights) read the last row's scale and bias: sliced off
     if scaled: acc = acc * extra[0][feature].cast(dtypes.float32)
     if biased: acc = acc + extra[-1][feature].cast(dtypes.float32)
+    # tinygrad-0.14: a tensor expression's contiguous(arg=opts) is dropped when scheduled: a UOp custom kernel carries them
     info = KernelInfo(name=f"packed_{rows}_{blocks * PACK}_{k}", opts_to_apply=_packed_opts(rows, blocks, k, device))
     sink = y[r, b * PACK + j].store(acc.cast(y.dtype)).end(b, r, j).sink(arg=info)
-    return sink if rows == 1 else compiled_as_scalars(sink, device)
+    return sink if rows == 1 else compiled_as_scalars(sink, device)   # tinygrad-0.14: float4 loads (compiled_as_scalars)
   return kernel
 
 
@@ -161,6 +166,7 @@ class Linear(nn.Linear):
   scale: Tensor | None = None   # set by quantize(): the weight is then int8 and each output row has this scale
 
   def __init__(self, in_features: int, out_features: int, bias: bool = True):
+    # tinygrad-0.14: nn.Linear's lazy uniform init costs ms of graph building per layer: built empty
     self.weight = Tensor.empty(out_features, in_features)
     self.bias = Tensor.empty(out_features) if bias else None
 
@@ -226,7 +232,7 @@ class Linear(nn.Linear):
   def set_int8(self, rows: np.ndarray, scale: np.ndarray) -> None:
     """Make the weight these int8 rows (values in [-127, 127], any integer-valued array) and per-row scales, laid out
     over the weight's devices as it is (a weight split by rows has its scales split with them)."""
-    rows_axis = self.weight.uop.axis if isinstance(self.weight.device, tuple) else None
+    rows_axis = self.weight.uop.axis if isinstance(self.weight.device, tuple) else None   # tinygrad-0.14: shard axis only on uop.axis
     self.weight = like(np.asarray(rows).astype(np.int8), self.weight, dtypes.int8)
     self.scale = to_device(np.asarray(scale, np.float32), self.weight.device, axis=0 if rows_axis == 0 else None)
 
@@ -278,4 +284,4 @@ class Embedding(nn.Embedding):
   """tinygrad's Embedding (same weight name, same lookup) built with an unset table, as Linear is."""
 
   def __init__(self, vocab_size: int, embed_size: int):
-    self.weight = Tensor.empty(vocab_size, embed_size)
+    self.weight = Tensor.empty(vocab_size, embed_size)   # tinygrad-0.14: nn.Embedding's lazy init is slow (as Linear's)

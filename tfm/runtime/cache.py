@@ -32,7 +32,7 @@ from tfm.files import atomic_write
 
 MAGIC = b"tfm-compiled-step 1\n"
 SUFFIX = ".step"
-# tinygrad settings that do not change a kernel's code: left out of the key, so a debug run reuses entries
+# tinygrad-0.14: its settings (ContextVar names) that do not change a kernel's code: left out of the key, so a debug run reuses entries
 NOT_IN_KEY = {"DEBUG", "PROFILE", "VIZ", "CACHELEVEL", "CACHEDB", "CCACHE", "CAPTURE_PROCESS_REPLAY", "TRACEMETA",
               "TFM_BEAM_LOOKUP_ONLY_STATS", "TIMEOUT"}
 
@@ -87,6 +87,7 @@ def _settings() -> dict:
   variables are defined by modules tinygrad imports when a device opens; every step compiles or is restored after
   its model's device has opened, so a process that stored an entry and one that looks it up see the same set."""
   from tinygrad.helpers import ContextVar
+  # tinygrad-0.14: ContextVar._cache (private) is the registry of every setting
   return {k: v.value for k, v in sorted(ContextVar._cache.items()) if k not in NOT_IN_KEY and isinstance(v.value, (int, float, str))}
 
 
@@ -94,6 +95,7 @@ def key_for(parts: dict, target: str) -> dict:
   """The full key of an entry: the caller's parts (step, shapes, config, dtype) and what the kernels depend on besides.
   Call it where the step compiles (inside the model's on_device()), so that the settings are the ones in force."""
   from tinygrad import Device
+  # tinygrad-0.14: runtimes define more ContextVars when imported; Device.DEFAULT imports them all
   Device.DEFAULT   # noqa: B018 - resolving it imports every runtime, which defines more settings: before they are read
   return {**parts, "backend": fingerprint(target), "tinygrad": version("tinygrad"), "settings": _settings(),
           "tfm": _tfm_source(), "python": sys.version_info[:2]}

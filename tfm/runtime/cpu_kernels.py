@@ -15,6 +15,7 @@ import math
 from typing import Any, Callable
 
 from tinygrad import Device, Tensor, dtypes
+# tinygrad-0.14: codegen.to_program, Opt/OptOps and KernelInfo are internal (kernels compiled here)
 from tinygrad.codegen import to_program
 from tinygrad.codegen.opt import Opt, OptOps
 from tinygrad.helpers import TRAINING
@@ -28,12 +29,14 @@ WIDE = 8192
 def serial_reductions(device: Any) -> bool:
   """Whether tinygrad compiles a reduction for this device as one accumulator per output, added to in order: a
   renderer without local memory (CPU) has no GROUP option to split it, and C may not reorder float additions."""
+  # tinygrad-0.14: renderer.has_local False: no GROUP option, so each reduction is one serial accumulator
   return isinstance(device, str) and not Device[device].renderer.has_local
 
 
 def threads(device: str) -> int:
   """How many threads a kernel on this device can be split over (its THREAD option): the CPU's cores, else 1."""
   renderer = Device[device].renderer
+  # tinygrad-0.14: renderer.has_threads and global_max[0] give the THREAD option's split (NUM_CPU_THREADS on CPU)
   return renderer.global_max[0] if renderer.has_threads and renderer.global_max else 1
 
 
@@ -50,8 +53,8 @@ def compiled_as_scalars(sink: UOp, device: str) -> UOp:
   Compiled here rather than by tinygrad's pool of compiling processes, which build their own renderer (and so would
   group the loads again). Measured in docs/PERFORMANCE.md, "Packed products"."""
   renderer = copy.copy(Device[device].renderer)
-  renderer.supports_float4 = False
-  return to_program(sink, renderer)
+  renderer.supports_float4 = False   # tinygrad-0.14: float4 load grouping gives clang 4-wide arithmetic; no per-kernel switch
+  return to_program(sink, renderer)   # tinygrad-0.14: its compile pool would build its own renderer (float4 again)
 
 
 @functools.cache
@@ -60,6 +63,7 @@ def _rowwise(fn: Callable[..., Any], name: str, rows: int, n: int, device: str):
   the device's threads: an elementwise function in a plain loop, which clang vectorises whole. With an exponential in
   it (tinygrad's: a polynomial with checks for infinities and NaN), fused into a reduction or read through 4-wide
   loads, it stays mostly scalar."""
+  # tinygrad-0.14: its exp (polynomial, inf/NaN checks) fused or read through float4 loads stays scalar: own kernel
   def kernel(y: UOp, x: UOp, *per_row: UOp) -> UOp:
     r, i = UOp.range(rows, 0), UOp.range(n, 1)
     info = KernelInfo(name=f"{name}_{rows}_{n}", opts_to_apply=thread_opts(rows, device))
@@ -94,6 +98,7 @@ def logsumexp(x: Tensor) -> Tensor:
   m = x.max(-1, keepdim=True)
   if (rows := _rows_here(x, WIDE)) is None or x.shape[-1] < WIDE:   # (_rows_here: the shape is static)
     return m + (x - m).exp().sum(-1, keepdim=True).log()
+  # tinygrad-0.14: Tensor.logsumexp's exponentials fused into the sum run ~5x slower over a vocabulary on CPU
   return m + _rowwise_call(x, rows, _shifted_exp, "exp", m).sum(-1).reshape(m.shape).log()
 
 

@@ -36,13 +36,15 @@ def host_bytes(array: np.ndarray, dtype: DType) -> np.ndarray:
 
 
 def _copy_in(buf: Buffer, data: np.ndarray) -> None:
-  if not data.flags.writeable: data = data.copy()   # some runtimes (OpenCL) take the address of the host bytes
+  if not data.flags.writeable: data = data.copy()   # tinygrad-0.14: CL's copyin takes ctypes from_buffer of the host bytes (writable only)
+  # tinygrad-0.14: a PYTHON Buffer over the host bytes (opaque=) copied in: Tensor(array) would schedule a copy kernel
   buf.copy_from(Buffer("PYTHON", buf.size, buf.dtype, opaque=memoryview(data).cast("B")))
 
 
 def host_view(t: Tensor) -> np.ndarray | None:
   """t's device memory as a numpy array where the device is host memory (CPU), else None (also for several devices)."""
   if isinstance(t.device, tuple): return None
+  # tinygrad-0.14: Tensor.uop.buffer and allocator._as_buffer (private) give host memory zero-copy
   buf = t.uop.buffer
   if not hasattr(buf.allocator, "_as_buffer") or buf.dtype == dtypes.bfloat16: return None
   return np.frombuffer(buf.as_memoryview(force_zero_copy=True), dtype=np.dtype(buf.dtype.fmt)).reshape(t.shape)
@@ -58,6 +60,7 @@ def _parts(array: np.ndarray, devices: tuple[str, ...], axis: int | None) -> lis
 
 def sharding(t: Tensor) -> tuple[tuple[str, ...], int | None] | None:
   """(devices, axis) of a tensor over several devices (axis None: replicated); None for one device."""
+  # tinygrad-0.14: a multi-device tensor's shard axis is only on its uop (uop.axis)
   return (t.device, t.uop.axis) if isinstance(t.device, tuple) else None
 
 
@@ -68,11 +71,13 @@ def to_device(array: np.ndarray, device: Devices, dtype: DType | None = None, ax
   if dtype is None: dtype = dtypes.float32 if array.dtype.kind == "f" else getattr(dtypes, array.dtype.name)  # int32, uint8, bool, ...
   if isinstance(device, str):
     t = Tensor.empty(*array.shape, dtype=dtype, device=device)
+    # tinygrad-0.14: an empty tensor's Buffer (uop.buffer) allocated and written directly: no copy kernel
     t.uop.buffer.allocate()
     _copy_in(t.uop.buffer, host_bytes(array, dtype))
     return t
   parts = _parts(array, device, axis)
   t = Tensor.empty(*parts[0].shape, dtype=dtype, device=device)
+  # tinygrad-0.14: MultiBuffer .bufs written per device; uop.unshard(axis) makes the shards one sharded tensor
   for buf, part in zip(t.uop.buffer.bufs, parts):
     buf.allocate()
     _copy_in(buf, host_bytes(part, dtype))
@@ -91,6 +96,7 @@ def filled(shape: tuple[int, ...], dtype: DType, device: Devices, fill=0, axis: 
 
 def upload(t: Tensor, array: np.ndarray) -> None:
   """Write a host array into t's device buffer(s) in place (the compiled steps that read it keep reading it)."""
+  # tinygrad-0.14: uop.buffer (.bufs) written in place: the compiled steps keep their buffers
   if (placed := sharding(t)) is not None:
     for buf, part in zip(t.uop.buffer.bufs, _parts(np.broadcast_to(array, t.shape), *placed)): _copy_in(buf, host_bytes(part, buf.dtype))
   elif (view := host_view(t)) is not None: view[...] = array
@@ -106,6 +112,7 @@ def download(t: Tensor) -> np.ndarray:
   """A host copy of a realized device buffer (of a tensor over several devices: the whole array)."""
   if (placed := sharding(t)) is not None:
     devices, axis = placed
+    # tinygrad-0.14: a multi-device tensor's buffers (uop.buffer.bufs) read without a copy kernel
     bufs = t.uop.buffer.bufs
     if axis is None: return _read(bufs[0], t.shape)
     shape = tuple(n // len(devices) if i == axis else n for i, n in enumerate(t.shape))
@@ -117,4 +124,5 @@ def download(t: Tensor) -> np.ndarray:
 
 def drain(device: Devices) -> None:
   """Wait until the device(s) have run what was queued (OpenCL keeps a copy's host array alive until then)."""
+  # tinygrad-0.14: CL keeps each copyin's host bytes (pending_copyin) until synchronize
   for d in (device,) if isinstance(device, str) else device: Device[d].synchronize()

@@ -64,6 +64,7 @@ def default_optimizations(s):
   """The kernel with tinygrad's default optimizations, as BEAM=0 gets them (codegen/opt/postrange.apply_opts)."""
   from tinygrad.codegen.opt.heuristic import hand_coded_optimizations
   from tinygrad.uop.ops import Ops
+  # tinygrad-0.14: mirrors codegen/opt/postrange.apply_opts without BEAM (hand_coded_optimizations unless NOOPT or STAGE)
   if NOOPT or any(u.op is Ops.STAGE for u in s.ast.backward_slice): return s
   return hand_coded_optimizations(s.copy())
 
@@ -81,9 +82,10 @@ def tuned_lookup(on_miss: Callable | None = None) -> None:
 
   # tinygrad-0.14: beam_search has no lookup-only mode and always searches on a cache miss
   def beam_search(s, rawbufs, var_vals, amt, allow_test_size=True, disable_cache=None):
+    # tinygrad-0.14: beam_search's default binds IGNORE_BEAM_CACHE at import; read per call here
     if disable_cache is None: disable_cache = IGNORE_BEAM_CACHE.value   # read per call: Context(IGNORE_BEAM_CACHE=1) counts
     key = {"ast": s.ast.key, "amt": amt, "allow_test_size": allow_test_size, "device": s.ren.target.device,
-           "suffix": s.ren.suffix}  # the key beam_search itself stores its result under
+           "suffix": s.ren.suffix}  # tinygrad-0.14: the key beam_search itself stores its result under
     if not disable_cache and diskcache_get("beam_search", key) is not None:
       lookups.hits += 1
       return searching(s, rawbufs, var_vals, amt, allow_test_size, disable_cache)

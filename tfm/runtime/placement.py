@@ -89,6 +89,7 @@ def place(model: Any, state: dict[str, Tensor]) -> None:
     if axis is None: t.replace(Tensor.empty(*t.shape, dtype=t.dtype, device=devices))
     else:
       shard = tuple(n // len(devices) if i == axis else n for i, n in enumerate(t.shape))
+      # tinygrad-0.14: uop.unshard(axis) (internal) lays out an unset sharded weight without a shard kernel
       t.replace(Tensor(Tensor.empty(*shard, dtype=t.dtype, device=devices).uop.unshard(axis)))
 
 

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from tinygrad import Device, Tensor, TinyJit, UOp
 from tinygrad.device import Buffer
+# tinygrad-0.14: engine.realize internals (get_runtime, resolve_params, unwrap_multi) resolve captured kernels
 from tinygrad.engine.realize import get_runtime, resolve_params, unwrap_multi
 from tinygrad.helpers import DEBUG, NUM_CPU_THREADS, PROFILE, GlobalCounters
 from tinygrad.uop.ops import Ops
@@ -57,7 +58,7 @@ class CompiledStep:
     # on_device: the model's compile context (its renderer, its tuned kernels); TinyJit compiles what it captured
     # after fn returns, so the whole call runs inside it
     self.jit, self.variable, self.on_device = TinyJit(fn), variable, on_device
-    self.jit.cnt = 1   # capture on the first call: tinygrad's uncaptured first run would schedule everything twice
+    self.jit.cnt = 1   # tinygrad-0.14: TinyJit.cnt is internal; 1 captures on the first call (its uncaptured first run schedules twice)
     self.key_parts, self.named, self.target = key, named, target
     self.launches: list[Launch] | None = None
     self.lanes: list[list[Launch]] = []   # the launches by device, when they are on several
@@ -76,6 +77,7 @@ class CompiledStep:
         if self.launches and self.key_parts is not None and self.named is not None: self._store()
       return
     var_vals = {} if self.variable is None else {self.variable.expr: value}
+    # tinygrad-0.14: a kernel runs on the thread that launches it (CPU: one core per device): a thread per lane
     if len(self.lanes) > 1:
       running = [_thread_of(lane[0][5]).submit(_launch, lane, var_vals) for lane in self.lanes]
       wait(running)   # every lane finished (a failing one must not leave others writing the step's buffers), then errors
@@ -123,6 +125,7 @@ def _launch(launches: list[Launch], var_vals: dict, cores: bool = False) -> None
   (off for the lanes of several devices, which already keep the cores busy)."""
   for runtime, bufs, dims, info, device_vars, _ in launches:
     values = {**var_vals, **device_vars} if device_vars else var_vals
+    # tinygrad-0.14: TinyJit's replay costs tens of us of Python per kernel: launched directly (ProgramInfo.launch_dims, vals)
     global_size, local_size = dims or info.launch_dims(values)
     vals = info.vals(values) if info.vars else ()
     if cores and global_size[0] > 1 and (slot := _core_slot(runtime)) is not None: _CORES.run(runtime, bufs, vals, slot, global_size[0])
@@ -131,10 +134,12 @@ def _launch(launches: list[Launch], var_vals: dict, cores: bool = False) -> None
 
 def _core_slot(runtime) -> int | None:
   """Where a CPU program takes its core_id (tinygrad's THREAD option), if it has one."""
+  # tinygrad-0.14: CPUProgram.lvp and .runtimevars["core_id"] are internal (THREAD option slices)
   if getattr(runtime, "lvp", True) or not switches.cores(): return None
   return getattr(runtime, "runtimevars", {}).get("core_id")
 
 
+# tinygrad-0.14: CPUProgram.__call__ runs a kernel's THREAD slices one after the other on one thread
 class _Cores:
   """Helper threads that run the slices of one CPU kernel beside the calling thread.
 
@@ -161,7 +166,7 @@ class _Cores:
   def run(self, runtime, bufs: list, vals: tuple, slot: int, slices: int) -> None:
     if not self.helpers: return runtime(*bufs, global_size=(slices, 1, 1), vals=vals)
     if not self.started: self._start()
-    args = [b.va_addr for b in bufs] + list(vals)
+    args = [b.va_addr for b in bufs] + list(vals)   # tinygrad-0.14: CPUProgram.fxn takes c_uint64 buffer addresses, then vals
     def call(core: int) -> list:
       args[slot] = core
       return [ctypes.c_uint64(x) for x in args]
@@ -174,7 +179,7 @@ class _Cores:
     if errors: raise errors[0]
 
 
-_CORES = _Cores(max(0, NUM_CPU_THREADS.value - 1))   # as many slices as tinygrad makes
+_CORES = _Cores(max(0, NUM_CPU_THREADS.value - 1))   # tinygrad-0.14: as many slices as its CPU renderer makes (NUM_CPU_THREADS)
 
 
 @contextlib.contextmanager
@@ -194,6 +199,7 @@ def timed_as_replayed(device: str):
     start = time.perf_counter()
     _CORES.run(self, list(bufs), tuple(vals), slot, global_size[0])
     return time.perf_counter() - start if wait else None
+  # tinygrad-0.14: CPUProgram.__call__ patched while BEAM times kernels, so that their slices run at once
   CPUProgram.__call__ = call   # type: ignore[method-assign]
   try: yield
   finally: CPUProgram.__call__ = plain   # type: ignore[method-assign]
@@ -203,7 +209,7 @@ def _named_buffers(named: dict[str, Tensor]) -> dict[str, Buffer]:
   """The base buffer of each named tensor; a tensor over several devices gives one per device, as NAME@i."""
   out: dict[str, Buffer] = {}
   for name, t in named.items():
-    buf = t.uop.buffer
+    buf = t.uop.buffer   # tinygrad-0.14: Tensor.uop.buffer (a MultiBuffer's .bufs) is internal
     if hasattr(buf, "bufs"): out.update({f"{name}@{i}": b.base for i, b in enumerate(buf.bufs)})
     else: out[name] = buf.base
   return out
@@ -213,6 +219,7 @@ def _captured_calls(jit) -> list | None:
   """Each captured kernel as (device, PROGRAM ast, buffers in launch order, device variables), a kernel over several
   devices once per device; or None when the capture holds anything else (copies, graphs): then TinyJit replays it."""
   calls = []
+  # tinygrad-0.14: jit.captured.linear, its PROGRAM calls, resolve_params and unwrap_multi are internal
   for call in jit.captured.linear.src:
     ast = call.src[0]
     if ast.op is not Ops.PROGRAM: return None
@@ -232,6 +239,7 @@ def _launches(jit) -> list[Launch]:
   """The captured kernels as launches, resolved as tinygrad's exec_kernel resolves them ([] if they cannot be)."""
   calls = _captured_calls(jit)
   if calls is None: return []
+  # tinygrad-0.14: get_runtime and Buffer.get_buf resolve a call as engine/realize's exec_kernel does
   return [(get_runtime(device, ast), [b.get_buf(device) for b in bufs], _dims(ast.arg), ast.arg, device_vars, device)
           for device, ast, bufs, device_vars in calls]
 
@@ -258,12 +266,14 @@ def _describe(jit, names: dict[int, str]) -> dict:
                             "data": None if written_first else bytes(base.as_memoryview())})
         role = ("anonymous", bases[id(base)])
       refs.append((role, b.offset, b.size, b.dtype))
+    # tinygrad-0.14: PROGRAM.to_elf and ProgramInfo (globals, ins, outs) are internal
     kernels.append((device, ast.to_elf(), info, refs, device_vars))
   return {"kernels": kernels, "anonymous": anonymous}
 
 
 def _rebuild(described: dict, named: dict[str, Buffer]) -> tuple[list[Launch], list[Buffer]]:
   """Launches over this process's buffers for a described step, and the scratch/constant buffers they use."""
+  # tinygrad-0.14: rebuilt from internals: PYTHON Buffer copies (opaque=), Buffer(base=, offset=) views, Device.runtime(elf)
   anonymous = []
   for a in described["anonymous"]:
     buf = Buffer(a["device"], a["size"], a["dtype"]).allocate()

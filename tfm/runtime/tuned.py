@@ -65,6 +65,7 @@ def tuned_settings(backend: str) -> dict[str, int]:
   entry = _tuned_backends().get(backend)
   if not entry or not isinstance(entry.get("beam"), int) or entry["beam"] < 1: return {}
   tuned_lookup()
+  # tinygrad-0.14: BEAM's cache is read only while BEAM >= 1: BEAM on, with patches.tuned_lookup's lookup-only mode
   return {"BEAM": entry["beam"], "TFM_BEAM_LOOKUP_ONLY": 1}
 
 
@@ -77,6 +78,6 @@ def compiling_on(device, target: str | None) -> contextlib.AbstractContextManage
   """The block in which a model's kernels are built and compiled: tinygrad picks the renderer ("CPU:LLVM" rather than
   clang) from DEV when it compiles, so realize under this to get the backend that was asked for; the kernels
   `tfm tune` stored for this backend apply too."""
-  settings = {"DEV": target} if target else {}
+  settings = {"DEV": target} if target else {}   # tinygrad-0.14: the renderer is picked from DEV when kernels compile
   settings.update(tuned_settings(target or device))
   return Context(**settings) if settings else contextlib.nullcontext()

@@ -39,8 +39,8 @@ class FlatAdam(LAMB):
                clip_norm: float | None = None):
     super().__init__(params, lr, b1, b2, eps, weight_decay=0.0, adam=True, fused=True)
     self.clip_norm = clip_norm
-    # the state as realized buffers, written without kernels (tinygrad's are lazy zeros and ones, realized by the
-    # first step, which a compiled step's capture must not contain)
+    # tinygrad-0.14: the optimizer's state is lazy zeros and ones, realized by the first step, which a compiled step's
+    # capture must not contain: here realized buffers, written without kernels
     dev, n = self.device, self.pos_params[-1]
     self.m, self.v = [filled((n,), self.param_dtype, dev)], [filled((n,), self.param_dtype, dev)]
     self.b1_t, self.b2_t = filled((1,), dtypes.float32, dev, 1.0), filled((1,), dtypes.float32, dev, 1.0)
@@ -52,8 +52,10 @@ class FlatAdam(LAMB):
 
   def schedule_step(self) -> list[Tensor]:
     if not TRAINING: raise RuntimeError("FlatAdam.schedule_step needs Context(TRAINING=1), as tinygrad's optimizers do")
+    # tinygrad-0.14: Optimizer.schedule_step redone over LAMB's internals (pos_params, _step, _apply_update, buffers)
     pos = self.pos_params
     grads = Tensor.empty(pos[-1], dtype=self.param_dtype, device=self.device)
+    # tinygrad-0.14: the fused optimizer's Tensor.cat compiles to one kernel testing every element against every range
     for i, p in enumerate(self.params): grads[pos[i]:pos[i + 1]].assign(unwrap(p.grad).flatten().cast(self.param_dtype))
     if self.clip_norm is not None:
       grads = grads * (self.clip_norm / (grads.float().square().sum().sqrt() + 1e-6)).minimum(1.0).cast(grads.dtype)
@@ -80,7 +82,7 @@ class TrainStep:
       raise InputError("a tensor-parallel model cannot be trained: training splits the batch over the devices (data "
                        "parallel); build the model with parallel='data' (tfm.Trainer does)")
     if model.parallel is not None and c.dropout > 0:
-      # measured with tinygrad 0.14: replays of a step over several devices leave their RNG counters where the first
+      # tinygrad-0.14: (measured) replays of a step over several devices leave their RNG counters where the first
       # step put them, so every later step would draw the first step's dropout masks again
       raise InputError(f"training on several devices ({'+'.join(dev)}) needs dropout=0 (the config has {c.dropout}): tinygrad "
                        f"0.14 repeats the first step's dropout masks there; set dropout to 0, or train on one device")
@@ -88,8 +90,9 @@ class TrainStep:
     self.batch = [filled(shape, dtypes.int32, dev, c.pad_id, batch_axis(model, shape[0])) for shape in shapes]
     self.loss_out = filled((1,), dtypes.float32, dev)
     if c.dropout > 0: rng_state(dev)   # made before the capture, which must hold kernels only
-    # the RNG buffers the step reads (tinygrad's, until a Tensor.manual_seed replaces its tables), or None
+    # tinygrad-0.14: private RNG tables (Tensor._device_seeds, _device_rng_counters; manual_seed replaces them): the step's, or None
     self.rng = (Tensor._device_seeds[dev], Tensor._device_rng_counters[dev]) if dev in Tensor._device_seeds else None
+    # tinygrad-0.14: a sharded batch's axis is only on its uop (uop.axis)
     key = {"step": "train", "config": c.to_dict(), "dtype": str(model.generator.weight.dtype), "device": dev,
            "parallel": model.parallel, "rows split": self.batch[0].uop.axis == 0 if model.parallel else False,
            "tuned": tuned_entry(model.target or dev), "batch": [list(s) for s in shapes], "label_smoothing": label_smoothing,
@@ -128,6 +131,7 @@ class TrainStep:
 def rng_state(device: str) -> None:
   """Realize tinygrad's random-number state for `device` (its seed and counter buffers), which the first random draw
   there would otherwise create inside the step's capture. Advances nothing: the counter moves by 0."""
+  # tinygrad-0.14: private Tensor._next_counter/_device_seeds: the first random draw would create them inside the capture
   if device not in Tensor._device_seeds:
     seed, counter = Tensor._next_counter(device, 0)
     Tensor.realize(seed, Tensor._device_rng_counters[device], counter)

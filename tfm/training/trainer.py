@@ -132,6 +132,7 @@ class Trainer:
   def _rng_tables(self) -> tuple[dict, dict]:
     """tinygrad's RNG seeds and counters per device, the model's device's as this trainer's step reads them (another
     trainer's Tensor.manual_seed may have replaced tinygrad's own since)."""
+    # tinygrad-0.14: Tensor._device_seeds and _device_rng_counters are private RNG tables
     seeds, counters = dict(Tensor._device_seeds), dict(Tensor._device_rng_counters)
     if (own := self._compiled_step.rng) is not None: seeds[self.model.device], counters[self.model.device] = own
     return seeds, counters
@@ -164,6 +165,7 @@ class Trainer:
 
   def state_metadata(self) -> dict[str, str]:
     seeds, counters = self._rng_tables()
+    # tinygrad-0.14: Tensor._seed and the per-device RNG tables are private: saved as they are
     rng = {"seed": Tensor._seed, "device_seeds": {_device_key(d): t.numpy().tolist() for d, t in seeds.items()},
            "device_counters": {_device_key(d): t.numpy().tolist() for d, t in counters.items()}, "batches": self.rng.bit_generator.state}
     return {"step": str(self.step), "task": self.task.name, "options": json.dumps(dataclasses.asdict(self.options)),
@@ -224,6 +226,7 @@ class Trainer:
     self.restore_optimizer(load_file(opt_path))
     self.step, self.losses = int(meta["step"]), json.loads(meta["losses"])
     rng = json.loads(meta["rng"])
+    # tinygrad-0.14: RNG restored by writing the private Tensor._seed and per-device tables
     Tensor._seed = rng["seed"]
     for table, own, saved in zip((Tensor._device_seeds, Tensor._device_rng_counters), self._rng_tables(),
                                  (rng["device_seeds"], rng["device_counters"])):

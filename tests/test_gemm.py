@@ -57,3 +57,10 @@ def test_training_and_int8_weights_keep_x_wt():
   with Context(TRAINING=1): assert product(xt, wt).uop.key == (xt @ wt.T).uop.key
   q = Tensor(np.clip(np.rint(w * 20), -127, 127).astype(np.int8), device="CPU")
   assert product(xt, q).uop.key == (xt @ q.cast(dtypes.float32).T).uop.key
+
+
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+def test_gemm_is_correct_at_every_vector_width(lanes, monkeypatch):
+  monkeypatch.setattr("tfm.runtime.gemm.vector_floats", lambda: lanes)
+  x, w, xt, wt = operands(TILE + 3, 24, 21)
+  np.testing.assert_allclose(gemm(xt, wt).numpy(), x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-5, atol=1e-4)

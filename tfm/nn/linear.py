@@ -31,6 +31,7 @@ from tinygrad.uop.ops import AxisType, KernelInfo, Ops, UOp
 from backends import switches
 from tfm.errors import InputError
 from tfm.runtime.cpu_kernels import WIDE, compiled_as_scalars, serial_reductions, thread_opts
+from tfm.runtime.gemm import gemm, gemm_renders
 from tfm.runtime.memory import download, like, to_device
 
 
@@ -51,6 +52,8 @@ def matmul_wt(x: Tensor, w: Tensor) -> Tensor:
 
 
 LANES = 16      # partial sums per output where a product's reduction is split (one AVX-512 vector of float32)
+GEMM_ROWS = 64  # rows from which a float32 product on CPU is tfm's GEMM kernel (tfm.runtime.gemm)
+GEMM_MIN = 1 << 16   # numbers in a weight from which it is (a smaller product takes microseconds either way)
 PACK = 8        # output features per block of a packed weight: one AVX2 vector of float32
 PACK_MIN = 1 << 17   # numbers in a weight from which decoding packs it (a 512 x 512 projection has 2 of these)
 
@@ -63,10 +66,15 @@ def product(x: Tensor, w: Tensor) -> Tensor:
   memory: split into LANES partial sums (LANES independent chains, contiguous vector loads) it runs 1.5-3 times faster
   at one row (docs/PERFORMANCE.md, "Products on CPU"). Over 8 rows or more, a product with a vocabulary's worth of
   float outputs runs faster computed as (w @ x^T)^T, its output loop outermost (int8 weights read that way run two
-  times slower). Elsewhere, and for other sizes, x @ w.T."""
+  times slower). From GEMM_ROWS rows, float32 products of weights of GEMM_MIN numbers or more are tfm's GEMM kernel
+  (register tiles of rows x a vector of outputs, split over the cores), from a packed layout of the weight computed in
+  the same graph: 6-8 times tinygrad's default kernel at ViT-S/16's shapes (docs/PERFORMANCE.md, "Many rows on CPU").
+  Elsewhere, and for other sizes, x @ w.T."""
   rows, (out, k), float_weights = prod(x.shape[:-1]), w.shape, dtypes.is_float(w.dtype)
   w = w.cast(x.dtype)
   if not isinstance(rows, int) or not serial_reductions(x.device) or TRAINING: return x @ w.T
+  if rows >= GEMM_ROWS and float_weights and x.dtype == dtypes.float32 and out * k >= GEMM_MIN and gemm_renders(x.device):
+    return gemm(x.reshape(rows, k), w).reshape(*x.shape[:-1], out)
   # tinygrad-0.14: a CPU reduction is one serial chain per output (no GROUP): split into LANES partial sums
   if k % LANES == 0 and (rows == 1 or (rows <= 4 and k >= out)):
     split = x.reshape(*x.shape[:-1], 1, k // LANES, LANES) * w.reshape(out, k // LANES, LANES)

@@ -21,6 +21,8 @@ from tinygrad.codegen.opt import Opt, OptOps
 from tinygrad.helpers import TRAINING
 from tinygrad.uop.ops import KernelInfo, UOp
 
+from tfm.runtime.machine import cores
+
 # a vocabulary's size: from this many output features a product over several rows is computed transposed
 # (tfm.nn.linear.product), and from this many classes a log-softmax's exponentials are their own kernel (logsumexp)
 WIDE = 8192
@@ -33,16 +35,9 @@ def serial_reductions(device: Any) -> bool:
   return isinstance(device, str) and not Device[device].renderer.has_local
 
 
-def threads(device: str) -> int:
-  """How many threads a kernel on this device can be split over (its THREAD option): the CPU's cores, else 1."""
-  renderer = Device[device].renderer
-  # tinygrad-0.14: renderer.has_threads and global_max[0] give the THREAD option's split (NUM_CPU_THREADS on CPU)
-  return renderer.global_max[0] if renderer.has_threads and renderer.global_max else 1
-
-
 def thread_opts(items: int, device: str) -> tuple[Opt, ...]:
   """A THREAD option splitting `items` (the kernel's first axis) over as many of the device's threads as divide it."""
-  n = max(n for n in range(1, threads(device) + 1) if items % n == 0)
+  n = max(n for n in range(1, cores(device) + 1) if items % n == 0)
   return (Opt(OptOps.THREAD, 0, n),) if n > 1 else ()
 
 

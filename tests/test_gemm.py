@@ -1,0 +1,78 @@
+"""tfm.runtime.gemm: the product of many rows on CPU equals x @ w.T for any rows and outputs (tiles and vectors padded),
+and tfm.runtime.machine's vector width follows the CPU's flags; tfm.nn.linear.product dispatches to it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tinygrad import Context, Tensor, dtypes
+
+from tfm.nn.linear import GEMM_MIN, GEMM_ROWS, product
+from tfm.runtime.gemm import TILE, gemm, gemm_blocks, gemm_layout, gemm_renders
+from tfm.runtime.machine import cores, vector_floats
+
+RNG = np.random.default_rng(0)
+
+
+def operands(rows: int, k: int, out: int):
+  x, w = RNG.standard_normal((rows, k)).astype(np.float32), RNG.standard_normal((out, k)).astype(np.float32)
+  return x, w, Tensor(x, device="CPU"), Tensor(w, device="CPU")
+
+
+@pytest.mark.parametrize("rows, k, out", [
+  (TILE, 32, 64),           # one tile of rows
+  (TILE * 3 + 5, 40, 37),   # rows not a multiple of the tile, outputs not a multiple of the vector
+  (7, 17, 3),               # fewer rows than a tile, odd input width
+  (70, 384, 200),           # an input width that is not a power of two
+])
+def test_gemm_equals_x_wt(rows, k, out):
+  x, w, xt, wt = operands(rows, k, out)
+  np.testing.assert_allclose(gemm(xt, wt).numpy(), x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-5, atol=1e-4)
+
+
+def test_gemm_from_a_packed_copy_equals_gemm_from_the_weight():
+  x, w, xt, wt = operands(30, 48, 50)
+  lanes = vector_floats()
+  packed = gemm_layout(wt, lanes, gemm_blocks(50, lanes, cores("CPU"))).contiguous().realize()
+  np.testing.assert_allclose(gemm(xt, wt, packed).numpy(), gemm(xt, wt).numpy(), rtol=0, atol=0)
+
+
+def test_gemm_blocks_are_a_multiple_of_the_cores_and_cover_the_outputs():
+  assert gemm_blocks(37, 8, 2) == 6 and gemm_blocks(1152, 16, 2) == 72 and gemm_blocks(5, 4, 1) == 2
+
+
+@pytest.mark.parametrize("flags, lanes", [({"avx512f", "avx2", "fma"}, 16), ({"avx2", "fma"}, 8), ({"avx"}, 4), ({"neon", "asimd"}, 4), (set(), 4)])
+def test_vector_width_follows_the_cpu_flags(flags, lanes):
+  assert vector_floats(frozenset(flags)) == lanes
+
+
+def test_a_many_row_float32_product_on_cpu_is_the_gemm_and_equals_x_wt():
+  x, w, xt, wt = operands(GEMM_ROWS, 256, GEMM_MIN // 256)
+  y = product(xt.reshape(2, GEMM_ROWS // 2, 256), wt)
+  assert y.shape == (2, GEMM_ROWS // 2, GEMM_MIN // 256) and y.uop.key != (xt @ wt.T).uop.key
+  np.testing.assert_allclose(y.numpy().reshape(GEMM_ROWS, -1), x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-5, atol=1e-4)
+
+
+def test_training_and_int8_weights_keep_x_wt():
+  _, w, xt, wt = operands(GEMM_ROWS, 256, GEMM_MIN // 256)
+  with Context(TRAINING=1): assert product(xt, wt).uop.key == (xt @ wt.T).uop.key
+  q = Tensor(np.clip(np.rint(w * 20), -127, 127).astype(np.int8), device="CPU")
+  assert product(xt, q).uop.key == (xt @ q.cast(dtypes.float32).T).uop.key
+
+
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+def test_gemm_is_correct_at_every_vector_width(lanes, monkeypatch):
+  monkeypatch.setattr("tfm.runtime.gemm.vector_floats", lambda: lanes)
+  x, w, xt, wt = operands(TILE + 3, 24, 21)
+  np.testing.assert_allclose(gemm(xt, wt).numpy(), x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("target, renders", [("CPU:LLVM", True), ("CPU:X86", False)])
+def test_each_cpu_renderer_computes_many_row_products_right(target, renders):
+  """CPU:LLVM compiles the GEMM; CPU:X86 cannot (gemm_renders) and keeps x @ w.T: either way, the product is right."""
+  backends = pytest.importorskip("backends")
+  if not backends.probe(target).runs: pytest.skip(f"{target} does not run here")
+  x, w, xt, wt = operands(GEMM_ROWS, 256, GEMM_MIN // 256)
+  with Context(DEV=target):
+    assert gemm_renders("CPU") == renders
+    y = product(xt, wt).numpy()
+  np.testing.assert_allclose(y, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-5, atol=1e-4)

@@ -125,8 +125,8 @@ def test_a_cpu_kernel_split_over_cores_runs_its_slices_on_each_core_with_the_sam
   them at once, the calling thread and a helper each taking slices, and computes the same numbers."""
   import threading
 
-  from tfm.runtime import replay
-  if replay._CORES.helpers < 1: pytest.skip("one core: nothing to split over")
+  from tfm.runtime import cores
+  if cores.CORES.helpers < 1: pytest.skip("one core: nothing to split over")
   rng = np.random.default_rng(0)
   a, w = rng.standard_normal((32, 256), dtype=np.float32), rng.standard_normal((1024, 256), dtype=np.float32)
   x, weight, out = to_device(a, "CPU"), to_device(w, "CPU"), to_device(np.zeros((32, 1024), np.float32), "CPU")
@@ -134,14 +134,14 @@ def test_a_cpu_kernel_split_over_cores_runs_its_slices_on_each_core_with_the_sam
   step()   # the capture, computed by tinygrad
   expected = download(out)
   np.testing.assert_allclose(expected, a @ w.T, rtol=1e-4, atol=1e-4)
-  assert any(replay._core_slot(launch[0]) is not None for launch in step.launches), "no kernel was split over cores"
-  threads, call = set(), replay._CORES.run
+  assert any(cores.core_slot(launch[0]) is not None for launch in step.launches), "no kernel was split over cores"
+  threads, call = set(), cores.CORES.run
   def recorded(runtime, bufs, vals, slot, slices):
     def fxn(*args):   # the program, noting each slice's thread
       threads.add(threading.current_thread().name)
       return runtime.fxn(*args)
     call(types.SimpleNamespace(fxn=fxn), bufs, vals, slot, slices)
-  monkeypatch.setattr(replay._CORES, "run", recorded)
+  monkeypatch.setattr(cores.CORES, "run", recorded)
   upload(out, np.zeros((32, 1024), np.float32))
   step()   # replayed: the slices on both threads
   assert len(threads) == 2 and threading.current_thread().name in threads, threads
@@ -150,6 +150,38 @@ def test_a_cpu_kernel_split_over_cores_runs_its_slices_on_each_core_with_the_sam
   threads.clear()
   step()
   assert not threads   # switched off: tinygrad's own call, slices in turn
+
+
+def test_an_eager_call_runs_a_split_kernels_slices_on_each_core_with_the_same_result(monkeypatch):
+  """With tfm's patch (installed by the first model compiled for CPU), a kernel realized eagerly, outside any replayed
+  step, runs its slices on the calling thread and a helper at once, with tinygrad's numbers; undone, in turn again."""
+  import threading
+
+  from tinygrad import Tensor
+
+  from tfm.runtime import cores, patches
+  if cores.CORES.helpers < 1: pytest.skip("one core: nothing to split over")
+  rng = np.random.default_rng(1)
+  a, w = rng.standard_normal((48, 256), dtype=np.float32), rng.standard_normal((1024, 256), dtype=np.float32)
+  x, weight = Tensor(a, device="CPU").realize(), Tensor(w, device="CPU").realize()
+  installed = patches.cpu_slices_at_once()
+  threads, call = set(), cores.CORES.run
+  def recorded(runtime, bufs, vals, slot, slices):
+    def fxn(*args):
+      threads.add(threading.current_thread().name)
+      return runtime.fxn(*args)
+    call(types.SimpleNamespace(fxn=fxn), bufs, vals, slot, slices)
+  monkeypatch.setattr(cores.CORES, "run", recorded)
+  try:
+    assert installed
+    at_once = (x @ weight.T).numpy()
+    assert len(threads) == 2 and threading.current_thread().name in threads, threads
+  finally: patches.restore_cpu_slices()
+  threads.clear()
+  in_turn = (x * 1 @ weight.T).numpy()   # another graph, the same product: compiled and run as tinygrad runs it
+  assert not threads
+  np.testing.assert_allclose(at_once, a @ w.T, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(at_once, in_turn, rtol=0, atol=1e-5)
 
 
 # --- whole models, across processes --------------------------------------------------------------------------------

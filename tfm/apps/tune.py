@@ -20,7 +20,7 @@ from tfm.errors import InputError
 from tfm.files import write_text
 from tfm.generation import forget_sessions, generate
 from tfm.runtime import cache
-from tfm.runtime.patches import default_optimizations, lookups, tuned_lookup
+from tfm.runtime.patches import cpu_slices_at_once, default_optimizations, lookups, tuned_lookup
 from tfm.runtime.tuned import marker_path, read_marker, suspended, tuned_settings
 
 MARKER = "tfm-tuned.json"
@@ -58,10 +58,10 @@ def search_from_default(searching, s, rawbufs: list, var_vals: dict, amt: int, k
   """BEAM-search s from its default optimizations (module docstring); store and return the faster of the two."""
   from tinygrad import Context
 
-  from tfm.runtime.replay import timed_as_replayed
   # tinygrad-0.14: its BEAM starts from no optimizations and times slices one after the other: on CPU often slower than its defaults
   best = default = default_optimizations(s)
-  with timed_as_replayed(s.ren.target.device), Context(CACHELEVEL=0):   # candidates' binaries are not worth keeping
+  if s.ren.target.device.startswith("CPU"): cpu_slices_at_once()   # timed as replayed steps run them: slices at once
+  with Context(CACHELEVEL=0):   # candidates' binaries are not worth keeping
     bufs = _filled(rawbufs)
     if _seconds(default, bufs, var_vals) * 1e3 >= MIN_SEARCH_MS:
       lookups.searched += 1

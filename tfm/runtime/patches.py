@@ -7,15 +7,23 @@ be undone. Upgrading tinygrad starts here (and at the `tinygrad-0.14:` tags docs
 - `tuned_lookup(on_miss)`: tinygrad's BEAM either finds a kernel's tuned optimizations in its cache or searches anew
   (seconds per kernel). Wrapped, a miss under LOOKUP_ONLY gets tinygrad's default optimizations instead, and any other
   miss goes to `on_miss` (`tfm tune`'s search from the defaults). tfm.runtime.tuned turns it on for tuned backends.
+- `cpu_slices_at_once()`: tinygrad 0.14 runs a CPU kernel's per-core slices one after the other on one thread;
+  patched, they run on the machine's cores at once (tfm.runtime.cores), in an eager call as in a replayed step. Turned
+  on by the first model compiled for CPU (tfm.runtime.tuned.compiling_on) and by `tfm tune`'s timings; TFM_CORES=0
+  leaves tinygrad's way.
 """
 from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 from tinygrad.helpers import IGNORE_BEAM_CACHE, NOOPT, ContextVar, diskcache_get
+
+from backends import switches
+from tfm.runtime.cores import CORES, core_slot
 
 # set (tfm.runtime.tuned) while kernels compile for a tuned backend: BEAM looks up the cache and never searches.
 # tinygrad-0.14: a ContextVar is registered once per name; a second module load must reuse it
@@ -101,3 +109,32 @@ def restore_beam_search() -> None:
   """Undo `tuned_lookup`: tinygrad's own beam_search again (tests that install the wrapper call this after)."""
   from tinygrad.codegen.opt import search
   if _original: search.beam_search = _original.pop()
+
+
+_plain_call: list = []   # tinygrad's CPUProgram.__call__, while cpu_slices_at_once is installed
+
+
+def cpu_slices_at_once() -> bool:
+  """Make every CPU kernel split into per-core slices run them on the machine's cores at once (tfm.runtime.cores)
+  wherever it is called from; False where TFM_CORES=0 leaves tinygrad's way. Idempotent."""
+  if _plain_call: return True
+  if not switches.cores(): return False
+  from tinygrad.runtime.ops_cpu import CPUProgram
+  plain = CPUProgram.__call__
+
+  # tinygrad-0.14: CPUProgram.__call__ runs a kernel's THREAD slices one after the other on the calling thread
+  def call(self, *bufs, global_size=(1, 1, 1), local_size=(1, 1, 1), vals=(), wait=False, timeout=None):
+    if global_size[0] < 2 or (slot := core_slot(self)) is None:
+      return plain(self, *bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, timeout=timeout)
+    start = time.perf_counter()
+    CORES.run(self, list(bufs), tuple(vals), slot, global_size[0])
+    return time.perf_counter() - start if wait else None
+  _plain_call.append(plain)
+  CPUProgram.__call__ = call   # type: ignore[method-assign]
+  return True
+
+
+def restore_cpu_slices() -> None:
+  """Undo `cpu_slices_at_once`: tinygrad's own CPUProgram.__call__ again."""
+  from tinygrad.runtime.ops_cpu import CPUProgram
+  if _plain_call: CPUProgram.__call__ = _plain_call.pop()   # type: ignore[method-assign]

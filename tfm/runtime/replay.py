@@ -15,7 +15,7 @@ thread, n CPU devices would use one core. A capture with copies between devices 
 all-reduce) is replayed by TinyJit, in order.
 
 On one CPU device, a kernel tinygrad split into per-core slices (its THREAD option) has its slices run at once on the
-calling thread and helper threads (`_Cores`): tinygrad 0.14 calls them one after the other, so a CPU device used one
+calling thread and helper threads (tfm.runtime.cores): tinygrad 0.14 calls them one after the other, so a CPU device used one
 core. TFM_CORES=0 turns this off.
 
 This is the one module that reaches into tinygrad's captured-JIT internals (`jit.captured`, `get_runtime`,
@@ -24,11 +24,7 @@ This is the one module that reaches into tinygrad's captured-JIT internals (`jit
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import pickle
-import queue
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable
 
@@ -36,11 +32,11 @@ from tinygrad import Device, Tensor, TinyJit, UOp
 from tinygrad.device import Buffer
 # tinygrad-0.14: engine.realize internals (get_runtime, resolve_params, unwrap_multi) resolve captured kernels
 from tinygrad.engine.realize import get_runtime, resolve_params, unwrap_multi
-from tinygrad.helpers import DEBUG, NUM_CPU_THREADS, PROFILE, GlobalCounters
+from tinygrad.helpers import DEBUG, PROFILE, GlobalCounters
 from tinygrad.uop.ops import Ops
 
-from backends import switches
 from tfm.runtime import cache
+from tfm.runtime.cores import CORES, core_slot
 
 Launch = tuple[Any, list, Any, Any, dict, str]   # program, device buffers, launch sizes unless symbolic, ProgramInfo, device vars, device
 _threads: dict[str, ThreadPoolExecutor] = {}   # by device: the one thread that replays that device's launches
@@ -128,81 +124,8 @@ def _launch(launches: list[Launch], var_vals: dict, cores: bool = False) -> None
     # tinygrad-0.14: TinyJit's replay costs tens of us of Python per kernel: launched directly (ProgramInfo.launch_dims, vals)
     global_size, local_size = dims or info.launch_dims(values)
     vals = info.vals(values) if info.vars else ()
-    if cores and global_size[0] > 1 and (slot := _core_slot(runtime)) is not None: _CORES.run(runtime, bufs, vals, slot, global_size[0])
+    if cores and global_size[0] > 1 and (slot := core_slot(runtime)) is not None: CORES.run(runtime, bufs, vals, slot, global_size[0])
     else: runtime(*bufs, global_size=global_size, local_size=local_size, vals=vals)
-
-
-def _core_slot(runtime) -> int | None:
-  """Where a CPU program takes its core_id (tinygrad's THREAD option), if it has one."""
-  # tinygrad-0.14: CPUProgram.lvp and .runtimevars["core_id"] are internal (THREAD option slices)
-  if getattr(runtime, "lvp", True) or not switches.cores(): return None
-  return getattr(runtime, "runtimevars", {}).get("core_id")
-
-
-# tinygrad-0.14: CPUProgram.__call__ runs a kernel's THREAD slices one after the other on one thread
-class _Cores:
-  """Helper threads that run the slices of one CPU kernel beside the calling thread.
-
-  tinygrad 0.14 splits a large CPU kernel into per-core slices (its THREAD option: the program takes a core_id), then
-  calls the slices one after the other on one thread (runtime/ops_cpu.py), so one CPU device uses one core. The slices
-  write disjoint parts of the outputs, and a ctypes call releases the GIL, so running them on several threads at once
-  is the same computation on all the cores."""
-
-  def __init__(self, helpers: int):
-    self.helpers, self.todo, self.started = helpers, queue.SimpleQueue(), False
-
-  def _start(self) -> None:
-    for i in range(self.helpers):
-      threading.Thread(target=self._work, name=f"tfm-core{i + 1}", daemon=True).start()
-    self.started = True
-
-  def _work(self) -> None:
-    while True:
-      fxn, args, done = self.todo.get()
-      try: fxn(*args)
-      except BaseException as e: done.put(e)
-      else: done.put(None)
-
-  def run(self, runtime, bufs: list, vals: tuple, slot: int, slices: int) -> None:
-    if not self.helpers: return runtime(*bufs, global_size=(slices, 1, 1), vals=vals)
-    if not self.started: self._start()
-    args = [b.va_addr for b in bufs] + list(vals)   # tinygrad-0.14: CPUProgram.fxn takes c_uint64 buffer addresses, then vals
-    def call(core: int) -> list:
-      args[slot] = core
-      return [ctypes.c_uint64(x) for x in args]
-    done: queue.SimpleQueue = queue.SimpleQueue()
-    mine = range(0, slices, self.helpers + 1)
-    theirs = [core for core in range(slices) if core % (self.helpers + 1)]
-    for core in theirs: self.todo.put((runtime.fxn, call(core), done))
-    for core in mine: runtime.fxn(*call(core))
-    errors = [e for e in (done.get() for _ in theirs) if e is not None]
-    if errors: raise errors[0]
-
-
-_CORES = _Cores(max(0, NUM_CPU_THREADS.value - 1))   # tinygrad-0.14: as many slices as its CPU renderer makes (NUM_CPU_THREADS)
-
-
-@contextlib.contextmanager
-def timed_as_replayed(device: str):
-  """While tinygrad times candidate kernels (a BEAM search, `tfm tune`): a CPU kernel split over cores runs its slices
-  on all cores at once, as a replayed step runs it, so that the timings rank the kernels as decoding will run them
-  (timed one slice after the other, a split over cores looks like no gain at all)."""
-  if not device.startswith("CPU"):
-    yield
-    return
-  from tinygrad.runtime.ops_cpu import CPUProgram
-  plain = CPUProgram.__call__
-
-  def call(self, *bufs, global_size=(1, 1, 1), local_size=(1, 1, 1), vals=(), wait=False, timeout=None):
-    if global_size[0] < 2 or (slot := _core_slot(self)) is None:
-      return plain(self, *bufs, global_size=global_size, local_size=local_size, vals=vals, wait=wait, timeout=timeout)
-    start = time.perf_counter()
-    _CORES.run(self, list(bufs), tuple(vals), slot, global_size[0])
-    return time.perf_counter() - start if wait else None
-  # tinygrad-0.14: CPUProgram.__call__ patched while BEAM times kernels, so that their slices run at once
-  CPUProgram.__call__ = call   # type: ignore[method-assign]
-  try: yield
-  finally: CPUProgram.__call__ = plain   # type: ignore[method-assign]
 
 
 def _named_buffers(named: dict[str, Tensor]) -> dict[str, Buffer]:

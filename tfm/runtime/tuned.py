@@ -18,7 +18,7 @@ from tinygrad import Context
 from tinygrad.helpers import BEAM, CACHELEVEL
 
 from backends import switches
-from tfm.runtime.patches import tuned_lookup
+from tfm.runtime.patches import cpu_slices_at_once, tuned_lookup
 
 MARKER = "tfm-tuned.json"
 
@@ -77,7 +77,8 @@ def tuned_entry(backend: str) -> dict | None:
 def compiling_on(device, target: str | None) -> contextlib.AbstractContextManager:
   """The block in which a model's kernels are built and compiled: tinygrad picks the renderer ("CPU:LLVM" rather than
   clang) from DEV when it compiles, so realize under this to get the backend that was asked for; the kernels
-  `tfm tune` stored for this backend apply too."""
+  `tfm tune` stored for this backend apply too; on CPU, a kernel's per-core slices run at once (patches.cpu_slices_at_once)."""
+  if any(str(d).startswith("CPU") for d in (device if isinstance(device, tuple) else (device,))): cpu_slices_at_once()
   settings = {"DEV": target} if target else {}   # tinygrad-0.14: the renderer is picked from DEV when kernels compile
   settings.update(tuned_settings(target or device))
   return Context(**settings) if settings else contextlib.nullcontext()

@@ -11,7 +11,7 @@ kernel on first use), the others give the median latency. The first call's outpu
 A backend that cannot run is reported, never passed. Compile-only backends are compile-checked when `graph` is given:
 its kernels are rendered in the backend's language and, for CUDA, compiled to PTX with NVRTC; unavailable ones keep
 the probe's reason. A dtype the device does not support (float16 on an OpenCL device without cl_khr_fp16) is
-"unsupported", decided from what the device advertises before anything runs.
+"unsupported", decided from what the device advertises before anything runs (cl_khr_fp16, WebGPU's shader-f16).
 """
 from __future__ import annotations
 import math, statistics, time, traceback
@@ -106,6 +106,9 @@ def dtype_unsupported(info: BackendInfo, dtype: str) -> str | None:
   if dtype == "float16" and info.device_name == "CL":
     with use(info): extensions = Device["CL"].device_exts
     if "cl_khr_fp16" not in extensions: return f"the OpenCL device ({info.device or 'CL'}) does not advertise cl_khr_fp16"
+  if dtype == "float16" and info.device_name == "WEBGPU":
+    with use(info): arch = Device["WEBGPU"].arch   # tinygrad's WEBGPU device asks for shader-f16 when the adapter has it
+    if "shader-f16" not in (arch or ""): return f"the WebGPU adapter ({info.device or 'WEBGPU'}) does not advertise shader-f16"
   return None
 
 

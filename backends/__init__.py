@@ -21,7 +21,7 @@ it always. Kernels a TinyJit captured inside `use` keep their renderer when repl
 """
 import os
 
-from backends import kernels
+from backends import kernels, webgpu
 from backends.probe import available, probe
 from backends.registry import BACKENDS, COMPILE_ONLY, NAMES, RUNS, UNAVAILABLE, BackendInfo, SelectionError, format_table, lookup
 from backends.select import AUTO_ORDER, BackendUnavailable, select, use
@@ -30,6 +30,8 @@ from backends.select import AUTO_ORDER, BackendUnavailable, select, use
 # the first time it compiles them: hundreds of lines that no user can act on. -w silences its compiler's warnings
 # (errors still surface); a value the user set is kept. PoCL reads it at each build, so setting it here is in time.
 os.environ.setdefault("POCL_EXTRA_BUILD_FLAGS", "-w")
+# tinygrad finds Dawn only through WEBGPU_PATH (or a system library): point it at dawn-python's, before any device opens
+webgpu.prepare()
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "COMPILE_ONLY", "NAMES", "RUNS", "UNAVAILABLE", "BackendInfo", "BackendUnavailable", "SelectionError",
            "available", "format_table", "kernels", "lookup", "probe", "select", "use"]

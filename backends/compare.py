@@ -7,11 +7,13 @@
 1 + `repeat` times under `use(info)`: the first call's time includes compiling its kernels (tinygrad compiles each new
 kernel on first use), the others give the median latency. The first call's outputs are the ones checked:
 - float outputs against `expected` (max abs error, within `tolerance` to pass) and against the reference backend's;
-- integer outputs (token ids) against the reference backend's: they pass only when identical.
+- integer outputs (token ids, classes) against `expected`'s when it has them (the oracle's own decoding), else against
+  the reference backend's: they pass when identical, or when `judge(key, ids)` explains the difference as a near tie
+  (it returns the description shown in the note; None: not a tie, the run fails).
 A backend that cannot run is reported, never passed. Compile-only backends are compile-checked when `graph` is given:
 its kernels are rendered in the backend's language and, for CUDA, compiled to PTX with NVRTC; unavailable ones keep
 the probe's reason. A dtype the device does not support (float16 on an OpenCL device without cl_khr_fp16) is
-"unsupported", decided from what the device advertises before anything runs.
+"unsupported", decided from what the device advertises before anything runs (cl_khr_fp16, WebGPU's shader-f16).
 """
 from __future__ import annotations
 import math, statistics, time, traceback
@@ -57,7 +59,8 @@ class Run:
   setup_s: float | None = None
   vs_expected: dict[str, float] = field(default_factory=dict)    # float output -> max abs error vs expected
   vs_reference: dict[str, float] = field(default_factory=dict)   # float output -> max abs difference vs the reference
-  identical: dict[str, bool] = field(default_factory=dict)       # integer output -> equal to the reference backend's
+  identical: dict[str, bool] = field(default_factory=dict)       # integer output -> equal to the oracle's (or reference's)
+  ties: dict[str, str] = field(default_factory=dict)             # integer output that differs only at a near tie -> where
   is_reference: bool = False
   detail: str = ""     # the traceback of an error
 
@@ -82,7 +85,7 @@ class Run:
             "status": self.status, "note": self.note, "reference": self.is_reference,
             "max_abs_error": {k: _json_float(v) for k, v in self.vs_expected.items()},
             "vs_reference": {k: _json_float(v) for k, v in self.vs_reference.items()},
-            "identical": dict(self.identical), "setup_s": self.setup_s, "detail": self.detail,
+            "identical": dict(self.identical), "ties": dict(self.ties), "setup_s": self.setup_s, "detail": self.detail,
             "timings": {k: {"first_s": t.first_s, "median_s": t.median_s, "times_s": list(t.times_s)} for k, t in self.timings.items()}}
 
 
@@ -106,6 +109,9 @@ def dtype_unsupported(info: BackendInfo, dtype: str) -> str | None:
   if dtype == "float16" and info.device_name == "CL":
     with use(info): extensions = Device["CL"].device_exts
     if "cl_khr_fp16" not in extensions: return f"the OpenCL device ({info.device or 'CL'}) does not advertise cl_khr_fp16"
+  if dtype == "float16" and info.device_name == "WEBGPU":
+    with use(info): arch = Device["WEBGPU"].arch   # tinygrad's WEBGPU device asks for shader-f16 when the adapter has it
+    if "shader-f16" not in (arch or ""): return f"the WebGPU adapter ({info.device or 'WEBGPU'}) does not advertise shader-f16"
   return None
 
 
@@ -153,26 +159,35 @@ def _run(info: BackendInfo, build: Callable[[BackendInfo], Steps], repeat: int) 
   return run
 
 
-def _check(run: Run, reference: Run | None, expected: Outputs, tolerance: float) -> None:
+Judge = Callable[[str, np.ndarray], "str | None"]
+
+
+def _check(run: Run, reference: Run | None, expected: Outputs, tolerance: float, judge: Judge | None) -> None:
   """Fill in the differences and decide pass or FAIL."""
+  def same(a: np.ndarray, b: np.ndarray) -> bool: return a.shape == b.shape and bool(np.array_equal(a, b))
   for key, value in run.outputs.items():
     if value.dtype.kind == "f":
       if key in expected: run.vs_expected[key] = max_abs_diff(value, expected[key])
       if reference is not None and key in reference.outputs: run.vs_reference[key] = max_abs_diff(value, reference.outputs[key])
-    elif reference is not None and key in reference.outputs:
-      run.identical[key] = value.shape == reference.outputs[key].shape and bool(np.array_equal(value, reference.outputs[key]))
+    elif key in expected:
+      run.identical[key] = same(value, expected[key])
+      if not run.identical[key] and judge is not None and (tie := judge(key, value)) is not None: run.ties[key] = tie
+    elif reference is not None and key in reference.outputs: run.identical[key] = same(value, reference.outputs[key])
   problems = [f"{k} off by {v:.3g} > {tolerance:g}" for k, v in run.vs_expected.items() if not v <= tolerance]
-  problems += [f"{k} differs from {reference.backend.label}'s" for k, same in run.identical.items() if not same]
+  problems += [f"{k} differs from {'the oracle' if k in expected else reference.backend.label}'s" for k, ok in run.identical.items()
+               if not ok and k not in run.ties]
   if problems: run.status, run.note = FAIL, "; ".join(problems)
+  elif run.ties: run.note = "; ".join(f"{k}: {tie}" for k, tie in run.ties.items())
 
 
 def compare(build: Callable[[BackendInfo], Steps], infos: Sequence[BackendInfo], *, expected: Outputs | None = None,
             tolerance: float = 0.0, reference: str | None = None, repeat: int = 3, dtype: str = "float32",
-            graph: Graph | None = None, skip: Mapping[str, str] | None = None, progress: bool | None = None) -> list[Run]:
+            graph: Graph | None = None, skip: Mapping[str, str] | None = None, progress: bool | None = None,
+            judge: Judge | None = None) -> list[Run]:
   """One Run per backend in `infos`, in order (see the module doc).
 
   reference: the backend whose outputs the others must reproduce; the first that ran when it is None or did not run
-  (the reference Run has is_reference set). skip: backend name -> why it is left out.
+  (the reference Run has is_reference set). skip: backend name -> why it is left out. judge: see the module doc.
   progress: a progress line on stderr (None: when stderr is a terminal).
   """
   if repeat < 0: raise ValueError(f"repeat={repeat} must be >= 0 (the warm calls timed after the first)")
@@ -194,7 +209,7 @@ def compare(build: Callable[[BackendInfo], Steps], infos: Sequence[BackendInfo],
   named = [r for r in ran if reference and r.backend.label == lookup(reference).name]
   ref = (named or ran or [None])[0]
   if ref is not None: ref.is_reference = True
-  for run in ran: _check(run, ref if run is not ref else None, expected or {}, tolerance)
+  for run in ran: _check(run, ref if run is not ref else None, expected or {}, tolerance, judge)
   return runs
 
 

@@ -55,6 +55,9 @@ def driver_files(kind: str) -> list:
   """The files a backend's driver and compiler come from, as (path, size, mtime)."""
   if kind == "CPU": return [file_identity(shutil.which(os.environ.get("CC", "clang")))]
   if kind == "CL": return [file_identity(p) for p in sorted(glob.glob("/etc/OpenCL/vendors/*.icd"))]
+  if kind == "WEBGPU":   # Dawn's library and the Vulkan drivers it may run on
+    from backends.webgpu import vulkan_drivers
+    return [file_identity(os.environ.get("WEBGPU_PATH"))] + [file_identity(p) for p in vulkan_drivers()]
   if kind in ("CUDA", "NV"): return [file_identity(p) for p in sorted(glob.glob("/usr/lib/*/libcuda.so*") + glob.glob("/proc/driver/nvidia/version"))]
   return []
 

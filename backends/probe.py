@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses, hashlib, json, os, platform, shutil, subprocess, sys, tempfile, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from backends import switches
+from backends import switches, webgpu
 from backends.kernels import NVRTC_PIP, nvidia_lib_dir
 from backends.machine import driver_files, file_identity, cache_dir, cache_enabled
 from backends.registry import BACKENDS, COMPILE_ONLY, RUNS, UNAVAILABLE, Backend, BackendInfo, lookup
@@ -52,7 +52,7 @@ def _environment() -> str:
   env = {k: os.environ.get(k) for k in ("PATH", "LD_LIBRARY_PATH", "CC", "LLVM_PATH", "OCL_ICD_VENDORS", "OCL_ICD_FILENAMES",
                                         "CUDA_PATH", "NVRTC_PATH", "WEBGPU_PATH", "DEV")}
   facts = {"python": sys.executable, "tinygrad": version("tinygrad"), "env": env,
-           "drivers": {kind: driver_files(kind) for kind in ("CPU", "CL", "CUDA")},
+           "drivers": {kind: driver_files(kind) for kind in ("CPU", "CL", "CUDA", "WEBGPU")},
            "devices": [os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/kfd")], "nvrtc": file_identity(str(nvidia_lib_dir() or ""))}
   return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
@@ -141,10 +141,7 @@ def _diagnose(b: Backend) -> str | None:
   if dev == "NV" and not Path("/dev/nvidiactl").exists(): return "no NVIDIA kernel driver (/dev/nvidiactl): install the NVIDIA driver"
   if dev == "AMD" and not Path("/dev/kfd").exists(): return "no AMD GPU driver (/dev/kfd): install the amdgpu driver (ROCm)"
   if dev == "METAL" and sys.platform != "darwin": return "needs macOS"
-  if dev == "WEBGPU":
-    from tinygrad.runtime.autogen import webgpu
-    if getattr(webgpu.dll, "wgpuCreateInstance", None) is None:
-      return "libwebgpu_dawn not found: install Dawn and set WEBGPU_PATH=/path/to/libwebgpu_dawn.so"
+  if dev == "WEBGPU": return webgpu.diagnose()
   return None
 
 
@@ -155,6 +152,7 @@ def _cpu_model() -> str:
 
 def _run(b: Backend) -> dict:
   from tinygrad import Context, Device, Tensor
+  found = webgpu.adapter() if b.name == "WEBGPU" else None   # no adapter: say so before tinygrad fails less clearly
   with Context(DEV=b.target):
     got = (Tensor([[1.0, 2.0], [3.0, 4.0]]) @ Tensor([[5.0, 6.0], [7.0, 8.0]])).sum().item()
     if got != 134.0: raise RuntimeError(f"wrong result: a 2x2 matmul summed to {got}, expected 134")
@@ -167,6 +165,8 @@ def _run(b: Backend) -> dict:
     from tinygrad.runtime.autogen import opencl as cl
     cl.clGetDeviceInfo(dev.cl_dev, cl.CL_DEVICE_TYPE, 8, ctypes.byref(typ := ctypes.c_uint64()), None)
     return {"device": dev.device_name, "accelerator": bool(typ.value & cl.CL_DEVICE_TYPE_GPU), "count": count}
+  if found is not None:   # which adapter: a real GPU, or lavapipe on the CPU (not an accelerator)
+    return {"device": f"{found['name']}, {found['backend']}" + (f", {dev.arch}" if dev.arch else ""), "accelerator": not found["cpu"], "count": count}
   if b.kind == "gpu": return {"device": f"{b.name} {dev.arch or ''}".strip(), "accelerator": True, "count": count}
   return {"device": "tinygrad's Python emulator (slow: tiny shapes only)"}
 

@@ -2,10 +2,20 @@
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
 import tempfile
+
+# the suite's own cache folders, never the user's: tfm's (compiled steps, probe results) and tinygrad's kernel cache
+# (CACHEDB: compiled binaries, BEAM results), which tinygrad reads when it is imported, so set before the imports
+# below. Set TFM_CACHE_DIR to keep them across runs. Under pytest-xdist (make test) the main process makes them before
+# it starts the workers, which inherit them: a step one worker compiled, the others load
+if "TFM_CACHE_DIR" not in os.environ:
+  os.environ["TFM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tfm-test-cache-")
+  atexit.register(shutil.rmtree, os.environ["TFM_CACHE_DIR"], True)
+os.environ.setdefault("CACHEDB", os.path.join(os.environ["TFM_CACHE_DIR"], "tinygrad-cache.db"))
+
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +30,6 @@ from tfm.io import weights
 from tfm.apps.subjects import random_arrays
 
 DEVICE = "CPU"
-
-# the suite's own cache folder (compiled steps, probe results): shared by the tests and the commands they start, never
-# the user's; set TFM_CACHE_DIR to keep one across runs. Under pytest-xdist (make test) the main process makes it before
-# it starts the workers, which inherit it: a step one worker compiled, the others load
-if "TFM_CACHE_DIR" not in os.environ:
-  os.environ["TFM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tfm-test-cache-")
-  atexit.register(shutil.rmtree, os.environ["TFM_CACHE_DIR"], True)
 
 
 def randomize(model: tfm.Transformer, seed: int = 0) -> tfm.Transformer:

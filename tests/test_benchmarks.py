@@ -91,7 +91,7 @@ def test_untuned_backend_gets_no_settings(tmp_path, monkeypatch):
   assert tuned.tuned_settings("CPU") == {}
 
 
-def test_tuned_backend_turns_beam_on_lookup_only(tmp_path, monkeypatch):
+def test_tuned_backend_turns_beam_on_lookup_only(tmp_path, monkeypatch, lookup_installed):   # it installs the lookup
   monkeypatch.setattr("tinygrad.helpers.CACHEDB", str(tmp_path / "cache.db"))
   tune.write_marker("CPU", {"beam": 2})
   assert tuned.tuned_settings("CPU") == {"BEAM": 2, "TFM_BEAM_LOOKUP_ONLY": 1}

@@ -1,5 +1,7 @@
 """Every backend that runs here computes what the float64 oracle computes: the logits of a forward pass, a training
-step's loss and gradients, greedy decoding, and float16 logits and greedy decoding where the device supports float16.
+step's loss and gradients, greedy decoding and beam search (ids and scores: the oracle's own decoding, tfm.apps.oracle_decode),
+and float16 logits and greedy decoding where the device supports float16. tests/test_equivalence_models.py does the
+same for the bundled model, the Vision Transformer and an int8 model.
 
 Parametrised over every backend tfm knows, and the tiny model split over two CPU devices ("CPU*2": tensor parallel on
 the subject's batch of 3, tfm.apps.compare.model_on); those that do not run here are skipped with the probe's reason. The fast
@@ -10,7 +12,6 @@ Each backend builds its model once (module-scoped cache): tinygrad compiles ever
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest
@@ -19,13 +20,14 @@ from tinygrad import Context, Tensor
 import backends
 from backends.compare import dtype_unsupported
 from tfm.nn.base import unique_state
-from tfm.apps import compare
+from tfm.apps import compare, oracle_decode
 from tfm.apps import subjects
 from tfm.apps.compare import TOLERANCE
 from tfm.generation import generate
 from tfm.reference import Reference
 
 GREEDY_LEN = 6   # greedy decoding steps: enough to pass eos-free positions through the KV cache, cheap on the emulator
+BEAM = 3
 TINY = subjects.tiny_subject(seed=3, dropout=0.0)
 # the emulator's subject: every kernel kind of the model, at sizes it interprets in seconds
 MICRO = dataclasses.replace(
@@ -50,15 +52,8 @@ def cache() -> dict:
 def subject_for(name: str) -> subjects.Subject: return MICRO if name == "PYTHON" else TINY
 
 
-# CPU:X86 (the CPU device with tinygrad's own x86 code generator) compiles slowest and would add about 40% to this
-# module's time; `tfm compare --backends CPU:X86` checks it, and TFM_EQUIVALENCE_ALL=1 runs it here too
-OPT_IN = ("CPU:X86",)
-
-
 def running(name: str, probed) -> backends.BackendInfo:
   if "*" in name: return backends.select(name)   # several devices of a backend that runs here
-  if name in OPT_IN and not os.environ.get("TFM_EQUIVALENCE_ALL"):
-    pytest.skip(f"{name} is opt-in here (TFM_EQUIVALENCE_ALL=1); `tfm compare --backends {name}` checks it")
   info = probed[name]
   if not info.runs: pytest.skip(f"{name} does not run here ({info.status}: {info.reason})")
   return info
@@ -210,6 +205,32 @@ def test_greedy_decoding_is_identical_to_cpus(name, probed, cache):
   np.testing.assert_array_equal(greedy(cache, info)[0], greedy(cache, cpu)[0])
 
 
+def beam(cache, info) -> tuple[np.ndarray, np.ndarray]:
+  def run():
+    with backends.use(info):
+      return generate(model(cache, info), subject_for(info.name).src, beam_size=BEAM, max_len=GREEDY_LEN, return_scores=True)
+  return once(cache, ("beam", info.label), run)
+
+
+def rows(ids: np.ndarray, pad_id: int) -> list[list[int]]:
+  """Each row's tokens, the padding after its end dropped."""
+  out = []
+  for row in ids.tolist():
+    while row and row[-1] == pad_id: row.pop()
+    out.append(row)
+  return out
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_beam_search_is_the_oracles(name, probed, cache):
+  info = running(name, probed)
+  s = subject_for(name)
+  ids, scores = beam(cache, info)
+  expected_ids, expected_scores = oracle_decode.beam(Reference(s.arrays, s.config.to_dict()), s.config, s.src, BEAM, GREEDY_LEN)
+  assert rows(ids, s.config.pad_id) == rows(expected_ids, s.config.pad_id)
+  np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=TOLERANCE["float32"])
+
+
 @pytest.mark.parametrize("name", BACKENDS)
 def test_float16_logits_match_the_oracle_where_supported(name, probed, cache):
   info = running(name, probed)
@@ -232,12 +253,3 @@ def test_float16_greedy_decoding_is_the_oracles_where_supported(name, probed, ca
                                                   return_scores=True)
   np.testing.assert_array_equal(ids, expected_ids)
   np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=TOLERANCE["float16"])
-
-
-def test_float16_logits_of_the_bundled_model_match_the_oracle(probed):
-  # a trained model's logits are larger than the tiny random model's: float16 holds them only with LayerNorm and the
-  # softmax computed in float32 (in float16 throughout, CPU was off by 2.2e-2)
-  info = running("CPU", probed)
-  s = subjects.load_subject("bundled")
-  with backends.use(info): logits = compare.model_on(s, info.name, "float16")(s.src, s.tgt).numpy().astype(np.float64)
-  assert np.abs(logits - compare.oracle(s, "float16")["logits"]).max() <= TOLERANCE["float16"]

@@ -18,6 +18,7 @@ import tfm
 from tfm.cli import main
 from tfm.interop import convert_marian, convert_torch_transformer, load_stacks, load_torch_transformer
 from tfm.nn.layers import sinusoid_table
+from tfm.reference import Reference
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MARIAN = FIXTURES / "marian_tiny"
@@ -173,6 +174,15 @@ def test_marian_logits_match_transformers(marian):
   logits = model(io["src"], io["tgt"]).numpy()
   assert np.abs(io["logits"]).max() > 1.0  # the comparison means something only if the logits are not all tiny
   assert np.abs(logits - io["logits"]).max() <= TOLERANCE
+
+
+def test_the_float64_oracle_agrees_with_transformers_marian():
+  # tfm/reference.py, the oracle every backend is checked against, computes what Hugging Face's MarianMTModel computed
+  # for the fixture (tests/make_fixtures.py): encoder output and logits, from the converted weights in float64
+  io, conv = dict(np.load(FIXTURES / "marian_tiny.npz")), convert_marian(MARIAN)
+  oracle = Reference({k: v.astype(np.float64) for k, v in conv.arrays.items()}, conv.config.to_dict())
+  assert np.abs(oracle.encode(io["src"]) - io["memory"]).max() <= TOLERANCE
+  assert np.abs(io["logits"]).max() > 1.0 and np.abs(oracle.logits(io["src"], io["tgt"]) - io["logits"]).max() <= TOLERANCE
 
 
 def test_marian_config_is_read_as_marian(marian):

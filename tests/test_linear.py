@@ -2,6 +2,8 @@
 packed weights (Linear.pack): their products, when they are read, and that they are no model state."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from tinygrad import Context, Tensor, dtypes
@@ -44,11 +46,18 @@ def test_int8_weights_over_many_rows_are_not_read_transposed():
 
 
 def test_a_split_float16_product_accumulates_in_float32_and_returns_float16():
-  x, w, xt, wt = operands(1, 4 * LANES, 40, dtype=dtypes.float16)
-  y = product(xt, wt)
-  assert y.dtype == dtypes.float16 and y.uop.key != (xt @ wt.T).uop.key
-  expect = x.astype(np.float16).astype(np.float64) @ w.astype(np.float16).astype(np.float64).T
-  np.testing.assert_allclose(y.float().numpy(), expect, rtol=2e-3, atol=2e-2)
+  # +4096 and -4096 in different partial sums, small quarters beside them: in float16 (4 apart at 4096) each quarter
+  # added to +-4096 is lost; in float32 every partial sum is exact, and so is the result (small, exact in float16)
+  k, out = 4 * LANES, 40
+  w = RNG.integers(1, 4, (out, k)).astype(np.float32) / 4
+  w[:, 0], w[:, -1] = 4096, -4096
+  x = np.ones((1, k), np.float32)
+  y = product(Tensor(x, device="CPU").cast(dtypes.float16), Tensor(w, device="CPU").cast(dtypes.float16))
+  assert y.dtype == dtypes.float16 and y.uop.key != (Tensor(x).cast(dtypes.float16) @ Tensor(w).cast(dtypes.float16).T).uop.key
+  expect = x.astype(np.float64) @ w.astype(np.float64).T
+  in_float16 = np.array([[functools.reduce(lambda acc, v: np.float16(acc + v), row.astype(np.float16), np.float16(0)) for row in w]])
+  assert np.abs(in_float16 - expect).min() >= 0.5   # what a float16 accumulator, term after term, gives: every output off
+  np.testing.assert_array_equal(y.float().numpy(), expect)
 
 
 def test_devices_with_local_memory_and_training_keep_x_wt():

@@ -7,7 +7,7 @@ import pytest
 from tinygrad import Context, Tensor, dtypes
 
 from tfm.nn.linear import GEMM_MIN, GEMM_ROWS, product
-from tfm.runtime.gemm import TILE, gemm, gemm_blocks, gemm_layout, gemm_renders
+from tfm.runtime.gemm import ATTENTION_ROWS, TILE, gemm, gemm_attends, gemm_blocks, gemm_layout, gemm_nn, gemm_nt, gemm_renders
 from tfm.runtime.machine import cores, vector_floats
 
 RNG = np.random.default_rng(0)
@@ -76,3 +76,23 @@ def test_each_cpu_renderer_computes_many_row_products_right(target, renders):
     assert gemm_renders("CPU") == renders
     y = product(xt, wt).numpy()
   np.testing.assert_allclose(y, x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("lead, m, n, k", [((2, 3), 37, 29, 24), ((1, 4), TILE, 16, 64), ((2, 1), 5, 70, 17)])
+def test_grouped_products_equal_numpys(lead, m, n, k):
+  """Attention's two products per head: a @ b^T (scores) and a @ b (weighted values), any rows, outputs and widths."""
+  a, b = RNG.standard_normal((*lead, m, k)).astype(np.float32), RNG.standard_normal((*lead, n, k)).astype(np.float32)
+  c = RNG.standard_normal((*lead, k, n)).astype(np.float32)
+  ta, tb, tc = (Tensor(t, device="CPU") for t in (a, b, c))
+  np.testing.assert_allclose(gemm_nt(ta, tb).numpy(), a.astype(np.float64) @ np.swapaxes(b, -1, -2), rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(gemm_nn(ta, tc).numpy(), a.astype(np.float64) @ c, rtol=1e-5, atol=1e-4)
+
+
+def test_attention_over_many_queries_on_cpu_uses_the_gemm_and_equals_the_plain_expression():
+  from tfm.nn.attention import scaled_dot_product_attention
+  q, k, v = (Tensor(RNG.standard_normal((2, 2, ATTENTION_ROWS + 3, 16)).astype(np.float32), device="CPU") for _ in range(3))
+  mask = Tensor(np.tril(np.ones((ATTENTION_ROWS + 3,) * 2, bool)), device="CPU").reshape(1, 1, ATTENTION_ROWS + 3, ATTENTION_ROWS + 3)
+  assert gemm_attends(q, k) and not gemm_attends(q[:, :, :1], k)   # a decode step's one query keeps tinygrad's product
+  with Context(TRAINING=1): assert not gemm_attends(q, k)
+  plain = (q @ k.transpose(-2, -1) / 4).float().masked_fill(~mask, -float("inf")).softmax(-1) @ v
+  np.testing.assert_allclose(scaled_dot_product_attention(q, k, v, mask).numpy(), plain.numpy(), rtol=1e-5, atol=1e-5)

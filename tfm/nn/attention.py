@@ -11,6 +11,7 @@ import numpy as np
 from tinygrad import Tensor, dtypes
 
 from tfm.nn.linear import Linear
+from tfm.runtime.gemm import gemm_attends, gemm_nn, gemm_nt
 from tfm.runtime.memory import to_device
 
 
@@ -26,7 +27,7 @@ def causal_mask(length: int, device: str | None = None) -> Tensor:
 
 def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
   """softmax(Q K^T / sqrt(d_k)) over the keys: (B, H, Tq, hd) x (B, H, Tk, hd) -> (B, H, Tq, Tk)."""
-  scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+  scores = (gemm_nt(q, k) if gemm_attends(q, k) else q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
   if mask is not None: scores = mask.where(scores, -math.inf) if mask.dtype == dtypes.bool else scores + mask
   # tinygrad-0.14: contiguous, else it fuses the softmax into `weights @ v` and recomputes each exponential once per
   # value column (docs/PERFORMANCE.md); in float32 whatever the dtype, as LayerNorm (tfm/nn/layers.py)
@@ -34,8 +35,10 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tenso
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-  """3.2.1 Scaled dot-product attention: softmax(Q K^T / sqrt(d_k)) V."""
-  return attention_weights(q, k, mask) @ v
+  """3.2.1 Scaled dot-product attention: softmax(Q K^T / sqrt(d_k)) V. On CPU, over many queries, both products are
+  tfm's GEMM (tfm.runtime.gemm), 6-11 times tinygrad's kernels at ViT-S/16's (docs/PERFORMANCE.md, "Many rows on CPU")."""
+  weights = attention_weights(q, k, mask)
+  return gemm_nn(weights, v) if gemm_attends(q, k) else weights @ v
 
 
 class MultiHeadAttention:

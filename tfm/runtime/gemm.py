@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 
 from tinygrad import Device, Tensor, dtypes
 from tinygrad.codegen import to_program
+from tinygrad.helpers import TRAINING
 from tinygrad.codegen.opt import Opt, OptOps
 from tinygrad.renderer.cstyle import ClangRenderer
 from tinygrad.renderer.llvmir import LLVMRenderer
 from tinygrad.runtime.support.compiler_cpu import ClangCompiler
 from tinygrad.uop.ops import AxisType, KernelInfo, Ops, UOp
 
+from tfm.runtime.cpu_kernels import serial_reductions
 from tfm.runtime.machine import cores, vector_floats
 
 TILE = 12   # rows per register tile: 12 accumulators, a weight vector and a broadcast fit AVX2's 16 vector registers
@@ -56,18 +59,23 @@ def _renderer(device: str, lanes: int):
 
 
 @functools.cache
-def gemm_kernel(rows: int, k: int, blocks: int, lanes: int, threads: int, device: str):
-  """The custom kernel y[r, b*lanes + j] = sum_i w[b, i, j] x[min(r, rows-1), i] over rows rounded up to TILE, compiled
-  for the device (a PROGRAM)."""
-  tiles = -(-rows // TILE)
+def gemm_kernel(rows: int, k: int, blocks: int, lanes: int, threads: int, device: str, groups: int = 1):
+  """The custom kernel y[g, r, b*lanes + j] = sum_i w[g, b, i, j] x[g, min(r, rows-1), i] over rows rounded up to
+  TILE, compiled for the device (a PROGRAM); without groups (1) the g axis is left out. The cores split the groups
+  where they divide them, else the blocks."""
+  tiles, grouped = -(-rows // TILE), groups > 1
   def kernel(y: UOp, w: UOp, x: UOp) -> UOp:
-    b, t = UOp.range(blocks, 0), UOp.range(tiles, 1)
+    g = (UOp.range(groups, 0),) if grouped else ()
+    b, t = UOp.range(blocks, len(g)), UOp.range(tiles, len(g) + 1)
     # the tile's rows and lanes are unrolled (UPCAST) ranges of their own: TILE x lanes sums held in registers
-    tr, j, i = UOp.range(TILE, 2, AxisType.UPCAST), UOp.range(lanes, 3, AxisType.UPCAST), UOp.range(k, 4, AxisType.REDUCE)
+    tr, j = UOp.range(TILE, len(g) + 2, AxisType.UPCAST), UOp.range(lanes, len(g) + 3, AxisType.UPCAST)
+    i = UOp.range(k, len(g) + 4, AxisType.REDUCE)
     r = t * TILE + tr
-    acc = (w[b, i, j] * x[r.minimum(rows - 1), i]).reduce(i, arg=Ops.ADD)
-    info = KernelInfo(name=f"gemm_{rows}_{blocks * lanes}_{k}", opts_to_apply=(Opt(OptOps.THREAD, 0, threads),) if threads > 1 else ())
-    return to_program(y[r, b * lanes + j].store(acc).end(b, t, tr, j).sink(arg=info), _renderer(device, lanes))
+    acc = (w[(*g, b, i, j)] * x[(*g, r.minimum(rows - 1), i)]).reduce(i, arg=Ops.ADD)
+    split = 0 if grouped and groups % threads == 0 else len(g) if blocks % threads == 0 else None
+    opts = (Opt(OptOps.THREAD, split, threads),) if threads > 1 and split is not None else ()
+    info = KernelInfo(name=f"gemm_{groups}x{rows}_{blocks * lanes}_{k}" if grouped else f"gemm_{rows}_{blocks * lanes}_{k}", opts_to_apply=opts)
+    return to_program(y[(*g, r, b * lanes + j)].store(acc).end(*g, b, t, tr, j).sink(arg=info), _renderer(device, lanes))
   return kernel
 
 
@@ -75,6 +83,16 @@ def gemm_renders(device: str) -> bool:
   """Whether this device's renderer (the one DEV picks now) compiles the GEMM kernel: clang's C and LLVM's IR do.
   tinygrad-0.14: the X86 renderer fails this kernel's verification (an AFTER over its address instructions)."""
   return isinstance(Device[device].renderer, (ClangRenderer, LLVMRenderer))
+
+
+ATTENTION_ROWS = 32   # queries from which attention's two products are gemm_nt / gemm_nn (a decode step has one)
+
+
+def gemm_attends(q: Tensor, k: Tensor) -> bool:
+  """Whether attention's products over these queries (..., Tq, hd) and keys (..., Tk, hd) are tfm's GEMM: at inference,
+  float32, static shapes of ATTENTION_ROWS queries or more, on one device whose renderer compiles it (CPU)."""
+  return (not TRAINING and q.dtype == k.dtype == dtypes.float32 and all(isinstance(n, int) for n in (*q.shape, *k.shape))
+          and q.shape[-2] >= ATTENTION_ROWS and serial_reductions(q.device) and gemm_renders(q.device))
 
 
 def gemm(x: Tensor, w: Tensor, packed: Tensor | None = None) -> Tensor:
@@ -85,6 +103,36 @@ def gemm(x: Tensor, w: Tensor, packed: Tensor | None = None) -> Tensor:
   lanes, threads = vector_floats(), cores(device)
   if packed is None: packed = gemm_layout(w, lanes, gemm_blocks(out, lanes, threads)).contiguous()
   blocks = packed.shape[0]
-  fxn = gemm_kernel(rows, k, blocks, lanes, threads if blocks % threads == 0 else 1, device)
+  fxn = gemm_kernel(rows, k, blocks, lanes, threads, device)
   y = Tensor.empty(-(-rows // TILE) * TILE, blocks * lanes, dtype=x.dtype, device=device).custom_kernel(packed, x.contiguous(), fxn=fxn)[0]
   return y[:rows, :out]
+
+
+def _grouped(a: Tensor, packed: Tensor, out: int) -> Tensor:
+  """a (..., rows, k) times a packed (groups, blocks, k, lanes) per group of a's leading axes -> (..., rows, out)."""
+  *lead, rows, k = a.shape
+  groups, blocks, _, lanes = packed.shape
+  fxn = gemm_kernel(rows, k, blocks, lanes, cores(a.device), a.device, groups)
+  y = Tensor.empty(groups, -(-rows // TILE) * TILE, blocks * lanes, dtype=a.dtype, device=a.device)
+  y = y.custom_kernel(packed.contiguous(), a.reshape(groups, rows, k).contiguous(), fxn=fxn)[0]
+  return y[:, :rows, :out].reshape(*lead, rows, out)
+
+
+def gemm_nt(a: Tensor, b: Tensor) -> Tensor:
+  """a @ b.transpose(-2, -1) for float32 a (..., M, K) and b (..., N, K) on a CPU device (attention's scores: the keys
+  are each group's weight), by gemm_kernel over the leading axes' groups; b's layout is computed in the same graph."""
+  *lead, n, k = b.shape
+  lanes, groups = vector_floats(), math.prod(lead)
+  blocks = -(-n // lanes)
+  packed = b.reshape(groups, n, k).pad(((0, 0), (0, blocks * lanes - n), (0, 0))).reshape(groups, blocks, lanes, k).permute(0, 1, 3, 2)
+  return _grouped(a, packed, n)
+
+
+def gemm_nn(a: Tensor, b: Tensor) -> Tensor:
+  """a @ b for float32 a (..., M, K) and b (..., K, N) on a CPU device (attention's weighted values), as gemm_nt: b's
+  rows are already `lanes` outputs side by side, so its layout is a reshape of b padded to whole vectors."""
+  *lead, k, n = b.shape
+  lanes, groups = vector_floats(), math.prod(lead)
+  blocks = -(-n // lanes)
+  packed = b.reshape(groups, k, n).pad(((0, 0), (0, 0), (0, blocks * lanes - n))).reshape(groups, k, blocks, lanes).permute(0, 2, 1, 3)
+  return _grouped(a, packed, n)

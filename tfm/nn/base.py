@@ -11,7 +11,8 @@ from tinygrad.helpers import TRAINING
 from tinygrad.nn.state import get_state_dict
 
 from tfm.errors import BackendError, InputError
-from tfm.runtime.memory import like
+from tfm.nn.compiled import compiled_call, compiles
+from tfm.runtime.memory import like, to_device
 from tfm.runtime.tuned import compiling_on
 
 
@@ -40,12 +41,18 @@ def realized_on(model: Any, compute: Callable[[], Tensor]) -> Tensor:
   with model.on_device():
     out = compute()
     if TRAINING: return out
-    try:
-      return out.realize()
-    except Exception as e:  # a compiler or driver failure: say which backend, keep the cause for --debug
-      first = (str(e).strip().splitlines() or [""])[0][:200]
-      raise BackendError(f"backend {getattr(model, 'where', model.target or model.device)} failed to run the model ({type(e).__name__}: {first}); "
-                         f"`tfm backends` lists the backends that run here: pass another as device=...") from e
+    with failures_named(model): return out.realize()
+
+
+@contextlib.contextmanager
+def failures_named(model: Any):
+  """A compiler or driver failure inside: raised as a BackendError that says which backend, the cause kept for --debug."""
+  try: yield
+  except (InputError, BackendError): raise
+  except Exception as e:
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    raise BackendError(f"backend {getattr(model, 'where', model.target or model.device)} failed to run the model ({type(e).__name__}: {first}); "
+                       f"`tfm backends` lists the backends that run here: pass another as device=...") from e
 
 
 class Model:
@@ -57,6 +64,17 @@ class Model:
   def on_device(self) -> contextlib.AbstractContextManager:
     """The block in which this model's kernels are built and compiled (tfm.runtime.tuned.compiling_on)."""
     return compiling_on(self.device, self.target)
+
+  def placed(self, array: np.ndarray) -> Tensor:
+    """A checked input array on the model's device(s)."""
+    return to_device(array, self.device)
+
+  def forward(self, kind: str, arrays: tuple[np.ndarray, ...], compute: Callable[..., Tensor]) -> Tensor:
+    """compute(*arrays placed on the device), realized: a public entry point's work. At inference on one device it runs
+    as a compiled step per input shape (tfm.nn.compiled); under training it stays lazy for backward()."""
+    if compiles(self):
+      with failures_named(self): return compiled_call(self, kind, arrays, compute)
+    return realized_on(self, lambda: compute(*(self.placed(a) for a in arrays)))
 
   def initial_value(self, name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     raise NotImplementedError

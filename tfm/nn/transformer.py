@@ -92,9 +92,12 @@ class Transformer(Model):
   def ids(self, ids: Any, name: str = "ids") -> Tensor:
     """Check token ids (B, T) and put them on the model's device: a Tensor, a numpy array or nested lists of ints.
     On several devices a data-parallel model splits them by rows (tfm.runtime.placement.batch_axis)."""
-    arr = self.check_ids(ids, name)
-    if self.parallel is None: return Tensor(arr, device=self.device)
-    return to_device(arr, self.device, axis=batch_axis(self, arr.shape[0]))
+    return self.placed(self.check_ids(ids, name))
+
+  def placed(self, array: np.ndarray) -> Tensor:
+    """Checked ids on the model's device; a data-parallel model's split by rows over its devices."""
+    if self.parallel is None: return Tensor(array, device=self.device)
+    return to_device(array, self.device, axis=batch_axis(self, array.shape[0]))
 
   def check_ids(self, ids: Any, name: str = "ids") -> np.ndarray:
     """`ids` checked as `ids()` checks them, as an int32 numpy array on the host (generation pads them there)."""
@@ -132,7 +135,7 @@ class Transformer(Model):
 
   def encode(self, src_ids: Any) -> Tensor:
     """Source ids (B, S) -> memory (B, S, d_model)."""
-    return self._result(lambda: self.run_encoder(self.ids(src_ids, "src_ids")))
+    return self.forward("encoder", (self.check_ids(src_ids, "src_ids"),), self.run_encoder)
 
   def decode(self, tgt_ids: Any, memory: Tensor, src_mask: Tensor | None = None) -> Tensor:
     """Target ids (B, T) attending causally to themselves and to memory (B, S, d) -> logits (B, T, vocab_size).
@@ -157,10 +160,10 @@ class Transformer(Model):
 
   def __call__(self, src_ids: Any, tgt_ids: Any) -> Tensor:
     """Teacher-forced forward pass: logits (B, T, vocab_size) for every target position."""
-    src, tgt = self.ids(src_ids, "src_ids"), self.ids(tgt_ids, "tgt_ids")
+    src, tgt = self.check_ids(src_ids, "src_ids"), self.check_ids(tgt_ids, "tgt_ids")
     if src.shape[0] != tgt.shape[0]:
       raise InputError(f"src_ids has batch size {src.shape[0]} but tgt_ids has {tgt.shape[0]}: give one target row per source row")
-    return self._result(lambda: self.run_decoder(tgt, self.run_encoder(src), self.padding_mask(src)))
+    return self.forward("logits", (src, tgt), lambda s, t: self.run_decoder(t, self.run_encoder(s), self.padding_mask(s)))
 
   def _result(self, compute) -> Tensor: return realized_on(self, compute)
 

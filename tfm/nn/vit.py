@@ -22,7 +22,7 @@ from tfm.config import VisionConfig
 from tfm.errors import InputError
 from tfm.nn.linear import Linear
 from tfm.runtime.memory import to_device
-from tfm.nn.base import Model, realized_on, xavier_uniform
+from tfm.nn.base import Model, xavier_uniform
 from tfm.nn.transformer import Encoder
 from tfm.runtime.placement import resolve_device
 
@@ -43,6 +43,11 @@ class VisionTransformer(Model):
       self.encoder = Encoder(config)
       self.classifier = Linear(d, config.num_labels) if config.num_labels else None
       if initialise: self._initialise()
+
+  @property
+  def dtype(self):
+    """The dtype it computes in: its weights'."""
+    return self.patch_embed.weight.dtype
 
   def initial_value(self, name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """Xavier-uniform matrices, zero biases, LayerNorms at identity, class token and positions N(0, 0.02), and a zero
@@ -114,10 +119,9 @@ class VisionTransformer(Model):
 
   def features(self, pixels: Any) -> Tensor:
     """pixels (B, C, H, W) -> every token's final state (B, N+1, d_model); the class token is row 0."""
-    x = self.pixels(pixels)
-    return realized_on(self, lambda: self.run_encoder(x))
+    return self.forward("vit features", (self.check_pixels(pixels),), self.run_encoder)
 
   def __call__(self, pixels: Any) -> Tensor:
     """pixels (B, C, H, W) -> logits (B, num_labels)."""
-    x = self.pixels(pixels)
-    return realized_on(self, lambda: self.run_classifier(x))
+    if self.classifier is None: self.run_classifier(None)   # says what to use instead
+    return self.forward("vit logits", (self.check_pixels(pixels),), self.run_classifier)

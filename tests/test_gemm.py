@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from tinygrad import Context, Tensor, dtypes
 
-from tfm.nn.linear import GEMM_MIN, GEMM_ROWS, product
-from tfm.runtime.gemm import ATTENTION_ROWS, TILE, gemm, gemm_attends, gemm_blocks, gemm_layout, gemm_nn, gemm_nt, gemm_renders
+from tfm.nn.linear import product
+from tfm.runtime.gemm import ATTENTION_ROWS, GEMM_MIN, GEMM_ROWS, TILE, gemm, gemm_attends, gemm_blocks, gemm_layout, gemm_nn, gemm_nt, gemm_renders
 from tfm.runtime.machine import cores, vector_floats
 
 RNG = np.random.default_rng(0)
@@ -52,11 +52,26 @@ def test_a_many_row_float32_product_on_cpu_is_the_gemm_and_equals_x_wt():
   np.testing.assert_allclose(y.numpy().reshape(GEMM_ROWS, -1), x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-5, atol=1e-4)
 
 
-def test_training_and_int8_weights_keep_x_wt():
-  _, w, xt, wt = operands(GEMM_ROWS, 256, GEMM_MIN // 256)
-  with Context(TRAINING=1): assert product(xt, wt).uop.key == (xt @ wt.T).uop.key
+def test_int8_weights_keep_x_wt():
+  _, w, xt, _ = operands(GEMM_ROWS, 256, GEMM_MIN // 256)
   q = Tensor(np.clip(np.rint(w * 20), -127, 127).astype(np.int8), device="CPU")
   assert product(xt, q).uop.key == (xt @ q.cast(dtypes.float32).T).uop.key
+
+
+def test_a_training_linear_on_cpu_is_the_gemm_with_gradients_that_are_gemms_too():
+  """dX = G W and dW = G^T X through gemm's gradient: equal to numpy's, rows past a tile and outputs past a vector."""
+  from tfm.nn.linear import Linear
+  x, w, xt, wt = operands(GEMM_ROWS + 5, 256, GEMM_MIN // 256 + 3)
+  g = RNG.standard_normal((GEMM_ROWS + 5, GEMM_MIN // 256 + 3)).astype(np.float32)
+  layer = Linear(256, w.shape[0])
+  layer.weight, layer.bias = wt, None
+  with Context(TRAINING=1):
+    y = layer(xt)
+    assert y.uop.key != (xt @ wt.T).uop.key
+    (y * Tensor(g, device="CPU")).sum().backward()
+  np.testing.assert_allclose(y.numpy(), x.astype(np.float64) @ w.T, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(xt.grad.numpy(), g.astype(np.float64) @ w, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(wt.grad.numpy(), g.T.astype(np.float64) @ x, rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.parametrize("lanes", [4, 8, 16])

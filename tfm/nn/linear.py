@@ -31,7 +31,7 @@ from tinygrad.uop.ops import AxisType, KernelInfo, Ops, UOp
 from backends import switches
 from tfm.errors import InputError
 from tfm.runtime.cpu_kernels import WIDE, compiled_as_scalars, serial_reductions, thread_opts
-from tfm.runtime.gemm import gemm, gemm_renders
+from tfm.runtime.gemm import gemm, gemm_fits
 from tfm.runtime.memory import download, like, to_device
 
 
@@ -52,8 +52,6 @@ def matmul_wt(x: Tensor, w: Tensor) -> Tensor:
 
 
 LANES = 16      # partial sums per output where a product's reduction is split (one AVX-512 vector of float32)
-GEMM_ROWS = 64  # rows from which a float32 product on CPU is tfm's GEMM kernel (tfm.runtime.gemm)
-GEMM_MIN = 1 << 16   # numbers in a weight from which it is (a smaller product takes microseconds either way)
 PACK = 8        # output features per block of a packed weight: one AVX2 vector of float32
 PACK_MIN = 1 << 17   # numbers in a weight from which decoding packs it (a 512 x 512 projection has 2 of these)
 
@@ -71,10 +69,9 @@ def product(x: Tensor, w: Tensor) -> Tensor:
   the same graph: 6-8 times tinygrad's default kernel at ViT-S/16's shapes (docs/PERFORMANCE.md, "Many rows on CPU").
   Elsewhere, and for other sizes, x @ w.T."""
   rows, (out, k), float_weights = prod(x.shape[:-1]), w.shape, dtypes.is_float(w.dtype)
+  if not TRAINING and gemm_fits(x, w): return gemm(x.reshape(rows, k), w).reshape(*x.shape[:-1], out)
   w = w.cast(x.dtype)
   if not isinstance(rows, int) or not serial_reductions(x.device) or TRAINING: return x @ w.T
-  if rows >= GEMM_ROWS and float_weights and x.dtype == dtypes.float32 and out * k >= GEMM_MIN and gemm_renders(x.device):
-    return gemm(x.reshape(rows, k), w).reshape(*x.shape[:-1], out)
   # tinygrad-0.14: a CPU reduction is one serial chain per output (no GROUP): split into LANES partial sums
   if k % LANES == 0 and (rows == 1 or (rows <= 4 and k >= out)):
     split = x.reshape(*x.shape[:-1], 1, k // LANES, LANES) * w.reshape(out, k // LANES, LANES)
@@ -182,7 +179,8 @@ class Linear(nn.Linear):
     if self._reads_packed(x): return self._from_packed(x)
     if TRAINING:
       if self.scale is not None: raise InputError("an int8 model cannot be trained: load the float32 weights to train, quantize after")
-      y = matmul_wt(x, self.weight)
+      # float32 on CPU: tfm's GEMM, its gradients GEMMs too (tfm.runtime.gemm); elsewhere dW from contiguous transposes
+      y = gemm(x.reshape(-1, x.shape[-1]), self.weight).reshape(*x.shape[:-1], -1) if gemm_fits(x, self.weight) else matmul_wt(x, self.weight)
     # int8: the cast is fused into the product's loads, so the kernel reads the int8 weights; the row scales apply to
     # the outputs, one multiply per output instead of one per weight
     elif self.scale is not None: y = product(x, self.weight) * self.scale.cast(x.dtype)

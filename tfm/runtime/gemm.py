@@ -85,7 +85,17 @@ def gemm_renders(device: str) -> bool:
   return isinstance(Device[device].renderer, (ClangRenderer, LLVMRenderer))
 
 
+GEMM_ROWS = 64  # rows from which a float32 product on CPU is the GEMM (tfm.nn.linear: inference and training)
+GEMM_MIN = 1 << 16   # numbers in a weight from which it is (a smaller product takes microseconds either way)
 ATTENTION_ROWS = 32   # queries from which attention's two products are gemm_nt / gemm_nn (a decode step has one)
+
+
+def gemm_fits(x: Tensor, w: Tensor) -> bool:
+  """Whether x (..., in) @ w.T is the GEMM: float32 operands, GEMM_ROWS rows or more of static shape, a weight of
+  GEMM_MIN numbers or more, on one device whose renderer compiles it (CPU); at inference and in training alike."""
+  rows = math.prod(x.shape[:-1])
+  return (isinstance(rows, int) and rows >= GEMM_ROWS and x.dtype == w.dtype == dtypes.float32 and w.numel() >= GEMM_MIN
+          and serial_reductions(x.device) and gemm_renders(x.device))
 
 
 def gemm_attends(q: Tensor, k: Tensor) -> bool:
@@ -104,8 +114,19 @@ def gemm(x: Tensor, w: Tensor, packed: Tensor | None = None) -> Tensor:
   if packed is None: packed = gemm_layout(w, lanes, gemm_blocks(out, lanes, threads)).contiguous()
   blocks = packed.shape[0]
   fxn = gemm_kernel(rows, k, blocks, lanes, threads, device)
-  y = Tensor.empty(-(-rows // TILE) * TILE, blocks * lanes, dtype=x.dtype, device=device).custom_kernel(packed, x.contiguous(), fxn=fxn)[0]
-  return y[:rows, :out]
+  y = Tensor.empty(-(-rows // TILE) * TILE, blocks * lanes, dtype=x.dtype, device=device)
+  return y.custom_kernel(packed, x.contiguous(), fxn=fxn, grad_fxn=_gemm_gradient)[0][:rows, :out]
+
+
+def _gemm_gradient(grad: UOp, call: UOp) -> tuple[UOp | None, ...]:
+  """The gradients of gemm's kernel for training: dX = G W and dW = G^T X, each a GEMM again, dW laid out as the packed
+  weight (autograd takes it back to the weight through the layout's reshapes)."""
+  packed, x = (Tensor(u) for u in call.src[2:])   # tinygrad-0.14: a custom kernel's CALL holds (program, *its buffers)
+  blocks, k, lanes = packed.shape
+  g = Tensor(grad)[:x.shape[0]]   # the rows past x's re-read its last row: their outputs were sliced off, their grads are 0
+  dx = gemm(g, packed.permute(1, 0, 2).reshape(k, blocks * lanes))                     # G (rows, out) @ W (out, in)
+  dw = gemm(g.T, x.T).reshape(blocks, lanes, k).permute(0, 2, 1)                      # G^T X, as (blocks, in, lanes)
+  return (None, dw.uop, dx.uop)
 
 
 def _grouped(a: Tensor, packed: Tensor, out: int) -> Tensor:

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import DEVICE, randomize
-from numpy_beam import beam_search as reference_beam_search
 from tinygrad import Tensor, TinyJit
 
 import tfm
 from tfm.apps import translator as translator_module
+from tfm.apps.oracle_decode import beam_search as reference_beam_search
 from tfm.cli import main
 from tfm.generation.ranking import best_continuations
 from tfm.io.tokenizer import CharTokenizer

@@ -97,26 +97,8 @@ def oracle_greedy(subject: subjects.Subject, steps: int, arrays: dict[str, np.nd
 
   `arrays` replaces the subject's weights (float16-rounded ones, say); `margins` collects each step's smallest gap
   between the best and the second-best logit of the rows still decoding: how far a backend may stray and still agree."""
-  c = subject.config
-  ref = Reference(subject.arrays if arrays is None else arrays, c.to_dict())
-  rows = subject.src.shape[0]
-  tgt, done = np.full((rows, 1), c.start_id), np.zeros(rows, bool)
-  total, length = np.zeros(rows), np.zeros(rows)
-  for _ in range(steps):
-    logits = ref.logits(subject.src, tgt)[:, -1]
-    if margins is not None:
-      top2 = np.sort(logits, -1)[:, -2:]
-      margins.append(float((top2[:, 1] - top2[:, 0])[~done].min()))
-    logp = logits - logits.max(-1, keepdims=True)
-    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-    best = logits.argmax(-1)
-    total += np.where(done, 0.0, logp[np.arange(rows), best])
-    length += ~done
-    best = np.where(done, c.pad_id, best)
-    tgt = np.concatenate([tgt, best[:, None]], 1)
-    done |= best == c.eos_id
-    if done.all(): break
-  return tgt[:, 1:], total / length
+  ref = Reference(subject.arrays if arrays is None else arrays, subject.config.to_dict())
+  return oracle_decode.greedy(ref, subject.config, subject.src, steps, margins)
 
 
 # --- the backend's side -----------------------------------------------------------------------------------------

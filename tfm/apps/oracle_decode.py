@@ -38,14 +38,19 @@ def next_token_logprobs(ref: Reference, src_row: np.ndarray) -> LogProbs:
   return lambda prefixes: log_softmax(ref.logits(np.repeat(src_row[None], len(prefixes), 0), np.array(prefixes))[:, -1])
 
 
-def greedy(ref: Reference, config: TransformerConfig, src: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+def greedy(ref: Reference, config: TransformerConfig, src: np.ndarray, max_len: int,
+           margins: list | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Greedy decoding as tfm.generate returns it: ids (argmax of the last position, finished rows padded, cut to the
-  longest row) and scores (mean log-probability of each row's tokens, eos counted)."""
+  longest row) and scores (mean log-probability of each row's tokens, eos counted). `margins` collects each step's
+  smallest gap between the best and the second-best logit of the rows still decoding."""
   rows = src.shape[0]
   tgt, done = np.full((rows, 1), config.start_id), np.zeros(rows, bool)
   total, length = np.zeros(rows), np.zeros(rows)
   for _ in range(max_len):
     logits = ref.logits(src, tgt)[:, -1]
+    if margins is not None:
+      top2 = np.sort(logits, -1)[:, -2:]
+      margins.append(float((top2[:, 1] - top2[:, 0])[~done].min()))
     best = logits.argmax(-1)
     total += np.where(done, 0.0, log_softmax(logits)[np.arange(rows), best])
     length += ~done

@@ -194,10 +194,7 @@ def sessions_of(model: Transformer) -> list[Session]:
 
 def session_for(model: Transformer, rows: int, beam: int, src_len: int) -> Session:
   """The model's session for this shape (least recently used ones are dropped), rebuilt if its weights were replaced."""
-  params = model.parameters()
-  # tinygrad-0.14: uop.is_realized and uop.buffer (internal) identify the buffers a captured step reads
-  if unrealized := [p for p in params if not p.uop.is_realized]: Tensor.realize(*unrealized)
-  weights = tuple(id(p.uop.buffer) for p in params)  # captured steps read these buffers: a replaced one needs a new capture
+  weights = model.weight_buffers()
   sessions = _SESSIONS.setdefault(model, OrderedDict())
   key = (rows, beam, src_len, weights)
   if key not in sessions:

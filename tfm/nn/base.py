@@ -65,6 +65,14 @@ class Model:
     """The block in which this model's kernels are built and compiled (tfm.runtime.tuned.compiling_on)."""
     return compiling_on(self.device, self.target)
 
+  def weight_buffers(self) -> tuple[int, ...]:
+    """The identity of every weight's device buffer (realizing unset ones first): a step captured over these buffers
+    reads whatever is written into them, and needs capturing again once a weight tensor is replaced."""
+    params = self.parameters()
+    # tinygrad-0.14: uop.is_realized and uop.buffer (internal) identify the buffers a captured step reads
+    if unrealized := [p for p in params if not p.uop.is_realized]: Tensor.realize(*unrealized)
+    return tuple(id(p.uop.buffer) for p in params)
+
   def placed(self, array: np.ndarray) -> Tensor:
     """A checked input array on the model's device(s)."""
     return to_device(array, self.device)

@@ -61,10 +61,7 @@ def compiles(model: Any) -> bool:
 
 def compiled_call(model: Any, kind: str, arrays: tuple[np.ndarray, ...], compute: Callable[..., Tensor]) -> Tensor:
   """compute(*arrays on the device), realized, through the model's compiled step for these shapes (module docstring)."""
-  params = model.parameters()
-  if unrealized := [p for p in params if not p.uop.is_realized]: Tensor.realize(*unrealized)
-  # tinygrad-0.14: uop.buffer is internal; a captured step reads these buffers, so a replaced weight needs a new capture
-  weights = tuple(id(p.uop.buffer) for p in params)
+  weights = model.weight_buffers()   # a replaced weight tensor needs a new capture
   calls = _CALLS.setdefault(model, OrderedDict())
   key = (kind, tuple((a.shape, a.dtype.kind) for a in arrays), weights)
   if key not in calls:

@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 import tfm
 from tfm.cli import main
-from tfm.interop import convert_marian, convert_torch_transformer, load_stacks, load_torch_transformer
+from tfm.interop import convert_seq2seq as convert_marian, convert_torch_transformer, load_stacks, load_torch_transformer
 from tfm.nn.layers import sinusoid_table
 from tfm.reference import Reference
 
@@ -218,7 +218,7 @@ def test_marian_file_with_every_tied_name_and_the_position_tables_imports_the_sa
   expected, got = convert_marian(MARIAN), convert_marian(marian_copy(tmp_path, old_layout))
   assert got.arrays.keys() == expected.arrays.keys()
   for name in expected.arrays: np.testing.assert_array_equal(got.arrays[name], expected.arrays[name], err_msg=name)
-  assert sum("checked equal to tfm's half-split sinusoid table" in note for note in got.notes) == 2
+  assert sum("checked equal to tfm's half_split sinusoid table" in note for note in got.notes) == 2
 
 
 def test_marian_with_an_untied_output_layer_keeps_it_separate(tmp_path):
@@ -233,14 +233,14 @@ def test_marian_with_an_untied_output_layer_keeps_it_separate(tmp_path):
 
 @pytest.mark.parametrize("change, config_change, message", [
   (lambda a: a.update({"model.encoder.embed_positions.weight": np.zeros((64, 32), np.float32)}), None,
-   "model.encoder.embed_positions.weight is not Marian's sinusoidal table"),
+   "model.encoder.embed_positions.weight is not the half_split sinusoid table"),
   (lambda a: a.update({"lm_head.weight": a["model.shared.weight"] + 1}), None, "lm_head.weight differs from model.shared.weight"),
   (lambda a: a.update({"model.encoder.layernorm_embedding.weight": np.ones(32, np.float32)}), None,
    "unexpected tensor.*model.encoder.layernorm_embedding.weight"),
   (lambda a: a.pop("model.decoder.layers.1.encoder_attn.k_proj.bias"), None, "missing tensor.*model.decoder.layers.1.encoder_attn.k_proj.bias"),
   (lambda a: a.update({"final_logits_bias": a["final_logits_bias"][0]}), None, r"final_logits_bias has shape \(64,\)"),
   (None, lambda hf: hf.update({"activation_function": "gelu_new"}), "activation_function='gelu_new'"),
-  (None, lambda hf: hf.update({"model_type": "bart"}), "describes a 'bart' model"),
+  (None, lambda hf: hf.update({"model_type": "prophetnet"}), "describes a 'prophetnet' model"),
   (None, lambda hf: hf.update({"decoder_ffn_dim": 128}), "encoder_ffn_dim=64 but decoder_ffn_dim=128"),
 ], ids=["positions", "tie-broken", "unexpected", "missing", "bias-shape", "activation", "model-type", "ffn-sizes"])
 def test_marian_checkpoint_that_does_not_fit_is_refused(tmp_path, change, config_change, message):

@@ -118,8 +118,8 @@ def test_checkpoint_that_tfm_does_not_compute_is_refused(tmp_path, change, confi
 def test_from_pretrained_picks_the_importer_by_model_type(tmp_path, imported):
   assert isinstance(imported["c1"], tfm.VisionTransformer)
   assert isinstance(tfm.from_pretrained(FIXTURES / "marian_tiny", device=DEVICE), tfm.Transformer)
-  with pytest.raises(tfm.WeightsError, match="describes a 'bart' model"):
-    tfm.from_pretrained(vit_copy(tmp_path, config_change=lambda hf: hf.update({"model_type": "bart"})))
+  with pytest.raises(tfm.WeightsError, match="describes a 'prophetnet' model"):
+    tfm.from_pretrained(vit_copy(tmp_path, config_change=lambda hf: hf.update({"model_type": "prophetnet"})))
 
 
 def test_convert_then_load_gives_the_same_logits(imported, tmp_path, capsys):

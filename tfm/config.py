@@ -8,7 +8,7 @@ from typing import Any, ClassVar, TypeVar
 from tfm.errors import ConfigError
 
 ACTIVATIONS = ("relu", "gelu", "swish")
-POSITIONAL_LAYOUTS = ("interleaved", "half_split")
+POSITIONAL_LAYOUTS = ("interleaved", "half_split", "m2m100", "learned")
 
 
 C = TypeVar("C", bound="Fields")
@@ -68,7 +68,10 @@ class TransformerConfig(Fields):
 
   Defaults are the paper's base model (table 3) with a 37000-token shared vocabulary.
   `positional="interleaved"` is the paper's sin/cos table (sin on even, cos on odd features);
-  `"half_split"` puts all sines first, then all cosines (Marian / fairseq).
+  `"half_split"` puts all sines first, then all cosines (Marian, Pegasus); `"m2m100"` is half-split with the
+  frequencies 10000^(-i / (d/2 - 1)) (M2M100, NLLB); `"learned"` is a trained table per stack (BART, mBART).
+  `position_offset`: the table row of position 0 (M2M100 and BART start at row 2); the table has max_len + offset rows.
+  `embed_norm`: a LayerNorm over embeddings plus positions, one per stack (BART's layernorm_embedding).
   `final_norm=None` means "on for pre-norm, off for post-norm".
   """
   vocab_size: int = 37000
@@ -85,6 +88,8 @@ class TransformerConfig(Fields):
   scale_embedding: bool = True
   tie_embeddings: bool = True
   positional: str = "interleaved"
+  position_offset: int = 0
+  embed_norm: bool = False
   final_norm: bool | None = None
   output_bias: bool = False
   pad_id: int = 0
@@ -93,7 +98,7 @@ class TransformerConfig(Fields):
   decoder_start_id: int | None = None
 
   def __post_init__(self):
-    self.check_integers(("vocab_size", "d_model", "n_heads", "d_ff", "max_len"), ("n_encoder_layers", "n_decoder_layers"))
+    self.check_integers(("vocab_size", "d_model", "n_heads", "d_ff", "max_len"), ("n_encoder_layers", "n_decoder_layers", "position_offset"))
     self.check_encoder()
     if self.d_model % 2 != 0:
       raise ConfigError(f"d_model={self.d_model} must be even: the sinusoidal table pairs a sine with a cosine")

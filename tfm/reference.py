@@ -16,7 +16,8 @@ def _sinusoids(length: int, d: int, layout: str) -> np.ndarray:
   table = np.zeros((length, d))
   for pos in range(length):
     for i in range(d // 2):
-      angle = pos / 10000 ** (2 * i / d)
+      # M2M100's layout spreads the frequencies over d/2 - 1 steps instead of d/2
+      angle = pos * math.exp(-math.log(10000) * i / (d // 2 - 1)) if layout == "m2m100" else pos / 10000 ** (2 * i / d)
       if layout == "interleaved": table[pos, 2 * i], table[pos, 2 * i + 1] = math.sin(angle), math.cos(angle)
       else: table[pos, i], table[pos, d // 2 + i] = math.sin(angle), math.cos(angle)
   return table
@@ -74,11 +75,18 @@ class Reference:
   def _ffn(self, name, x):
     return self._linear(_activation(self._linear(x, f"{name}.fc1"), self.cfg["activation"]), f"{name}.fc2")
 
-  def _embed(self, table_name, ids):
-    d = self.cfg["d_model"]
-    x = self.w[table_name][ids]
-    if self.cfg["scale_embedding"]: x = x * math.sqrt(d)
-    return x + _sinusoids(ids.shape[1], d, self.cfg["positional"])[None]
+  def _embed(self, side, ids):
+    """side "src" or "tgt": token embeddings (scaled), positions from row position_offset on (the side's learned table or
+    the sinusoids), the side's embedding LayerNorm where configured."""
+    d, cfg = self.cfg["d_model"], self.cfg
+    table = "src_embed.weight" if side == "src" or cfg["tie_embeddings"] else "tgt_embed.weight"
+    x = self.w[table][ids]
+    if cfg["scale_embedding"]: x = x * math.sqrt(d)
+    first, length = cfg.get("position_offset", 0), ids.shape[1]
+    if cfg["positional"] == "learned": positions = self.w[f"{side}_positions.weight"][first:first + length]
+    else: positions = _sinusoids(first + length, d, cfg["positional"])[first:]
+    x = x + positions[None]
+    return self._norm(x, f"{side}_embed_norm") if cfg.get("embed_norm") else x
 
   def _final_norm(self):
     return self.cfg["norm_first"] if self.cfg.get("final_norm") is None else self.cfg["final_norm"]
@@ -87,7 +95,7 @@ class Reference:
     src = np.asarray(src)
     keep = src != self.cfg["pad_id"]
     allowed = np.broadcast_to(keep[:, None, :], (src.shape[0], src.shape[1], src.shape[1]))
-    x = self._embed("src_embed.weight", src)
+    x = self._embed("src", src)
     for i in range(self.cfg["n_encoder_layers"]):
       p = f"encoder.layers.{i}"
       x = self._sublayer(x, lambda h, p=p: self._mha(f"{p}.self_attn", h, h, allowed), f"{p}.self_attn_layer_norm")
@@ -100,8 +108,7 @@ class Reference:
     b, t = tgt.shape
     causal = np.broadcast_to(np.tril(np.ones((t, t), dtype=bool)), (b, t, t))
     cross = np.broadcast_to((src != self.cfg["pad_id"])[:, None, :], (b, t, src.shape[1]))
-    table = "src_embed.weight" if self.cfg["tie_embeddings"] else "tgt_embed.weight"
-    x = self._embed(table, tgt)
+    x = self._embed("tgt", tgt)
     for i in range(self.cfg["n_decoder_layers"]):
       p = f"decoder.layers.{i}"
       x = self._sublayer(x, lambda h, p=p: self._mha(f"{p}.self_attn", h, h, causal), f"{p}.self_attn_layer_norm")

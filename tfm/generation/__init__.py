@@ -14,6 +14,7 @@ Conventions follow Hugging Face `generate` where they apply, so imported Marian 
 - max_len counts generated tokens (Hugging Face's max_length counts the start token too: it is max_len + 1).
 - min_len: eos is masked until min_len tokens have been generated (min_new_tokens).
 - forced_eos_id: at the last allowed step only eos may be chosen (forced_eos_token_id).
+- forced_bos_id: the first output token is this one, with log-prob 0 (forced_bos_token_id: a target language).
 - suppress_ids: tokens that are never generated (single-token bad_words_ids; Marian suppresses its pad).
 - beam search: the top 2 * beam_size continuations per source each step, finished hypotheses kept when they rank in
   the top beam_size, early_stopping True (stop once beam_size hypotheses are done), False (stop when the best live

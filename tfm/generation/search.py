@@ -11,7 +11,7 @@ from tfm.errors import InputError
 from tfm.generation import rules
 from tfm.generation.ranking import best_continuations, largest
 from tfm.generation.session import Session, Steps, encoded, steps_at
-from tfm.generation.settings import GenerationSettings, check, resolve_settings, rule_arrays
+from tfm.generation.settings import FORCED, GenerationSettings, check, resolve_settings, rule_arrays
 from tfm.runtime.memory import download, host_view, upload
 from tfm.nn.transformer import Transformer
 
@@ -91,7 +91,7 @@ def _host_steps(session: Session, s: GenerationSettings, prefixes: list[list[int
     raw = download(session.logprobs)
     x = rules.apply(raw, history, s) + bias[0]
     if rule_at[t] == 1: x[:, eos] = -np.inf
-    if rule_at[t] == 2: x = np.broadcast_to(bias[1], x.shape).copy()
+    if rule_at[t] >= FORCED: x = np.broadcast_to(bias[rule_at[t] - 1], x.shape).copy()
     x = rules.force_prefix(x, t, prefixes)
     if (stuck := ~ended & np.isneginf(x).all(1)).any():
       raise InputError(f"the decoding rules leave no token for row {int(np.argmax(stuck))} at output position {t} (every "
@@ -99,7 +99,7 @@ def _host_steps(session: Session, s: GenerationSettings, prefixes: list[list[int
     chosen = rules.sample(x, s, rng) if s.sample else x.argmax(1).astype(np.int32)
     top = raw.max(1)
     lse = top + np.log(np.exp(raw - top[:, None]).sum(1, dtype=np.float32))
-    lp = np.full(n, np.float32(0)) if rule_at[t] == 2 else x[np.arange(n), chosen] - lse
+    lp = np.full(n, np.float32(0)) if rule_at[t] >= FORCED else x[np.arange(n), chosen] - lse
     tokens, lp = np.where(ended, pad, chosen).astype(np.int32), np.where(ended, np.float32(0), lp).astype(np.float32)
     yield tokens, lp
     ended |= chosen == eos
@@ -138,9 +138,9 @@ def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[in
     # read in place where the device is host memory (CPU): the next step rewrites the buffer, after this one is ranked;
     # a copy where the host's rules change the scores
     lp = view if not host and (view := host_view(session.logprobs)) is not None else download(session.logprobs)
-    if host:   # not at a forced eos step: there the device already left eos alone, as Hugging Face's last processor does
+    if host:   # not at a forced step: there the device already left the forced token alone, as Hugging Face's processors do
       history = np.concatenate([np.full((b * k, 1), s.start_id, np.int32), running[:, :, :t].reshape(b * k, t)], 1)
-      if rule_at[t] != 2: lp = rules.apply(lp, history, s)
+      if rule_at[t] < FORCED: lp = rules.apply(lp, history, s)
       lp = rules.force_prefix(lp, t, prefixes, k)
     top, top_scores = best_continuations(lp, running_scores, cands)
     beam_of, token = top // vocab, top % vocab
@@ -260,7 +260,7 @@ def generate(model: Transformer, src_ids: Any, max_len: int | None = None, beam_
              num_return: int | None = None, return_scores: bool = False, *, repetition_penalty: float | None = None,
              no_repeat_ngram_size: int | None = None, bad_words: Any = None, target_prefix: Any = None,
              sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
-             top_p: float | None = None, seed: int | None = None):
+             top_p: float | None = None, seed: int | None = None, forced_bos_id: int | None = None, start_id: int | None = None):
   """Translate a batch of sources (B, S), pad-padded to a common length: ids (B * num_return, T) [and scores].
 
   Arguments left as None take tfm's defaults: beam_size 1 (greedy), max_len = longest source + 50 (at most
@@ -273,8 +273,13 @@ def generate(model: Transformer, src_ids: Any, max_len: int | None = None, beam_
   target_prefix (per source: token ids its output starts with, or None), and sampling (sample=True with temperature,
   top_k, top_p; seed makes it repeatable on every backend). The first four are Hugging Face's; as there, they apply
   to the logits in greedy decoding and to the log-probs in beam search.
+
+  forced_bos_id: the first output token, forced with log-prob 0 (a multilingual model's target language: NLLB, M2M100,
+  mBART-50); start_id: the decoder's first input (mBART's target language). Both default to the generation_config's
+  forced_bos_token_id and decoder_start_token_id, else none and config.start_id.
   """
-  return _search(model, src_ids, "auto", return_scores, bad_words, target_prefix, max_len=max_len, beam_size=beam_size,
+  return _search(model, src_ids, "auto", return_scores, bad_words, target_prefix, forced_bos_id=forced_bos_id, start_id=start_id,
+                 max_len=max_len, beam_size=beam_size,
                  length_penalty=length_penalty, early_stopping=early_stopping, min_len=min_len, num_return=num_return,
                  repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size, sample=sample,
                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)

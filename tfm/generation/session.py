@@ -14,7 +14,7 @@ from tinygrad.nn.state import get_state_dict
 from tfm.nn.attention import KVCache, value_width
 from tfm.runtime.cpu_kernels import log_softmax, logsumexp
 from tfm.errors import InputError
-from tfm.generation.settings import GenerationSettings, rule_arrays
+from tfm.generation.settings import FORCED, GenerationSettings, rule_arrays
 from tfm.nn.linear import pack_layers, packed_products
 from tfm.runtime.memory import filled, upload
 from tfm.nn.transformer import Transformer
@@ -51,10 +51,9 @@ class Session:
       self.src_mask = filled((n, 1, 1, src_len), dtypes.bool, dev, False, rows_first)
       self.feed = filled((2, n), dtypes.int32, dev, axis=rows_second)  # beam search: next tokens and the rows they continue
       self.logprobs = filled((n, c.vocab_size), dtypes.float32, dev, axis=rows_first)  # beam search: read back every step
-      # the generation rules: per position 0 (free), 1 (eos masked: min_len) or 2 (forced eos); log-prob biases for
-      # every step (0, or -inf for suppressed tokens) and for the forced step (0 for the forced token, -inf elsewhere)
+      # the generation rules per output position, and the log-prob biases they add (tfm.generation.settings.rule_arrays)
       self.rules = filled((c.max_len,), dtypes.int32, dev)
-      self.bias = filled((2, c.vocab_size), dtypes.float32, dev)
+      self.bias = filled((3, c.vocab_size), dtypes.float32, dev)
     # products from packed weights (tfm.nn.linear.Linear.pack) where they run faster; each prefill refreshes the copies,
     # so a decode always reads the weights as they are (a model trained between two decodes included)
     self.packed = pack_layers(model)   # (none on several devices: packable)
@@ -78,7 +77,7 @@ class Session:
     model = self.model
     out = {f"weight:{name}": t for name, t in get_state_dict(model).items()}
     out.update({f"packed.{i}": layer.packed for i, layer in enumerate(self.packed)})   # in linear_layers' order
-    out["positions"] = model.positions.table()
+    if model.positions is not None: out["positions"] = model.positions.table()
     out.update(src=self.src, src_mask=self.src_mask, feed=self.feed, logprobs=self.logprobs, rules=self.rules, bias=self.bias)
     for i, (k, v) in enumerate(self.memory_kv): out[f"memory_kv.{i}.k"], out[f"memory_kv.{i}.v"] = k, v
     return out
@@ -144,7 +143,7 @@ class Steps:
     s, c = self.session, self.session.model.config
     rule = s.rules[pos:pos + 1]
     scores = ((rule == 1) & (Tensor.arange(c.vocab_size) == c.eos_id)).where(-math.inf, scores + s.bias[0])
-    return (rule == 2).where(s.bias[1], scores)
+    return (rule == 2).where(s.bias[1], (rule == 3).where(s.bias[2], scores))
 
   def _greedy_step(self, pos: UOp) -> None:
     """One greedy step, all on the device: reads the trace at pos, writes the chosen token and its log-prob at pos + 1."""
@@ -155,7 +154,7 @@ class Steps:
       normaliser = logsumexp(logits)
       ruled = self._apply_rules(logits, pos)  # argmax of ruled logits = argmax of ruled log-probs
       best, best_logit = ruled.argmax(-1), ruled.max(-1, keepdim=True)
-      logprob = (s.rules[pos:pos + 1] == 2).where(0.0, best_logit - normaliser)  # a forced token has log-prob 0
+      logprob = (s.rules[pos:pos + 1] >= FORCED).where(0.0, best_logit - normaliser)  # a forced token has log-prob 0
       written = Tensor.stack(best.float(), logprob[:, 0]).reshape(2, -1, 1)
       # tinygrad-0.14: a view assign would also make this step's read of slot pos see the new value: a whole-buffer assign
       slot = Tensor.arange(self.length + 1) == pos + 1

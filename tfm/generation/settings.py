@@ -23,6 +23,7 @@ class GenerationSettings:
   min_len: int = 0
   num_return: int = 1
   forced_eos_id: int | None = None
+  forced_bos_id: int | None = None   # the first output token (NLLB and M2M100 choose the target language so)
   suppress_ids: tuple[int, ...] = ()
   start_id: int = 1
   # the rules that depend on each hypothesis, and sampling: tfm.generation.rules
@@ -41,7 +42,7 @@ HF_DEFAULTS = {"max_new_tokens": 20, "min_length": 0, "num_beams": 1, "length_pe
                "num_return_sequences": 1}
 # settings that change greedy or beam results and that tfm does not implement, with their no-op values
 UNSUPPORTED = {"num_beam_groups": 1, "diversity_penalty": 0.0, "encoder_no_repeat_ngram_size": 0, "renormalize_logits": False,
-               "exponential_decay_length_penalty": None, "forced_bos_token_id": None, "begin_suppress_tokens": None,
+               "exponential_decay_length_penalty": None, "begin_suppress_tokens": None,
                "sequence_bias": None, "force_words_ids": None, "constraints": None}
 
 
@@ -64,6 +65,7 @@ def _from_generation_config(model: Transformer) -> dict[str, Any]:
   if "forced_eos_token_id" in gc:  # an id, or a list of them (tfm forces the first)
     forced = gc["forced_eos_token_id"]
     out["forced_eos_id"] = int(forced[0] if isinstance(forced, (list, tuple)) else forced)
+  if "forced_bos_token_id" in gc: out["forced_bos_id"] = int(gc["forced_bos_token_id"])
   if "decoder_start_token_id" in gc: out["start_id"] = int(gc["decoder_start_token_id"])
   single = [ids[0] for ids in gc.get("bad_words_ids") or [] if len(ids) == 1]
   out["suppress_ids"] = tuple(sorted(set(single) | set(gc.get("suppress_tokens") or [])))
@@ -118,7 +120,8 @@ def check(s: GenerationSettings, config) -> GenerationSettings:
   if s.sample and s.beam_size > 1:
     raise InputError(f"sampling draws one hypothesis per source: use beam_size=1 (got {s.beam_size}), or beam search without sample")
   if s.seed is not None and not is_int(s.seed): raise InputError(f"seed={s.seed!r} must be an integer")
-  for name, ids in (("forced_eos_id", [] if s.forced_eos_id is None else [s.forced_eos_id]), ("suppress_ids", s.suppress_ids),
+  for name, ids in (("forced_eos_id", [] if s.forced_eos_id is None else [s.forced_eos_id]),
+                    ("forced_bos_id", [] if s.forced_bos_id is None else [s.forced_bos_id]), ("suppress_ids", s.suppress_ids),
                     ("start_id", [s.start_id])):
     bad = [i for i in ids if not is_int(i) or not 0 <= i < config.vocab_size]
     if bad: raise InputError(f"{name} has token id {bad[0]!r}, out of range for vocab_size={config.vocab_size}")
@@ -129,14 +132,21 @@ def check(s: GenerationSettings, config) -> GenerationSettings:
   return s
 
 
+FORCED = 2   # rules >= FORCED: a forced token, whose scores are bias[rule - 1]
+
+
 def rule_arrays(s: GenerationSettings, config) -> tuple[np.ndarray, np.ndarray]:
-  """The contents of Session.rules and Session.bias for settings s."""
+  """The contents of Session.rules and Session.bias for settings s: per output position 0 (free), 1 (eos masked:
+  min_len), 2 (the forced eos, scores bias[1]) or 3 (the forced first token, scores bias[2]); bias[0] is added at every
+  free step (-inf for suppressed tokens). A forced row is 0 at its token and -inf elsewhere, as Hugging Face's forced
+  BOS and EOS processors set them; where both fall on one step (max_len 1) the eos wins, as there."""
   rules = np.zeros(config.max_len, np.int32)
   rules[:s.min_len] = 1
-  bias = np.zeros((2, config.vocab_size), np.float32)
+  bias = np.zeros((3, config.vocab_size), np.float32)
   bias[0, list(s.suppress_ids)] = -np.inf
-  if s.forced_eos_id is not None:
-    rules[s.max_len - 1] = 2
-    bias[1] = -np.inf
-    bias[1, s.forced_eos_id] = 0.0
+  for rule, (position, token) in enumerate(((0, s.forced_bos_id), (s.max_len - 1, s.forced_eos_id))[::-1], start=FORCED):
+    if token is None: continue
+    if rules[position] < FORCED: rules[position] = rule   # the eos (rule 2) is set first and wins
+    bias[rule - 1] = -np.inf
+    bias[rule - 1, token] = 0.0
   return rules, bias

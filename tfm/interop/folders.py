@@ -1,5 +1,6 @@
 """Hugging Face checkpoint folders: which importer reads one, decided by config.json's model_type ("vit": tfm.interop.vit,
-anything else: tfm.interop.marian, which names what it reads when the type is another)."""
+anything else: tfm.interop.seq2seq, which reads Marian, BART, mBART, Pegasus and M2M100/NLLB and names them when the type
+is another)."""
 from __future__ import annotations
 
 import json
@@ -24,17 +25,18 @@ def convert_folder(folder: str | os.PathLike) -> Conversion:
   if model_type(folder) == "vit":
     from tfm.interop.vit import convert_vit
     return convert_vit(folder)
-  from tfm.interop.marian import convert_marian
-  return convert_marian(folder)
+  from tfm.interop.seq2seq import convert
+  return convert(folder)
 
 
 def from_pretrained(folder: str | os.PathLike, device: Any = None, dtype: Any = None, parallel: str | None = None):
   """A tfm model from a Hugging Face checkpoint folder: a VisionTransformer for a ViT (ViTForImageClassification,
-  ViTModel), a Transformer for a Marian (opus-mt) one. Every tensor is mapped by name and shape, none skipped.
+  ViTModel), a Transformer for an encoder-decoder one (Marian/opus-mt, BART, mBART, Pegasus, M2M100, NLLB). Every
+  tensor is mapped by name and shape, none skipped.
   dtype: the model's compute dtype (float32 when None), device and parallel as in tfm.load."""
   if model_type(folder) == "vit":
     if parallel is not None: raise InputError(f"parallel={parallel!r} is for the translation Transformer; load a ViT on one device")
     from tfm.interop.vit import from_pretrained as vit
     return vit(folder, device, dtype)
-  from tfm.interop.marian import from_pretrained as marian
-  return marian(folder, device, dtype, parallel)
+  from tfm.interop.seq2seq import from_pretrained as seq2seq
+  return seq2seq(folder, device, dtype, parallel)

@@ -19,12 +19,14 @@ def sinusoid_table(length: int, d_model: int, layout: str = "interleaved") -> np
   """3.5 PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), as a float64 (length, d_model) array.
 
   "interleaved" stores sin and cos in alternate features, as the paper writes it; "half_split" stores all sines
-  then all cosines, as Marian and fairseq do.
+  then all cosines, as Marian and Pegasus do; "m2m100" is half-split with the frequencies 10000^(-i / (d/2 - 1)), as
+  M2M100 and NLLB compute them.
   """
   pos = np.arange(length, dtype=np.float64)[:, None]
-  freq = np.power(10000.0, -np.arange(0, d_model, 2, dtype=np.float64) / d_model)[None, :]
-  angles = pos * freq  # (length, d_model / 2)
-  if layout == "half_split": return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+  half = d_model // 2
+  exponents = np.arange(half, dtype=np.float64) / (half - 1) if layout == "m2m100" else np.arange(0, d_model, 2) / d_model
+  angles = pos * np.power(10000.0, -exponents)[None, :]  # (length, d_model / 2)
+  if layout != "interleaved": return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
   return np.stack([np.sin(angles), np.cos(angles)], axis=2).reshape(length, d_model)
 
 
@@ -35,18 +37,33 @@ def _table_on(length: int, d_model: int, layout: str, device: str) -> Tensor:
 
 
 class PositionalEncoding:
-  """3.5 Positional encoding: a fixed sinusoidal table added to the embeddings (not learned, not saved)."""
+  """3.5 Positional encoding: a fixed sinusoidal table added to the embeddings (not learned, not saved). Position p
+  reads row p + config.position_offset."""
 
   def __init__(self, config: TransformerConfig, device: str):
-    self.max_len, self.d_model, self.layout, self.device = config.max_len, config.d_model, config.positional, device
+    self.rows, self.d_model, self.layout, self.device = config.max_len + config.position_offset, config.d_model, config.positional, device
+    self.offset = config.position_offset
 
   def table(self) -> Tensor:
-    """The whole table (max_len, d_model) on the model's device, computed once per process and shape."""
-    return _table_on(self.max_len, self.d_model, self.layout, self.device)
+    """The whole table (max_len + position_offset, d_model) on the model's device, computed once per process and shape."""
+    return _table_on(self.rows, self.d_model, self.layout, self.device)
 
   def __call__(self, length: int, offset: int = 0) -> Tensor:
-    """Rows offset .. offset+length of the table: (length, d_model)."""
-    return self.table()[offset:offset + length]
+    """Positions offset .. offset+length: (length, d_model)."""
+    return self.table()[self.offset + offset:self.offset + offset + length]
+
+
+class LearnedPositions:
+  """Positions as a trained table, one row per position (BART's and mBART's; position p reads row p + position_offset):
+  a weight, saved with the model."""
+
+  def __init__(self, config: TransformerConfig):
+    self.weight = Tensor.empty(config.max_len + config.position_offset, config.d_model)
+    self.offset = config.position_offset
+
+  def __call__(self, length: int, offset: int = 0) -> Tensor:
+    """Positions offset .. offset+length: (length, d_model)."""
+    return self.weight[self.offset + offset:self.offset + offset + length]
 
 
 class FeedForward:

@@ -14,7 +14,7 @@ from tinygrad import Tensor, dtypes
 from tfm.nn.attention import KVCache, causal_mask, padding_mask, with_ones
 from tfm.config import TransformerConfig, VisionConfig
 from tfm.errors import InputError
-from tfm.nn.layers import DecoderLayer, EncoderLayer, LayerNorm, PositionalEncoding, layer_norm_one_pass
+from tfm.nn.layers import DecoderLayer, EncoderLayer, LayerNorm, LearnedPositions, PositionalEncoding, layer_norm_one_pass
 from tfm.nn.linear import Embedding, Linear, linear_layers
 from tfm.nn.base import Model, realized_on, unique_state, xavier_uniform
 from tfm.runtime.memory import to_device
@@ -71,20 +71,25 @@ class Transformer(Model):
       self.encoder, self.decoder = Encoder(config), Decoder(config)
       self.generator = Linear(d, v, bias=config.output_bias)
       if config.tie_embeddings: self.generator.weight = self.src_embed.weight
+      if config.positional == "learned": self.src_positions, self.tgt_positions = LearnedPositions(config), LearnedPositions(config)
+      if config.embed_norm:   # BART's layernorm_embedding: one per stack
+        self.src_embed_norm, self.tgt_embed_norm = (LayerNorm(d, eps=config.layer_norm_eps) for _ in range(2))
       if self.parallel is not None: self.lay_out(self.device, self.parallel)
       if initialise: self._initialise()
-    self.positions = PositionalEncoding(config, self.device)
+    self.positions = None if config.positional == "learned" else PositionalEncoding(config, self.device)
 
   def lay_out(self, devices: tuple[str, ...], parallel: str | None = None) -> None:
     """Lay the unset weights out over `devices` as `parallel` says (tfm.runtime.placement); also for NULL renders (tfm.apps.compare)."""
     self.device, self.parallel = devices, choose(parallel, self.config, devices)
-    self.positions = PositionalEncoding(self.config, devices)
+    self.positions = None if self.config.positional == "learned" else PositionalEncoding(self.config, devices)
     place(self, unique_state(self))
 
   def initial_value(self, name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Xavier-uniform matrices and zero biases (as nn.Transformer), N(0, d^-1/2) embeddings (scaled back up by sqrt(d))."""
-    if "layer_norm" in name: return np.ones(shape) if name.endswith(".weight") else np.zeros(shape)
+    """Xavier-uniform matrices and zero biases (as nn.Transformer), N(0, d^-1/2) embeddings (scaled back up by sqrt(d)),
+    learned positions N(0, 0.02)."""
+    if "norm" in name: return np.ones(shape) if name.endswith(".weight") else np.zeros(shape)
     if name.endswith("embed.weight"): return rng.normal(0.0, self.config.d_model ** -0.5, shape)
+    if name.endswith("positions.weight"): return rng.normal(0.0, 0.02, shape)
     return xavier_uniform(shape, rng) if name.endswith(".weight") else np.zeros(shape)
 
   # --- inputs -----------------------------------------------------------------------------------------------
@@ -127,11 +132,17 @@ class Transformer(Model):
 
   # --- the forward pass -------------------------------------------------------------------------------------
 
-  def embed(self, table: Embedding, ids: Tensor, offset: int = 0) -> Tensor:
-    """3.4 + 3.5: token embedding (x sqrt(d_model) when configured) plus the positional encoding, then dropout."""
+  def embed(self, side: str, ids: Tensor, offset: int = 0) -> Tensor:
+    """3.4 + 3.5: token embedding (x sqrt(d_model) when configured) plus the positional encoding (the stack's own
+    learned table, or the shared sinusoids), then the embedding LayerNorm where configured, then dropout.
+    side: "src" (the encoder's inputs) or "tgt" (the decoder's)."""
+    table = self.src_embed if side == "src" else self.tgt_embed
     x = table(ids)
     if self.config.scale_embedding: x = x * math.sqrt(self.config.d_model)
-    return (x + self.positions(ids.shape[1], offset).cast(x.dtype)).dropout(self.config.dropout)
+    positions = self.positions or (self.src_positions if side == "src" else self.tgt_positions)
+    x = x + positions(ids.shape[1], offset).cast(x.dtype)
+    if self.config.embed_norm: x = (self.src_embed_norm if side == "src" else self.tgt_embed_norm)(x)
+    return x.dropout(self.config.dropout)
 
   def encode(self, src_ids: Any) -> Tensor:
     """Source ids (B, S) -> memory (B, S, d_model)."""
@@ -171,11 +182,11 @@ class Transformer(Model):
 
   def run_encoder(self, src: Tensor) -> Tensor:
     with self.on_device():
-      return self.encoder(self.embed(self.src_embed, src), self.padding_mask(src))
+      return self.encoder(self.embed("src", src), self.padding_mask(src))
 
   def run_decoder(self, tgt: Tensor, memory: Tensor, src_mask: Tensor | None) -> Tensor:
     with self.on_device():
-      x = self.decoder(self.embed(self.tgt_embed, tgt), memory, causal_mask(tgt.shape[1], self.device), src_mask)
+      x = self.decoder(self.embed("tgt", tgt), memory, causal_mask(tgt.shape[1], self.device), src_mask)
       return self.generator(x)
 
   # incremental decoding (generation): one target position per call, earlier positions held in KV caches
@@ -193,7 +204,7 @@ class Transformer(Model):
     Equals the last row of `run_decoder` over the whole prefix: earlier positions come from `caches` (one KVCache per
     decoder layer, updated here), the source from `memory_kv`. `origin` (N,) reorders cached rows first (beam search)."""
     with self.on_device():
-      x = self.embed(self.tgt_embed, tokens, offset=pos)
+      x = self.embed("tgt", tokens, offset=pos)
       for layer, cache, kv in zip(self.decoder.layers, caches, memory_kv, strict=True):
         x = layer.step(x, cache, kv, src_mask, pos, origin)
       if self.decoder.layer_norm is not None: x = layer_norm_one_pass(self.decoder.layer_norm, x)

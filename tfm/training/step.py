@@ -103,7 +103,7 @@ class TrainStep:
     """Every buffer the step reads or writes, under a name that is the same in every process."""
     opt = self.opt
     out = {f"weight:{name}": t for name, t in get_state_dict(self.model).items()}
-    out["positions"] = self.model.positions.table()
+    if self.model.positions is not None: out["positions"] = self.model.positions.table()
     out.update({"adam.m": opt.m[0], "adam.v": opt.v[0], "adam.b1_t": opt.b1_t, "adam.b2_t": opt.b2_t, "adam.lr": opt.lr,
                 "batch.src": self.batch[0], "batch.tgt_in": self.batch[1], "batch.labels": self.batch[2], "loss": self.loss_out})
     if self.rng is not None: out.update({"rng.seeds": self.rng[0], "rng.counter": self.rng[1]})

@@ -1,0 +1,109 @@
+"""Write the checkpoint-family fixtures under tests/fixtures/: a tiny random model of each encoder-decoder family that
+tfm.interop.seq2seq imports (M2M100/NLLB, BART, mBART, Pegasus), saved as transformers' save_pretrained writes it,
+with the logits and the generate() results transformers computed for it, so the tests check tfm without transformers.
+
+    .venv/bin/pip install -e ".[hf]"          # torch==2.13.0 and transformers: only this script needs them
+    .venv/bin/python tests/make_family_fixtures.py          # or name families: ... make_family_fixtures.py bart
+
+Made with torch 2.13.0+cpu and transformers 5.25.0 (each fixture records the versions). Every weight, bias, LayerNorm
+gain and bias, learned position, final_logits_bias and the pad embedding row is random, so an importer that drops,
+misplaces or mis-scales any of them fails. Sizes: d_model 32, 4 heads, FFN 64, 2 + 2 layers, vocabulary 64, 64
+positions; the source batch has a padded row.
+
+tests/fixtures/
+  <family>_tiny/        config.json, generation_config.json, model.safetensors
+  <family>_tiny.npz     src (2, 7) and tgt (2, 5) ids, the encoder output (pad positions zeroed: transformers gives M2M100's
+                        pad tokens another position), the logits
+  <family>_tiny.json    generate(): greedy and 4-beam ids (start token dropped) and beam scores, with the settings used
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import torch
+import transformers
+from transformers import (BartConfig, BartForConditionalGeneration, M2M100Config, M2M100ForConditionalGeneration, MBartConfig,
+                          MBartForConditionalGeneration, PegasusConfig, PegasusForConditionalGeneration)
+
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+VERSIONS = {"torch": torch.__version__, "transformers": transformers.__version__}
+SIZES = dict(vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+             encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, attn_implementation="eager")
+# per family: the model class, its config, and the generation settings of its checkpoints (what generate() reads)
+FAMILIES = {
+  # NLLB-200 and M2M100: the target language is forced as the first token (60 stands for a language code here)
+  "m2m100": (M2M100ForConditionalGeneration, M2M100Config(**SIZES, activation_function="relu", scale_embedding=True,
+                                                          pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2),
+             dict(forced_bos_token_id=60)),
+  "bart": (BartForConditionalGeneration, BartConfig(**SIZES, activation_function="gelu", pad_token_id=1, bos_token_id=0,
+                                                    eos_token_id=2, decoder_start_token_id=2), dict(forced_bos_token_id=0, forced_eos_token_id=2)),
+  # mBART (cc25 style) starts the decoder from the target language code (61 here)
+  "mbart": (MBartForConditionalGeneration, MBartConfig(**SIZES, activation_function="gelu", scale_embedding=True, pad_token_id=1,
+                                                       bos_token_id=0, eos_token_id=2, decoder_start_token_id=61), dict(forced_eos_token_id=2)),
+  "pegasus": (PegasusForConditionalGeneration, PegasusConfig(**SIZES, activation_function="relu", scale_embedding=True,
+                                                             pad_token_id=0, eos_token_id=1, decoder_start_token_id=0), dict(forced_eos_token_id=1)),
+}
+MAX_LENGTH = 16   # transformers' max_length, the start token included: tfm's max_len 15
+
+
+def perturb(model: torch.nn.Module, rng: np.random.Generator) -> None:
+  """Random values everywhere, in place: matrices N(0, 0.2), biases N(0, 0.3), LayerNorm gains 1 + N(0, 0.2), learned
+  positions N(0, 0.2), final_logits_bias N(0, 0.3); sinusoid tables (not weights) stay."""
+  named = {**dict(model.named_parameters()), **({"final_logits_bias": model.final_logits_bias} if hasattr(model, "final_logits_bias") else {})}
+  seen = set()
+  with torch.no_grad():
+    for name, p in named.items():
+      if id(p) in seen or not p.requires_grad and "final_logits_bias" not in name: continue  # tied once; sinusoids are frozen
+      seen.add(id(p))
+      norm = "norm" in name
+      base, scale = (1.0 if norm and name.endswith("weight") else 0.0), (0.2 if norm or p.ndim == 2 else 0.3)
+      p.copy_(torch.from_numpy(base + scale * rng.standard_normal(tuple(p.shape))).to(p.dtype))
+
+
+def family_fixture(family: str, rng: np.random.Generator) -> None:
+  cls, config, generation = FAMILIES[family]
+  folder = os.path.join(HERE, f"{family}_tiny")
+  shutil.rmtree(folder, ignore_errors=True)
+  torch.manual_seed(0)
+  model = cls(config).eval()
+  perturb(model, rng)
+  model.generation_config = transformers.GenerationConfig(**{**model.generation_config.to_diff_dict(), **generation})
+  model.save_pretrained(folder)
+  pad, start = config.pad_token_id, config.decoder_start_token_id
+  words = np.arange(3, 60)
+  src = np.stack([rng.choice(words, 7), rng.choice(words, 7)]).astype(np.int64)
+  src[0, 4], src[0, 5:], src[1, 6] = config.eos_token_id, pad, config.eos_token_id
+  tgt = np.concatenate([np.full((2, 1), start), np.stack([rng.choice(words, 4), rng.choice(words, 4)])], 1).astype(np.int64)
+  s, t, mask = torch.from_numpy(src), torch.from_numpy(tgt), torch.from_numpy(src != pad)
+  with torch.no_grad():
+    memory = model.model.encoder(input_ids=s, attention_mask=mask).last_hidden_state * mask[..., None]
+    logits = model(input_ids=s, attention_mask=mask, decoder_input_ids=t).logits
+  np.savez_compressed(os.path.join(HERE, f"{family}_tiny.npz"), src=src, tgt=tgt, memory=memory.numpy(), logits=logits.numpy(),
+                      versions=json.dumps(VERSIONS))
+  cases = []
+  for settings in (dict(num_beams=1), dict(num_beams=4), dict(num_beams=4, length_penalty=0.6, num_return_sequences=2)):
+    with torch.no_grad():
+      out = model.generate(s, attention_mask=mask, max_length=MAX_LENGTH, output_scores=True, return_dict_in_generate=True,
+                           **settings)
+    case = {"settings": settings, "ids": out.sequences[:, 1:].tolist()}
+    if settings["num_beams"] > 1: case["scores"] = out.sequences_scores.tolist()
+    cases.append(case)
+  with open(os.path.join(HERE, f"{family}_tiny.json"), "w", encoding="utf-8") as f:
+    json.dump({"src": src.tolist(), "max_len": MAX_LENGTH - 1, "generation": generation, "cases": cases, "versions": VERSIONS}, f, indent=1)
+
+
+def main(families: list[str]) -> None:
+  """Write the fixtures of the given families (all when none is named); each draws from its own seeded generator."""
+  unknown = sorted(set(families) - set(FAMILIES))
+  if unknown: raise SystemExit(f"unknown famil(ies) {', '.join(unknown)}; choose among {', '.join(FAMILIES)}")
+  for i, family in enumerate(FAMILIES):
+    if not families or family in families: family_fixture(family, np.random.default_rng([2027, i]))
+  print(f"wrote {', '.join(families or FAMILIES)} under {HERE} with {', '.join(f'{k} {v}' for k, v in VERSIONS.items())}")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,5 +1,5 @@
 """Write the checkpoint-family fixtures under tests/fixtures/: a tiny random model of each encoder-decoder family that
-tfm.interop.seq2seq imports (M2M100/NLLB, BART, mBART, Pegasus), saved as transformers' save_pretrained writes it,
+tfm imports (M2M100/NLLB, BART, mBART, Pegasus, T5 v1.0 and v1.1), saved as transformers' save_pretrained writes it,
 with the logits and the generate() results transformers computed for it, so the tests check tfm without transformers.
 
     .venv/bin/pip install -e ".[hf]"          # torch==2.13.0 and transformers: only this script needs them
@@ -26,8 +26,10 @@ import sys
 import numpy as np
 import torch
 import transformers
+from safetensors.torch import save_file
 from transformers import (BartConfig, BartForConditionalGeneration, M2M100Config, M2M100ForConditionalGeneration, MBartConfig,
-                          MBartForConditionalGeneration, PegasusConfig, PegasusForConditionalGeneration)
+                          MBartForConditionalGeneration, PegasusConfig, PegasusForConditionalGeneration, T5Config,
+                          T5ForConditionalGeneration)
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 VERSIONS = {"torch": torch.__version__, "transformers": transformers.__version__}
@@ -47,6 +49,14 @@ FAMILIES = {
   "pegasus": (PegasusForConditionalGeneration, PegasusConfig(**SIZES, activation_function="relu", scale_embedding=True,
                                                              pad_token_id=0, eos_token_id=1, decoder_start_token_id=0), dict(forced_eos_token_id=1)),
 }
+# T5: v1.0 (relu, output tied and scaled) and v1.1 / Flan-T5 (gated-gelu, heads of 6 features: 4 x 6 != d_model, untied
+# output layer); 8 buckets up to distance 20, so that distances past the exact buckets are bucketed logarithmically
+T5_SIZES = dict(vocab_size=64, d_model=32, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                relative_attention_max_distance=20, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, attn_implementation="eager")
+FAMILIES.update({
+  "t5": (T5ForConditionalGeneration, T5Config(**T5_SIZES, d_kv=8, feed_forward_proj="relu"), {}),
+  "flan_t5": (T5ForConditionalGeneration, T5Config(**T5_SIZES, d_kv=6, feed_forward_proj="gated-gelu", tie_word_embeddings=False), {}),
+})
 MAX_LENGTH = 16   # transformers' max_length, the start token included: tfm's max_len 15
 
 
@@ -64,6 +74,20 @@ def perturb(model: torch.nn.Module, rng: np.random.Generator) -> None:
       p.copy_(torch.from_numpy(base + scale * rng.standard_normal(tuple(p.shape))).to(p.dtype))
 
 
+def untied_t5(model: T5ForConditionalGeneration, folder: str, rng: np.random.Generator) -> None:
+  """A T5 v1.1 checkpoint as the published ones are: an output layer of its own (transformers 5.25 ties it to the
+  embedding when it builds one), config.json with tie_word_embeddings false and no scale_decoder_outputs."""
+  head = torch.nn.Linear(model.config.d_model, model.config.vocab_size, bias=False)
+  with torch.no_grad(): head.weight.copy_(torch.from_numpy(0.2 * rng.standard_normal(tuple(head.weight.shape))))
+  model.lm_head = head
+  os.makedirs(folder)
+  state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("embed_tokens.weight")}
+  save_file(state, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+  config = {k: v for k, v in model.config.to_dict().items() if k != "scale_decoder_outputs"}
+  with open(os.path.join(folder, "config.json"), "w") as f: json.dump({**config, "tie_word_embeddings": False}, f, indent=1)
+  model.generation_config.save_pretrained(folder)
+
+
 def family_fixture(family: str, rng: np.random.Generator) -> None:
   cls, config, generation = FAMILIES[family]
   folder = os.path.join(HERE, f"{family}_tiny")
@@ -72,7 +96,9 @@ def family_fixture(family: str, rng: np.random.Generator) -> None:
   model = cls(config).eval()
   perturb(model, rng)
   model.generation_config = transformers.GenerationConfig(**{**model.generation_config.to_diff_dict(), **generation})
-  model.save_pretrained(folder)
+  if family == "flan_t5": untied_t5(model, folder, rng)
+  else: model.save_pretrained(folder)
+  assert family != "flan_t5" or not torch.equal(model.lm_head.weight, model.shared.weight)
   pad, start = config.pad_token_id, config.decoder_start_token_id
   words = np.arange(3, 60)
   src = np.stack([rng.choice(words, 7), rng.choice(words, 7)]).astype(np.int64)
@@ -80,7 +106,7 @@ def family_fixture(family: str, rng: np.random.Generator) -> None:
   tgt = np.concatenate([np.full((2, 1), start), np.stack([rng.choice(words, 4), rng.choice(words, 4)])], 1).astype(np.int64)
   s, t, mask = torch.from_numpy(src), torch.from_numpy(tgt), torch.from_numpy(src != pad)
   with torch.no_grad():
-    memory = model.model.encoder(input_ids=s, attention_mask=mask).last_hidden_state * mask[..., None]
+    memory = model.get_encoder()(input_ids=s, attention_mask=mask).last_hidden_state * mask[..., None]
     logits = model(input_ids=s, attention_mask=mask, decoder_input_ids=t).logits
   np.savez_compressed(os.path.join(HERE, f"{family}_tiny.npz"), src=src, tgt=tgt, memory=memory.numpy(), logits=logits.numpy(),
                       versions=json.dumps(VERSIONS))

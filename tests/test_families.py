@@ -9,18 +9,24 @@ import numpy as np
 import pytest
 
 import tfm
+from tfm.interop import convert_folder as convert_seq2seq_or_t5
 from tfm.interop import convert_seq2seq
 from tfm.reference import Reference
 from tests.conftest import DEVICE, copied_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
-FAMILIES = ["m2m100", "bart", "mbart", "pegasus"]
+FAMILIES = ["m2m100", "bart", "mbart", "pegasus", "t5", "flan_t5"]
 TOLERANCE = 1e-4
-# (norm_first, final norms, positional, position_offset, embed_norm, output_bias, activation, scale_embedding, start id)
-EXPECTED = {"m2m100": (True, True, "m2m100", 2, False, False, "relu", True, 2),
-            "bart": (False, False, "learned", 2, True, True, "gelu", False, 2),
-            "mbart": (True, True, "learned", 2, True, True, "gelu", True, 61),
-            "pegasus": (True, True, "half_split", 0, False, True, "relu", True, 0)}
+FIELDS = ("norm_first", "use_final_norm", "positional", "position_offset", "embed_norm", "output_bias", "activation", "scale_embedding",
+          "start_id", "tie_embeddings")
+EXPECTED = {"m2m100": (True, True, "m2m100", 2, False, False, "relu", True, 2, True),
+            "bart": (False, False, "learned", 2, True, True, "gelu", False, 2, True),
+            "mbart": (True, True, "learned", 2, True, True, "gelu", True, 61, True),
+            "pegasus": (True, True, "half_split", 0, False, True, "relu", True, 0, True),
+            "t5": (True, True, "relative", 0, False, False, "relu", False, 0, True),
+            "flan_t5": (True, True, "relative", 0, False, False, "gelu_tanh", False, 0, False)}
+T5_FIELDS = ("norm", "linear_bias", "scale_attention", "gated_ffn", "head_dim", "scale_output", "relative_buckets", "relative_max_distance")
+T5_EXPECTED = {"t5": ("rms", False, False, False, 8, True, 8, 20), "flan_t5": ("rms", False, False, True, 6, False, 8, 20)}
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -33,9 +39,9 @@ def family(request):
 def test_each_family_is_read_as_itself(family):
   name, model, _, _ = family
   c = model.config
-  assert (c.norm_first, c.use_final_norm, c.positional, c.position_offset, c.embed_norm, c.output_bias, c.activation,
-          c.scale_embedding, c.start_id) == EXPECTED[name]
-  assert c.tie_embeddings and (c.d_model, c.n_heads, c.d_ff, c.vocab_size) == (32, 4, 64, 64)
+  assert tuple(getattr(c, f) for f in FIELDS) == EXPECTED[name]
+  assert tuple(getattr(c, f) for f in T5_FIELDS) == T5_EXPECTED.get(name, ("layer", True, True, False, 8, False, 32, 128))
+  assert (c.d_model, c.n_heads, c.d_ff, c.vocab_size) == (32, 4, 64, 64)
 
 
 def test_logits_and_encoder_output_are_transformers(family):
@@ -43,12 +49,12 @@ def test_logits_and_encoder_output_are_transformers(family):
   src, real = io["src"], (io["src"] != model.config.pad_id)[..., None]
   assert np.abs(model.encode(src).numpy() * real - io["memory"]).max() <= TOLERANCE
   logits = model(src, io["tgt"]).numpy()
-  assert np.abs(io["logits"]).max() > 1.0 and np.abs(logits - io["logits"]).max() <= TOLERANCE
+  assert np.abs(io["logits"]).max() > 0.5 and np.abs(logits - io["logits"]).max() <= TOLERANCE   # T5 v1.0 scales by d^-0.5
 
 
 def test_the_float64_oracle_agrees_with_transformers(family):
   name, _, io, _ = family
-  conv = convert_seq2seq(FIXTURES / f"{name}_tiny")
+  conv = convert_seq2seq_or_t5(FIXTURES / f"{name}_tiny")
   oracle = Reference(conv.arrays, conv.config.to_dict())
   assert np.abs(oracle.logits(io["src"], io["tgt"]) - io["logits"]).max() <= TOLERANCE
 
@@ -94,6 +100,26 @@ def bart_copy(tmp_path, change=None, config_change=None) -> Path:
 def test_a_checkpoint_that_does_not_fit_is_refused(tmp_path, change, config_change, message):
   with pytest.raises(tfm.WeightsError, match=message):
     convert_seq2seq(bart_copy(tmp_path, change, config_change))
+
+
+def test_t5_relative_buckets_are_transformers():
+  torch_t5 = pytest.importorskip("transformers.models.t5.modeling_t5")
+  import torch
+  from tfm.nn.relative import relative_buckets
+  distance = np.arange(-300, 301)
+  for bidirectional, buckets, far in ((True, 32, 128), (False, 32, 128), (True, 8, 20), (False, 8, 20)):
+    theirs = torch_t5.T5Attention._relative_position_bucket(torch.from_numpy(distance), bidirectional, buckets, far).numpy()
+    np.testing.assert_array_equal(relative_buckets(distance, bidirectional, buckets, far), theirs)
+
+
+def test_t5_checkpoints_that_do_not_fit_are_refused(tmp_path):
+  with pytest.raises(tfm.WeightsError, match="feed_forward_proj='gated-gelu-x'"):
+    convert_seq2seq_or_t5(copied_checkpoint(FIXTURES / "t5_tiny", tmp_path / "a", None, lambda hf: hf.update({"feed_forward_proj": "gated-gelu-x"})))
+  with pytest.raises(tfm.WeightsError, match="no lm_head.weight, but config.json unties it"):
+    convert_seq2seq_or_t5(copied_checkpoint(FIXTURES / "t5_tiny", tmp_path / "b", None, lambda hf: hf.update({"tie_word_embeddings": False})))
+  with pytest.raises(tfm.WeightsError, match="missing tensor.*decoder.layers.1.ffn.gate.weight"):
+    convert_seq2seq_or_t5(copied_checkpoint(FIXTURES / "flan_t5_tiny", tmp_path / "c",
+                                            lambda a: a.pop("decoder.block.1.layer.2.DenseReluDense.wi_1.weight"), None))
 
 
 def test_a_family_saved_and_loaded_as_tfm_keeps_its_function(family, tmp_path):

@@ -7,8 +7,9 @@ from typing import Any, ClassVar, TypeVar
 
 from tfm.errors import ConfigError
 
-ACTIVATIONS = ("relu", "gelu", "swish")
-POSITIONAL_LAYOUTS = ("interleaved", "half_split", "m2m100", "learned")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swish")
+NORMS = ("layer", "rms")
+POSITIONAL_LAYOUTS = ("interleaved", "half_split", "m2m100", "learned", "relative")
 
 
 C = TypeVar("C", bound="Fields")
@@ -22,6 +23,12 @@ class Fields:
   PRESET_KIND: ClassVar[str]
   d_model: int
   n_heads: int
+  # what an encoder layer reads that only TransformerConfig sets otherwise (T5's switches): the paper's choices here
+  norm: str = "layer"
+  linear_bias: bool = True
+  scale_attention: bool = True
+  gated_ffn: bool = False
+  d_head: int | None = None
 
   def replace(self: C, **changes: Any) -> C: return dataclasses.replace(self, **changes)
 
@@ -34,16 +41,19 @@ class Fields:
 
   def check_encoder(self) -> None:
     """The fields every encoder layer reads: heads that divide d_model, a dropout rate, an activation, an epsilon."""
-    if self.d_model % self.n_heads != 0:
+    if self.d_head is None and self.d_model % self.n_heads != 0:
       raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}: "
                         f"each head gets d_model / n_heads features; pick n_heads among the divisors of {self.d_model}")
     if not 0.0 <= self.dropout < 1.0: raise ConfigError(f"dropout={self.dropout!r} must be in [0, 1)")
+    if self.norm not in NORMS: raise ConfigError(f"norm={self.norm!r} is not supported; choose one of {', '.join(NORMS)}")
     if self.activation not in ACTIVATIONS:
       raise ConfigError(f"activation={self.activation!r} is not supported; choose one of {', '.join(ACTIVATIONS)}")
     if not self.layer_norm_eps > 0: raise ConfigError(f"layer_norm_eps={self.layer_norm_eps!r} must be > 0")
 
   @property
-  def head_dim(self) -> int: return self.d_model // self.n_heads
+  def head_dim(self) -> int:
+    """Features per head: d_model / n_heads, unless d_head sets it (T5's d_kv: n_heads x d_head may differ from d_model)."""
+    return self.d_model // self.n_heads if self.d_head is None else self.d_head
 
   def to_dict(self) -> dict[str, Any]: return dataclasses.asdict(self)
 
@@ -73,6 +83,13 @@ class TransformerConfig(Fields):
   `position_offset`: the table row of position 0 (M2M100 and BART start at row 2); the table has max_len + offset rows.
   `embed_norm`: a LayerNorm over embeddings plus positions, one per stack (BART's layernorm_embedding).
   `final_norm=None` means "on for pre-norm, off for post-norm".
+
+  T5's differences: `positional="relative"` adds no positions to the embeddings but a learned bias per head to the
+  attention scores, looked up by the bucket of the key's distance from the query (`relative_buckets` buckets, exact up to
+  half of them, logarithmic up to `relative_max_distance`; one table per stack, shared by its layers, bidirectional in
+  the encoder); `norm="rms"` (no mean subtracted, no bias); `linear_bias=False`; `scale_attention=False` (no
+  1/sqrt(d_head)); `gated_ffn` (fc2(act(fc1 x) * gate x)); `d_head` (n_heads x d_head need not be d_model);
+  `scale_output` (the decoder's output times d_model^-0.5 before a tied output layer); activation "gelu_tanh".
   """
   vocab_size: int = 37000
   d_model: int = 512
@@ -90,6 +107,14 @@ class TransformerConfig(Fields):
   positional: str = "interleaved"
   position_offset: int = 0
   embed_norm: bool = False
+  relative_buckets: int = 32
+  relative_max_distance: int = 128
+  norm: str = "layer"
+  linear_bias: bool = True
+  scale_attention: bool = True
+  gated_ffn: bool = False
+  d_head: int | None = None
+  scale_output: bool = False
   final_norm: bool | None = None
   output_bias: bool = False
   pad_id: int = 0
@@ -99,6 +124,7 @@ class TransformerConfig(Fields):
 
   def __post_init__(self):
     self.check_integers(("vocab_size", "d_model", "n_heads", "d_ff", "max_len"), ("n_encoder_layers", "n_decoder_layers", "position_offset"))
+    self.check_integers(("relative_buckets", "relative_max_distance") + (() if self.d_head is None else ("d_head",)), ())
     self.check_encoder()
     if self.d_model % 2 != 0:
       raise ConfigError(f"d_model={self.d_model} must be even: the sinusoidal table pairs a sine with a cosine")

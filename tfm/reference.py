@@ -32,6 +32,7 @@ def _layer_norm(x, w, b, eps):
 def _activation(x, name):
   if name == "relu": return np.maximum(x, 0)
   if name == "gelu": return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+  if name == "gelu_tanh": return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
   return x / (1 + np.exp(-x))  # swish
 
 
@@ -39,6 +40,21 @@ def _softmax(x):
   x = x - x.max(-1, keepdims=True)
   e = np.exp(x)
   return e / e.sum(-1, keepdims=True)
+
+
+def _bucket(distance: int, bidirectional: bool, buckets: int, max_distance: int) -> int:
+  """T5's bucket of a key-minus-query distance: exact for near ones, logarithmic (in float32) up to max_distance."""
+  first = 0
+  if bidirectional:
+    buckets //= 2
+    first, distance = (buckets if distance > 0 else 0), abs(distance)
+  else:
+    distance = max(-distance, 0)
+  exact = buckets // 2
+  if distance < exact: return first + distance
+  f32 = np.float32
+  far = np.log(f32(distance) / f32(exact)) / f32(math.log(max_distance / exact)) * f32(buckets - exact)
+  return first + min(exact + int(far), buckets - 1)
 
 
 class Reference:
@@ -53,19 +69,30 @@ class Reference:
     return y + self.w[f"{name}.bias"] if f"{name}.bias" in self.w else y
 
   def _norm(self, x, name):
+    if self.cfg.get("norm", "layer") == "rms":   # T5's: no mean, no bias
+      return x / np.sqrt((x * x).mean(-1, keepdims=True) + self.cfg["layer_norm_eps"]) * self.w[f"{name}.weight"]
     return _layer_norm(x, self.w[f"{name}.weight"], self.w[f"{name}.bias"], self.cfg["layer_norm_eps"])
 
-  def _mha(self, name, xq, xkv, allowed):
-    """allowed: bool (B, Tq, Tk), True where query may attend to key."""
+  def _relative(self, side, tq, tk):
+    """T5's relative position bias of a stack (H, tq, tk), or 0 for models without one."""
+    cfg = self.cfg
+    if cfg["positional"] != "relative": return 0.0
+    table = self.w[f"{side}_relative_bias.weight"]   # (buckets, H)
+    index = [[_bucket(j - i, side == "src", cfg["relative_buckets"], cfg["relative_max_distance"]) for j in range(tk)] for i in range(tq)]
+    return table[np.array(index)].transpose(2, 0, 1)
+
+  def _mha(self, name, xq, xkv, allowed, bias=0.0):
+    """allowed: bool (B, Tq, Tk), True where query may attend to key; bias: added to every head's scores (H, Tq, Tk)."""
     h = self.cfg["n_heads"]
-    b, tq, d = xq.shape
-    tk, dk = xkv.shape[1], d // h
+    b, tq, _ = xq.shape
+    tk, dk = xkv.shape[1], self.cfg.get("d_head") or self.cfg["d_model"] // h
     q = self._linear(xq, f"{name}.q_proj").reshape(b, tq, h, dk).transpose(0, 2, 1, 3)
     k = self._linear(xkv, f"{name}.k_proj").reshape(b, tk, h, dk).transpose(0, 2, 1, 3)
     v = self._linear(xkv, f"{name}.v_proj").reshape(b, tk, h, dk).transpose(0, 2, 1, 3)
-    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(dk)
-    scores = np.where(allowed[:, None], scores, -np.inf)
-    out = (_softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(b, tq, d)
+    scores = q @ k.transpose(0, 1, 3, 2)
+    if self.cfg.get("scale_attention", True): scores = scores / math.sqrt(dk)
+    scores = np.where(allowed[:, None], scores + bias, -np.inf)
+    out = (_softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(b, tq, h * dk)
     return self._linear(out, f"{name}.out_proj")
 
   def _sublayer(self, x, fn, norm_name):
@@ -73,7 +100,9 @@ class Reference:
     return self._norm(x + fn(x), norm_name)
 
   def _ffn(self, name, x):
-    return self._linear(_activation(self._linear(x, f"{name}.fc1"), self.cfg["activation"]), f"{name}.fc2")
+    h = _activation(self._linear(x, f"{name}.fc1"), self.cfg["activation"])
+    if self.cfg.get("gated_ffn"): h = h * self._linear(x, f"{name}.gate")   # T5 v1.1's gated FFN
+    return self._linear(h, f"{name}.fc2")
 
   def _embed(self, side, ids):
     """side "src" or "tgt": token embeddings (scaled), positions from row position_offset on (the side's learned table or
@@ -83,7 +112,8 @@ class Reference:
     x = self.w[table][ids]
     if cfg["scale_embedding"]: x = x * math.sqrt(d)
     first, length = cfg.get("position_offset", 0), ids.shape[1]
-    if cfg["positional"] == "learned": positions = self.w[f"{side}_positions.weight"][first:first + length]
+    if cfg["positional"] == "relative": positions = np.zeros((length, d))   # T5: positions are attention biases
+    elif cfg["positional"] == "learned": positions = self.w[f"{side}_positions.weight"][first:first + length]
     else: positions = _sinusoids(first + length, d, cfg["positional"])[first:]
     x = x + positions[None]
     return self._norm(x, f"{side}_embed_norm") if cfg.get("embed_norm") else x
@@ -96,9 +126,10 @@ class Reference:
     keep = src != self.cfg["pad_id"]
     allowed = np.broadcast_to(keep[:, None, :], (src.shape[0], src.shape[1], src.shape[1]))
     x = self._embed("src", src)
+    bias = self._relative("src", src.shape[1], src.shape[1])
     for i in range(self.cfg["n_encoder_layers"]):
       p = f"encoder.layers.{i}"
-      x = self._sublayer(x, lambda h, p=p: self._mha(f"{p}.self_attn", h, h, allowed), f"{p}.self_attn_layer_norm")
+      x = self._sublayer(x, lambda h, p=p: self._mha(f"{p}.self_attn", h, h, allowed, bias), f"{p}.self_attn_layer_norm")
       x = self._sublayer(x, lambda h, p=p: self._ffn(f"{p}.ffn", h), f"{p}.final_layer_norm")
     return self._norm(x, "encoder.layer_norm") if self._final_norm() else x
 
@@ -109,12 +140,14 @@ class Reference:
     causal = np.broadcast_to(np.tril(np.ones((t, t), dtype=bool)), (b, t, t))
     cross = np.broadcast_to((src != self.cfg["pad_id"])[:, None, :], (b, t, src.shape[1]))
     x = self._embed("tgt", tgt)
+    bias = self._relative("tgt", t, t)
     for i in range(self.cfg["n_decoder_layers"]):
       p = f"decoder.layers.{i}"
-      x = self._sublayer(x, lambda h, p=p: self._mha(f"{p}.self_attn", h, h, causal), f"{p}.self_attn_layer_norm")
+      x = self._sublayer(x, lambda h, p=p: self._mha(f"{p}.self_attn", h, h, causal, bias), f"{p}.self_attn_layer_norm")
       x = self._sublayer(x, lambda h, p=p: self._mha(f"{p}.encoder_attn", h, memory, cross), f"{p}.encoder_attn_layer_norm")
       x = self._sublayer(x, lambda h, p=p: self._ffn(f"{p}.ffn", h), f"{p}.final_layer_norm")
     if self._final_norm(): x = self._norm(x, "decoder.layer_norm")
+    if self.cfg.get("scale_output"): x = x * self.cfg["d_model"] ** -0.5
     out_w = self.w["src_embed.weight"] if self.cfg["tie_embeddings"] else self.w["generator.weight"]
     y = x @ out_w.T
     return y + self.w["generator.bias"] if "generator.bias" in self.w else y

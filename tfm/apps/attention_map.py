@@ -49,7 +49,7 @@ class _Recording:
 
   def __call__(self, x: Tensor, source: Tensor, mask: Tensor | None = None) -> Tensor:
     k, v = self.attn.project_kv(source)
-    self.weights = attention_weights(self.attn.split_heads(self.attn.q_proj(x)), k, mask)  # (B, H, T, S)
+    self.weights = attention_weights(self.attn.split_heads(self.attn.q_proj(x)), k, mask, self.attn.scale)  # (B, H, T, S)
     return self.attn.attend(x, k, v, mask)
 
 

@@ -207,7 +207,7 @@ class Translator:
     weight file with its character vocabulary beside it (NAME.vocab.json or vocab.json, as training writes it).
     dtype: the model's compute dtype, as tfm.load takes it (float32 when None; "int8" for int8 Linear weights);
     device and parallel as tfm.load takes them."""
-    from tfm.interop.seq2seq import from_pretrained
+    from tfm.interop.folders import from_pretrained
     from tfm.io.tokenizer import CharTokenizer, MarianTokenizer
     from tfm.io.weights import load
     path = os.fspath(path)

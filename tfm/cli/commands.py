@@ -87,7 +87,7 @@ def _load_model(path: str, device: str, parallel: str | None = None):
     from tfm.apps.translator import Translator
     return Translator.bundled(device, parallel=parallel).model
   if os.path.isdir(path):
-    from tfm.interop.seq2seq import from_pretrained
+    from tfm.interop.folders import from_pretrained
     return from_pretrained(path, device=device, parallel=parallel)
   from tfm.io.weights import load
   model = load(path, device=device, parallel=parallel)

@@ -28,9 +28,8 @@ import numpy as np
 from tfm.config import TransformerConfig
 from tfm.errors import ConfigError, WeightsError
 from tfm.interop.mapping import HF_ACTIVATIONS, Conversion, checkpoint_file
-from tfm.io import stored, weights
+from tfm.io import stored
 from tfm.nn.layers import sinusoid_table
-from tfm.nn.transformer import Transformer
 
 # what transformers' BartConfig assumes for the fields read here, which config.json files may leave out
 BART_DEFAULTS: dict[str, Any] = {
@@ -92,8 +91,8 @@ def read_config(folder: str) -> tuple[Family, dict[str, Any]]:
   hf = read_json(path, "checkpoint")
   kind = hf.get("model_type", "marian") if isinstance(hf, dict) else type(hf).__name__
   if kind not in FAMILIES:
-    raise WeightsError(f"{path} describes a {kind!r} model; tfm.from_pretrained reads {', '.join(FAMILIES)} (encoder-decoder) "
-                       f"and vit checkpoints")
+    raise WeightsError(f"{path} describes a {kind!r} model; tfm.from_pretrained reads {', '.join(FAMILIES)}, t5, mt5 "
+                       f"(encoder-decoder) and vit checkpoints")
   return FAMILIES[kind], hf
 
 
@@ -167,7 +166,7 @@ def _tfm_name(name: str) -> str:
   return name.removeprefix("model.").replace(".fc1.", ".ffn.fc1.").replace(".fc2.", ".ffn.fc2.")
 
 
-def _tied(arrays: dict[str, np.ndarray], names: list[str], where: str) -> tuple[np.ndarray, list[str]]:
+def tied(arrays: dict[str, np.ndarray], names: list[str], where: str) -> tuple[np.ndarray, list[str]]:
   """The one matrix that the stored names among `names` hold (config.json ties them): each must equal the first."""
   present = [n for n in names if n in arrays]
   if not present: raise WeightsError(f"{where}: none of {', '.join(names)} is in the file; the checkpoint has no embeddings")
@@ -189,7 +188,7 @@ def _embeddings(conv: Conversion, arrays: dict[str, np.ndarray], hf: dict[str, A
             "generator.weight": decoder_group if tie_out else [out]}
   embed_names: set[str] = set()
   for role in (("src_embed.weight",) if config.tie_embeddings else ("src_embed.weight", "tgt_embed.weight", "generator.weight")):
-    matrix, present = _tied(arrays, groups[role], path)
+    matrix, present = tied(arrays, groups[role], path)
     if matrix.shape != (config.vocab_size, config.d_model):
       raise WeightsError(f"{path}: {present[0]} has shape {matrix.shape}, config.json says ({config.vocab_size}, {config.d_model})")
     conv.arrays[role] = matrix
@@ -244,12 +243,3 @@ def convert(folder: str | os.PathLike) -> Conversion:
     conv.mapped.append((name, _tfm_name(name)))
   return conv
 
-
-def from_pretrained(folder: str | os.PathLike, device: Any = None, dtype: Any = None, parallel: str | None = None) -> Transformer:
-  """A tfm Transformer with the weights of a checkpoint folder of one of FAMILIES (config.json + model.safetensors).
-  dtype: the model's compute dtype (float32 when None), device and parallel as in tfm.load."""
-  weights.model_dtype(dtype)   # a bad dtype is refused before the folder is read
-  conv = convert(folder)
-  model = weights.build(conv.config, conv.arrays, os.fspath(folder), device, dtype, parallel)
-  model.generation_config = conv.generation_config  # the checkpoint's decoding defaults, which tfm.generate reads
-  return model

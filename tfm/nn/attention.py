@@ -25,29 +25,36 @@ def causal_mask(length: int, device: str | None = None) -> Tensor:
   return Tensor.ones(length, length, dtype=dtypes.bool, device=device).tril().reshape(1, 1, length, length)
 
 
-def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None) -> Tensor:
+def scaled(scores: Tensor, head_dim: int, scale: bool) -> Tensor:
+  """3.2.1's scaling of q.k by 1/sqrt(d_k), where `scale` (T5 scales none)."""
+  return scores / math.sqrt(head_dim) if scale else scores
+
+
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, scale: bool = True) -> Tensor:
   """softmax(Q K^T / sqrt(d_k)) over the keys: (B, H, Tq, hd) x (B, H, Tk, hd) -> (B, H, Tq, Tk)."""
-  scores = (gemm_nt(q, k) if gemm_attends(q, k) else q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+  scores = scaled(gemm_nt(q, k) if gemm_attends(q, k) else q @ k.transpose(-2, -1), q.shape[-1], scale)
   if mask is not None: scores = mask.where(scores, -math.inf) if mask.dtype == dtypes.bool else scores + mask
   # tinygrad-0.14: contiguous, else it fuses the softmax into `weights @ v` and recomputes each exponential once per
   # value column (docs/PERFORMANCE.md); in float32 whatever the dtype, as LayerNorm (tfm/nn/layers.py)
   return scores.float().softmax(-1).cast(q.dtype).contiguous()
 
 
-def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: bool = True) -> Tensor:
   """3.2.1 Scaled dot-product attention: softmax(Q K^T / sqrt(d_k)) V. On CPU, over many queries, both products are
   tfm's GEMM (tfm.runtime.gemm), 6-11 times tinygrad's kernels at ViT-S/16's (docs/PERFORMANCE.md, "Many rows on CPU")."""
-  weights = attention_weights(q, k, mask)
+  weights = attention_weights(q, k, mask, scale)
   return gemm_nn(weights, v) if gemm_attends(q, k) else weights @ v
 
 
 class MultiHeadAttention:
-  """3.2.2 Multi-head attention: h parallel heads over learned projections of queries, keys and values."""
+  """3.2.2 Multi-head attention: h parallel heads over learned projections of queries, keys and values. head_dim
+  defaults to d_model / n_heads; `bias` and `scale` (q.k / sqrt(head_dim)) are the paper's, T5 has neither."""
 
-  def __init__(self, d_model: int, n_heads: int):
-    self.n_heads, self.head_dim = n_heads, d_model // n_heads
-    self.q_proj, self.k_proj, self.v_proj = Linear(d_model, d_model), Linear(d_model, d_model), Linear(d_model, d_model)
-    self.out_proj = Linear(d_model, d_model)
+  def __init__(self, d_model: int, n_heads: int, head_dim: int | None = None, bias: bool = True, scale: bool = True):
+    self.n_heads, self.head_dim, self.scale = n_heads, head_dim or d_model // n_heads, scale
+    inner = n_heads * self.head_dim
+    self.q_proj, self.k_proj, self.v_proj = Linear(d_model, inner, bias), Linear(d_model, inner, bias), Linear(d_model, inner, bias)
+    self.out_proj = Linear(inner, d_model, bias)
 
   def split_heads(self, x: Tensor) -> Tensor:
     b, t, _ = x.shape
@@ -63,7 +70,7 @@ class MultiHeadAttention:
 
   def attend(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     """Queries from x (B, T, d) against keys and values already projected (as a KV cache holds them)."""
-    return self.out_proj(self.merge_heads(scaled_dot_product_attention(self.split_heads(self.q_proj(x)), k, v, mask)))
+    return self.out_proj(self.merge_heads(scaled_dot_product_attention(self.split_heads(self.q_proj(x)), k, v, mask, self.scale)))
 
   def __call__(self, x: Tensor, source: Tensor, mask: Tensor | None = None) -> Tensor:
     """Queries from x (B, T, d), keys and values from source (B, S, d): self-attention when source is x."""
@@ -73,17 +80,17 @@ class MultiHeadAttention:
     """`attend` for a decode step: values v1 carry a ones column (see `attend_normalised_late`). The heads are merged
     into a buffer of their own: read through the division and the merge, out_proj runs about 3 times slower."""
     # tinygrad-0.14: read through the division and the merge, out_proj runs ~3x slower: heads merged into their own buffer
-    out = self.merge_heads(attend_normalised_late(self.split_heads(self.q_proj(x)), k, v1, mask)).contiguous()
+    out = self.merge_heads(attend_normalised_late(self.split_heads(self.q_proj(x)), k, v1, mask, self.scale)).contiguous()
     return self.out_proj(out)
 
 
-def attend_normalised_late(q: Tensor, k: Tensor, v1: Tensor, mask: Tensor | None = None) -> Tensor:
+def attend_normalised_late(q: Tensor, k: Tensor, v1: Tensor, mask: Tensor | None = None, scale: bool = True) -> Tensor:
   """3.2.1 as a decode step computes it: softmax(Q K^T / sqrt(d_k)) V with the division after the weighted sum.
 
   v1 (B, H, S, value_width(hd)) carries a column of ones after the values (then zero columns), so one reduction gives
   both sum(e * v) and sum(e): a kernel fewer than normalising the weights first. Equal to
   `scaled_dot_product_attention(q, k, v1[..., :hd], mask)`."""
-  scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+  scores = scaled(q @ k.transpose(-2, -1), q.shape[-1], scale)
   if mask is not None: scores = mask.where(scores, -math.inf) if mask.dtype == dtypes.bool else scores + mask
   # the softmax in float32 whatever the dtype, as in attention_weights
   # tinygrad-0.14: cannot compile a float16 max where it emulates float16 (CPU:LLVM on Linux)

@@ -3,6 +3,7 @@ encoder and decoder layers (3.1) with their residual connections and layer norma
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable
 
 import numpy as np
@@ -67,23 +68,24 @@ class LearnedPositions:
 
 
 class FeedForward:
-  """3.3 Position-wise feed-forward network: fc2(activation(fc1(x))), applied to each position alike."""
+  """3.3 Position-wise feed-forward network: fc2(activation(fc1(x))), applied to each position alike; gated (T5 v1.1),
+  fc2(activation(fc1(x)) * gate(x))."""
 
-  def __init__(self, d_model: int, d_ff: int, activation: str):
-    self.fc1, self.fc2, self.activation = Linear(d_model, d_ff), Linear(d_ff, d_model), activation
+  def __init__(self, d_model: int, d_ff: int, activation: str, gated: bool = False, bias: bool = True):
+    self.fc1, self.fc2, self.activation = Linear(d_model, d_ff, bias), Linear(d_ff, d_model, bias), activation
+    self.gate = Linear(d_model, d_ff, bias) if gated else None
 
   def __call__(self, x: Tensor) -> Tensor:
     h = self.fc1(x)
-    if self.activation == "relu": return self.fc2(h.relu())
     # tinygrad-0.14: in a kernel of its own: fused into fc2's loads, each activation would be recomputed once per output feature
-    return self.fc2(activated(h, _gelu if self.activation == "gelu" else _swish))
+    h = h.relu() if self.activation == "relu" else activated(h, ACTIVATION_FUNCTIONS[self.activation])
+    return self.fc2(h if self.gate is None else h * self.gate(x))
 
 
-def _gelu(v):   # the exact erf form, as PyTorch and Marian use; on a Tensor or a UOp (tfm.runtime.cpu_kernels.activated)
-  return v.gelu(approximate="none")
-
-
-def _swish(v): return v.swish()
+# on a Tensor or a UOp (tfm.runtime.cpu_kernels.activated): gelu as the exact erf form (PyTorch's, Marian's, BART's), or
+# its tanh approximation (T5 v1.1's gelu_new)
+ACTIVATION_FUNCTIONS = {"gelu": lambda v: v.gelu(approximate="none"), "gelu_tanh": lambda v: v.gelu(approximate="tanh"),
+                        "swish": lambda v: v.swish()}
 
 
 class LayerNorm(nn.LayerNorm):
@@ -94,14 +96,37 @@ class LayerNorm(nn.LayerNorm):
   def __call__(self, x: Tensor) -> Tensor: return super().__call__(x.float()).cast(x.dtype)
 
 
-def layer_norm_one_pass(norm: LayerNorm, x: Tensor) -> Tensor:
+class RMSNorm(nn.RMSNorm):
+  """Root-mean-square normalisation (T5's): x / sqrt(mean(x^2) + eps) times a gain, no mean subtracted, no bias;
+  computed in float32 whatever the model's dtype, as LayerNorm."""
+
+  def __call__(self, x: Tensor) -> Tensor: return super().__call__(x.float()).cast(x.dtype)
+
+
+def norm_layer(config: TransformerConfig | VisionConfig) -> LayerNorm | RMSNorm:
+  """The configured normalisation over d_model features: LayerNorm, or RMSNorm (norm="rms")."""
+  cls = RMSNorm if config.norm == "rms" else LayerNorm
+  return cls(config.d_model, eps=config.layer_norm_eps)
+
+
+def layer_norm_one_pass(norm: LayerNorm | RMSNorm, x: Tensor) -> Tensor:
   """norm(x) with mean and variance from one reduction (E[x] and E[x^2], in float32 as LayerNorm): a kernel fewer per norm,
   which is what a decode step's latency is made of. Agrees with LayerNorm to float32 rounding for activations whose
-  mean is not many standard deviations from zero, as a residual stream's is not."""
+  mean is not many standard deviations from zero, as a residual stream's is not. An RMSNorm is one reduction already."""
+  if isinstance(norm, RMSNorm): return norm(x)
   xf = x.float()
   stats = Tensor.stack(xf, xf * xf).mean(-1, keepdim=True)
   mean, var = stats[0], stats[1] - stats[0] * stats[0]
   return ((xf - mean) * (var + norm.eps).rsqrt() * norm.weight.float() + norm.bias.float()).cast(x.dtype)
+
+
+def attention_layer(config: TransformerConfig | VisionConfig) -> MultiHeadAttention:
+  """Multi-head attention as the config has it: heads of head_dim features, biased projections or not, scaled or not."""
+  return MultiHeadAttention(config.d_model, config.n_heads, config.head_dim, config.linear_bias, config.scale_attention)
+
+
+def feed_forward(config: TransformerConfig | VisionConfig) -> FeedForward:
+  return FeedForward(config.d_model, config.d_ff, config.activation, config.gated_ffn, config.linear_bias)
 
 
 def add_and_norm(x: Tensor, sublayer: Callable[[Tensor], Tensor], norm: LayerNorm, norm_first: bool, dropout: float) -> Tensor:
@@ -115,11 +140,10 @@ class EncoderLayer:
   pre-norm, from a VisionConfig, which names the fields read here as TransformerConfig does)."""
 
   def __init__(self, config: TransformerConfig | VisionConfig):
-    d, eps = config.d_model, config.layer_norm_eps
-    self.self_attn = MultiHeadAttention(d, config.n_heads)
-    self.self_attn_layer_norm = LayerNorm(d, eps=eps)
-    self.ffn = FeedForward(d, config.d_ff, config.activation)
-    self.final_layer_norm = LayerNorm(d, eps=eps)
+    self.self_attn = attention_layer(config)
+    self.self_attn_layer_norm = norm_layer(config)
+    self.ffn = feed_forward(config)
+    self.final_layer_norm = norm_layer(config)
     self.norm_first, self.dropout = config.norm_first, config.dropout
 
   def __call__(self, x: Tensor, mask: Tensor | None) -> Tensor:
@@ -131,13 +155,12 @@ class DecoderLayer:
   """3.1 Decoder layer: masked self-attention, attention over the encoder output (encoder_attn), then the FFN."""
 
   def __init__(self, config: TransformerConfig):
-    d, eps = config.d_model, config.layer_norm_eps
-    self.self_attn = MultiHeadAttention(d, config.n_heads)
-    self.self_attn_layer_norm = LayerNorm(d, eps=eps)
-    self.encoder_attn = MultiHeadAttention(d, config.n_heads)
-    self.encoder_attn_layer_norm = LayerNorm(d, eps=eps)
-    self.ffn = FeedForward(d, config.d_ff, config.activation)
-    self.final_layer_norm = LayerNorm(d, eps=eps)
+    self.self_attn = attention_layer(config)
+    self.self_attn_layer_norm = norm_layer(config)
+    self.encoder_attn = attention_layer(config)
+    self.encoder_attn_layer_norm = norm_layer(config)
+    self.ffn = feed_forward(config)
+    self.final_layer_norm = norm_layer(config)
     self.norm_first, self.dropout = config.norm_first, config.dropout
 
   def __call__(self, x: Tensor, memory: Tensor, self_mask: Tensor | None, memory_mask: Tensor | None) -> Tensor:
@@ -147,14 +170,16 @@ class DecoderLayer:
     return add_and_norm(x, self.ffn, self.final_layer_norm, self.norm_first, self.dropout)
 
   def step(self, x: Tensor, cache: KVCache, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor | None, pos,
-           origin: Tensor | None = None) -> Tensor:
+           origin: Tensor | None = None, self_bias: Tensor | None = None) -> Tensor:
     """One decode position x (N, 1, d) at position pos: self-attention over the cached slots 0..pos (this position's
-    keys and values are stored first), attention over memory's keys and values (projected once per source, values
-    with a ones column), the FFN. The same function as __call__ in fewer kernels (attend_step, layer_norm_one_pass)."""
+    keys and values are stored first; `self_bias` (1, H, 1, slots) added to its scores: T5's relative positions),
+    attention over memory's keys and values (projected once per source, values with a ones column), the FFN. The same
+    function as __call__ in fewer kernels (attend_step, layer_norm_one_pass)."""
     def self_attention(h: Tensor) -> Tensor:
       a = self.self_attn
       keys, values = cache.update(a.split_heads(a.k_proj(h)), a.split_heads(a.v_proj(h)), pos, origin)
-      return a.attend_step(h, keys, values, cache.mask(pos))
+      mask = cache.mask(pos)
+      return a.attend_step(h, keys, values, mask if self_bias is None else mask.where(self_bias, -math.inf))
     def norm(ln: LayerNorm) -> Callable[[Tensor], Tensor]: return lambda h: layer_norm_one_pass(ln, h)
     x = add_and_norm(x, self_attention, norm(self.self_attn_layer_norm), self.norm_first, self.dropout)
     x = add_and_norm(x, lambda h: self.encoder_attn.attend_step(h, *memory_kv, memory_mask), norm(self.encoder_attn_layer_norm),

@@ -14,8 +14,9 @@ from tinygrad import Tensor, dtypes
 from tfm.nn.attention import KVCache, causal_mask, padding_mask, with_ones
 from tfm.config import TransformerConfig, VisionConfig
 from tfm.errors import InputError
-from tfm.nn.layers import DecoderLayer, EncoderLayer, LayerNorm, LearnedPositions, PositionalEncoding, layer_norm_one_pass
+from tfm.nn.layers import DecoderLayer, EncoderLayer, LayerNorm, LearnedPositions, PositionalEncoding, layer_norm_one_pass, norm_layer
 from tfm.nn.linear import Embedding, Linear, linear_layers
+from tfm.nn.relative import RelativeBias
 from tfm.nn.base import Model, realized_on, unique_state, xavier_uniform
 from tfm.runtime.memory import to_device
 from tfm.runtime.placement import batch_axis, choose, place, resolve_device
@@ -30,7 +31,7 @@ class Encoder:
 
   def __init__(self, config: TransformerConfig | VisionConfig):
     self.layers = [EncoderLayer(config) for _ in range(config.n_encoder_layers)]
-    self.layer_norm = LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.use_final_norm else None
+    self.layer_norm = norm_layer(config) if config.use_final_norm else None
 
   def __call__(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
     for layer in self.layers: x = layer(x, mask)
@@ -42,7 +43,7 @@ class Decoder:
 
   def __init__(self, config: TransformerConfig):
     self.layers = [DecoderLayer(config) for _ in range(config.n_decoder_layers)]
-    self.layer_norm = LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.use_final_norm else None
+    self.layer_norm = norm_layer(config) if config.use_final_norm else None
 
   def __call__(self, x: Tensor, memory: Tensor, self_mask: Tensor | None = None, memory_mask: Tensor | None = None) -> Tensor:
     for layer in self.layers: x = layer(x, memory, self_mask, memory_mask)
@@ -72,16 +73,22 @@ class Transformer(Model):
       self.generator = Linear(d, v, bias=config.output_bias)
       if config.tie_embeddings: self.generator.weight = self.src_embed.weight
       if config.positional == "learned": self.src_positions, self.tgt_positions = LearnedPositions(config), LearnedPositions(config)
+      if config.positional == "relative":   # T5's: one bias table per stack, the encoder's bidirectional
+        self.src_relative_bias, self.tgt_relative_bias = RelativeBias(config, True), RelativeBias(config, False)
       if config.embed_norm:   # BART's layernorm_embedding: one per stack
         self.src_embed_norm, self.tgt_embed_norm = (LayerNorm(d, eps=config.layer_norm_eps) for _ in range(2))
       if self.parallel is not None: self.lay_out(self.device, self.parallel)
       if initialise: self._initialise()
-    self.positions = None if config.positional == "learned" else PositionalEncoding(config, self.device)
+    self.positions = self._sinusoids()
+
+  def _sinusoids(self) -> PositionalEncoding | None:
+    """The fixed table the embeddings add, or None where positions are weights (learned, relative)."""
+    return None if self.config.positional in ("learned", "relative") else PositionalEncoding(self.config, self.device)
 
   def lay_out(self, devices: tuple[str, ...], parallel: str | None = None) -> None:
     """Lay the unset weights out over `devices` as `parallel` says (tfm.runtime.placement); also for NULL renders (tfm.apps.compare)."""
     self.device, self.parallel = devices, choose(parallel, self.config, devices)
-    self.positions = None if self.config.positional == "learned" else PositionalEncoding(self.config, devices)
+    self.positions = self._sinusoids()
     place(self, unique_state(self))
 
   def initial_value(self, name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
@@ -89,7 +96,7 @@ class Transformer(Model):
     learned positions N(0, 0.02)."""
     if "norm" in name: return np.ones(shape) if name.endswith(".weight") else np.zeros(shape)
     if name.endswith("embed.weight"): return rng.normal(0.0, self.config.d_model ** -0.5, shape)
-    if name.endswith("positions.weight"): return rng.normal(0.0, 0.02, shape)
+    if name.endswith("positions.weight") or name.endswith("relative_bias.weight"): return rng.normal(0.0, 0.02, shape)
     return xavier_uniform(shape, rng) if name.endswith(".weight") else np.zeros(shape)
 
   # --- inputs -----------------------------------------------------------------------------------------------
@@ -139,8 +146,9 @@ class Transformer(Model):
     table = self.src_embed if side == "src" else self.tgt_embed
     x = table(ids)
     if self.config.scale_embedding: x = x * math.sqrt(self.config.d_model)
-    positions = self.positions or (self.src_positions if side == "src" else self.tgt_positions)
-    x = x + positions(ids.shape[1], offset).cast(x.dtype)
+    if self.config.positional != "relative":
+      positions = self.positions or (self.src_positions if side == "src" else self.tgt_positions)
+      x = x + positions(ids.shape[1], offset).cast(x.dtype)
     if self.config.embed_norm: x = (self.src_embed_norm if side == "src" else self.tgt_embed_norm)(x)
     return x.dropout(self.config.dropout)
 
@@ -182,12 +190,20 @@ class Transformer(Model):
 
   def run_encoder(self, src: Tensor) -> Tensor:
     with self.on_device():
-      return self.encoder(self.embed("src", src), self.padding_mask(src))
+      mask = self.padding_mask(src)
+      if self.config.positional == "relative": mask = mask.where(self.src_relative_bias.full(src.shape[1], src.shape[1]), -math.inf)
+      return self.encoder(self.embed("src", src), mask)
 
   def run_decoder(self, tgt: Tensor, memory: Tensor, src_mask: Tensor | None) -> Tensor:
     with self.on_device():
-      x = self.decoder(self.embed("tgt", tgt), memory, causal_mask(tgt.shape[1], self.device), src_mask)
-      return self.generator(x)
+      t = tgt.shape[1]
+      mask = causal_mask(t, self.device)
+      if self.config.positional == "relative": mask = mask.where(self.tgt_relative_bias.full(t, t), -math.inf)
+      return self.generator(self.scaled_output(self.decoder(self.embed("tgt", tgt), memory, mask, src_mask)))
+
+  def scaled_output(self, x: Tensor) -> Tensor:
+    """The decoder's output as the output layer reads it: times d_model^-0.5 where configured (T5's tied head)."""
+    return x * self.config.d_model ** -0.5 if self.config.scale_output else x
 
   # incremental decoding (generation): one target position per call, earlier positions held in KV caches
 
@@ -205,10 +221,11 @@ class Transformer(Model):
     decoder layer, updated here), the source from `memory_kv`. `origin` (N,) reorders cached rows first (beam search)."""
     with self.on_device():
       x = self.embed("tgt", tokens, offset=pos)
+      bias = self.tgt_relative_bias.row(pos, caches[0].length) if self.config.positional == "relative" and caches else None
       for layer, cache, kv in zip(self.decoder.layers, caches, memory_kv, strict=True):
-        x = layer.step(x, cache, kv, src_mask, pos, origin)
+        x = layer.step(x, cache, kv, src_mask, pos, origin, bias)
       if self.decoder.layer_norm is not None: x = layer_norm_one_pass(self.decoder.layer_norm, x)
-      return self.step_logits(x)[:, 0]
+      return self.step_logits(self.scaled_output(x))[:, 0]
 
   def step_logits(self, x: Tensor) -> Tensor:
     """The generator over a decode step's rows, computed for the vocabulary rounded up to a multiple of

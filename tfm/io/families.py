@@ -18,7 +18,7 @@ CLASSES = {"NllbTokenizer": "nllb", "M2M100Tokenizer": "m2m100", "MBartTokenizer
 CLASSES |= {f"{name}Fast": family for name, family in CLASSES.items() if family != "m2m100"}
 # config.json's model_type -> family, when tokenizer_config.json names no class (NLLB uses the M2M100 model class: its
 # folders ship tokenizer.json, M2M100's do not; mBART-50 is told from cc25 by its 52 language codes)
-MODEL_TYPES = {"m2m_100": "m2m100", "nllb": "nllb", "mbart": "mbart", "bart": "bart", "pegasus": "pegasus", "t5": "t5"}
+MODEL_TYPES = {"m2m_100": "m2m100", "mbart": "mbart", "bart": "bart", "pegasus": "pegasus", "t5": "t5"}
 NAMES = {"nllb": "NLLB-200", "m2m100": "M2M100", "mbart": "mBART (cc25)", "mbart50": "mBART-50", "bart": "BART",
          "pegasus": "Pegasus", "t5": "T5"}
 # the special tokens of a source sequence around its pieces: "lang" is the source language's token
@@ -48,7 +48,7 @@ class FolderTokenizer:
     M2M100        [__src__] pieces </s>                </s>, then forced_bos_id           en, fr, ... (100 or 8)
     mBART cc25    pieces </s> [src]                    decoder_start_id = [tgt]           en_XX, ro_RO, ... (25)
     mBART-50      [src] pieces </s>                    </s>, then forced_bos_id           en_XX, ... (52)
-    BART          <s> pieces </s>                      (the model config's start)         none
+    BART          <s> pieces </s>                      </s> (config.json decides)         none
     Pegasus, T5   pieces </s>                          <pad>                              none
 
   encode_target gives a target text's pieces alone (the start of a translation, after the tokens above). decode stops

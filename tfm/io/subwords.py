@@ -33,7 +33,11 @@ def token_text(token) -> str | None:
 class Pipeline:
   """A tokenizers-library tokenizer: its normalizer, pre-tokenizer, model and decoder, never its post-processor (which
   transformers rewrites per language; the families add their specials themselves). `specials`: the added tokens marked
-  special, which decode drops."""
+  special, which decode drops.
+
+  A tokenizer.json runs as written. transformers 5 instead rebuilds these families' normalizer, pre-tokenizer and
+  decoder from the vocabulary, ignoring the file's: the two agree on files transformers 5 wrote, and can differ on runs
+  of spaces, trailing spaces or tabs where an older converter wrote other steps (a T5 file without WhitespaceSplit)."""
 
   def __init__(self, tokenizer: tokenizers.Tokenizer, clean_up: bool):
     self.tokenizer, self.clean_up = tokenizer, clean_up
@@ -138,7 +142,7 @@ class M2M100Pieces:
     if missing: raise WeightsError(f"{path} has no {', '.join(missing)}; an M2M100 vocab.json holds <s>, <pad>, </s> and <unk>")
     self.processor, self.table, self.unk_id = load_sentencepiece(os.path.join(folder, "sentencepiece.bpe.model")), table, table["<unk>"]
     self.specials = {t: table[t] for t in ("<s>", "<pad>", "</s>", "<unk>")} | {f"__{c}__": len(table) + i for i, c in enumerate(codes)}
-    self.pieces = {i: piece for piece, i in table.items()}
+    self.pieces, self.special_ids = {i: piece for piece, i in table.items()}, set(self.specials.values())
     self.size, self.clean_up = len(table) + len(codes) + madeup_words, clean_up
     self.split = re.compile("(" + "|".join(re.escape(t) for t in sorted(self.specials, key=len, reverse=True)) + ")")
 
@@ -155,6 +159,5 @@ class M2M100Pieces:
     return out
 
   def decode(self, ids: list[int]) -> str:
-    special = set(self.specials.values())
-    text = self.processor.decode_pieces([self.pieces[i] for i in ids if i not in special and i in self.pieces]).strip()
+    text = self.processor.decode_pieces([self.pieces[i] for i in ids if i in self.pieces and i not in self.special_ids]).strip()
     return clean_up_spaces(text) if self.clean_up else text

@@ -134,7 +134,7 @@ def test_no_source_language_is_an_error_that_lists_the_codes(family):
 
 
 @pytest.mark.parametrize("family", MULTILINGUAL)
-def test_unknown_language_code_is_refused_with_the_codes(family, tmp_path):
+def test_unknown_language_code_is_refused_with_the_codes(family):
   tok = tokenizer(family)
   listed = ", ".join(tok.languages)
   with pytest.raises(InputError, match=f"unknown source language 'xx_YY': .* knows {listed}; pass one of them"):

@@ -123,7 +123,7 @@ def load_system(system: str, backend: str, folder: str):
   translator = ctranslate2.Translator(str(ct2), device="cpu", compute_type="int8" if system == "ct2-int8" else "float32",
                                       intra_threads=os.cpu_count() or 1)
   def decode(src, beam):
-    tokens = [[str(i) for i in row[:-1]] for row in src]   # CTranslate2 appends </s> itself
+    tokens = [[str(i) for i in row[:-1]] + ["</s>"] for row in src]   # the source's eos: the conversion does not add one
     out = translator.translate_batch(tokens, beam_size=beam, max_decoding_length=NEW_TOKENS, min_decoding_length=NEW_TOKENS,
                                      length_penalty=1.0)
     return [[int(t) if t.isdigit() else eos for t in r.hypotheses[0]] for r in out]

@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
 def _subject(name: str):
   from tfm.apps import subjects
   if name == "opus":
-    from benchmarks.translate import model_dir
+    from benchmarks.translate_models import model_dir
     return subjects.load_subject(str(model_dir()))
   return subjects.load_subject(name)
 

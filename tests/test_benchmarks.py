@@ -140,3 +140,34 @@ def test_a_kernel_searched_from_the_default_stores_the_optimizations_a_later_loo
   assert patches.lookups.searched > searched and stored   # searched from the default optimizations, whatever was stored
   key, opts = stored[-1]
   assert key["amt"] == 2 and diskcache_get("beam_search", key) == opts   # what a later lookup finds
+
+
+def test_translate_takes_a_shape_and_defaults_to_opus():
+  from benchmarks.__main__ import build_parser
+  parser = build_parser()
+  assert parser.parse_args(["translate"]).shape == "opus"
+  assert parser.parse_args(["translate", "--shape", "nllb"]).shape == "nllb"
+  with pytest.raises(SystemExit): parser.parse_args(["translate", "--shape", "nllb-moe"])
+
+
+def test_the_nllb_shape_is_nllb_200_distilled_600m_forcing_eng_latn_in_every_system():
+  from benchmarks.translate import NEW_TOKENS, SRC_LEN
+  from benchmarks.translate_models import SHAPES, _Vocabulary, sources
+  shape = SHAPES["nllb"]
+  c = shape.config
+  assert (c["d_model"], c["encoder_layers"], c["decoder_layers"], c["encoder_attention_heads"], c["encoder_ffn_dim"]) == (1024, 12, 12, 16, 4096)
+  assert (shape.vocab_size, c["max_position_embeddings"], c["activation_function"], c["scale_embedding"]) == (256206, 1024, "relu", True)
+  assert (c["pad_token_id"], c["bos_token_id"], c["eos_token_id"], c["decoder_start_token_id"]) == (1, 0, 2, 2)
+  assert shape.forced_bos == shape.generation["forced_bos_token_id"] == 256047 and shape.compared == NEW_TOKENS  # no forced eos
+  vocab = _Vocabulary(shape)   # what CTranslate2's M2M100 converter reads: the language token is a special token at its id
+  assert vocab.get_vocab()["eng_Latn"] == 256047 and len(vocab.get_vocab()) == shape.vocab_size
+  assert vocab.special_tokens_map["additional_special_tokens"] == ["eng_Latn"] and vocab.convert_ids_to_tokens(2) == vocab.eos_token
+  src = sources(shape, 2, SRC_LEN)
+  assert all(len(row) == SRC_LEN and row[-1] == shape.eos and min(row[:-1]) >= 4 for row in src)
+
+
+def test_the_opus_shape_compares_the_tokens_before_its_forced_eos():
+  from benchmarks.translate import NEW_TOKENS
+  from benchmarks.translate_models import SHAPES
+  shape = SHAPES["opus"]
+  assert shape.forced_bos is None and shape.compared == NEW_TOKENS - 1 and shape.token(shape.eos) == "</s>"

@@ -21,7 +21,7 @@ FIELDS = ("norm_first", "use_final_norm", "positional", "position_offset", "embe
           "start_id", "tie_embeddings")
 EXPECTED = {"m2m100": (True, True, "m2m100", 2, False, False, "relu", True, 2, True),
             "bart": (False, False, "learned", 2, True, True, "gelu", False, 2, True),
-            "mbart": (True, True, "learned", 2, True, True, "gelu", True, 61, True),
+            "mbart": (True, True, "learned", 2, True, True, "gelu", True, 170, True),   # 170: ro_RO
             "pegasus": (True, True, "half_split", 0, False, True, "relu", True, 0, True),
             "t5": (True, True, "relative", 0, False, False, "relu", False, 0, True),
             "flan_t5": (True, True, "relative", 0, False, False, "gelu_tanh", False, 0, False)}
@@ -41,7 +41,8 @@ def test_each_family_is_read_as_itself(family):
   c = model.config
   assert tuple(getattr(c, f) for f in FIELDS) == EXPECTED[name]
   assert tuple(getattr(c, f) for f in T5_FIELDS) == T5_EXPECTED.get(name, ("layer", True, True, False, 8, False, 32, 128))
-  assert (c.d_model, c.n_heads, c.d_ff, c.vocab_size) == (32, 4, 64, 64)
+  assert (c.d_model, c.n_heads, c.d_ff) == (32, 4, 64)
+  assert c.vocab_size == json.loads((FIXTURES / f"{name}_tiny" / "config.json").read_text())["vocab_size"]
 
 
 def test_logits_and_encoder_output_are_transformers(family):
@@ -81,8 +82,8 @@ def test_a_forced_first_token_given_to_generate_wins_over_the_checkpoints():
   for beam in (1, 3):
     ids, scores = tfm.generate(model, src, max_len=6, beam_size=beam, forced_bos_id=41, return_scores=True)
     assert (ids[:, 0] == 41).all() and np.isfinite(scores).all()
-  with pytest.raises(tfm.InputError, match="forced_bos_id has token id 64"):
-    tfm.generate(model, src, max_len=6, forced_bos_id=64)
+  with pytest.raises(tfm.InputError, match="forced_bos_id has token id 155"):
+    tfm.generate(model, src, max_len=6, forced_bos_id=155)
 
 
 def bart_copy(tmp_path, change=None, config_change=None) -> Path:
@@ -128,3 +129,44 @@ def test_a_family_saved_and_loaded_as_tfm_keeps_its_function(family, tmp_path):
   again = tfm.load(tmp_path / "model.safetensors", device=DEVICE)
   assert again.config == model.config
   np.testing.assert_allclose(again(io["src"], io["tgt"]).numpy(), io["logits"], atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_folder_translates_as_transformers_does(name):
+  expected = json.loads((FIXTURES / f"{name}_tiny.json").read_text())["translations"]
+  translator = tfm.Translator.load(FIXTURES / f"{name}_tiny", device=DEVICE, source_lang=expected["source_lang"],
+                                   target_lang=expected["target_lang"])
+  assert translator.tokenizer.encode(expected["texts"]) == [[t for t in row if t != translator.model.config.pad_id]
+                                                           for row in expected["ids"]]
+  assert translator.translate(expected["texts"], beam_size=1, max_len=15) == expected["expected"]
+
+
+def test_languages_are_chosen_per_call_and_a_missing_one_is_named():
+  translator = tfm.Translator.load(FIXTURES / "m2m100_tiny", device=DEVICE)
+  assert translator.languages == ["eng_Latn", "fra_Latn", "deu_Latn"]
+  with pytest.raises(tfm.InputError, match="no source language: pass source_lang=..., one of eng_Latn, fra_Latn, deu_Latn"):
+    translator.translate(["the cat"])
+  with pytest.raises(tfm.InputError, match="no target language: pass target_lang=..., one of eng_Latn"):
+    translator.translate(["the cat"], source_lang="eng_Latn")
+  with pytest.raises(tfm.InputError, match="unknown target language 'xx_Yyyy'"):
+    translator.translate(["the cat"], source_lang="eng_Latn", target_lang="xx_Yyyy")
+  texts = ["the cat sat on the mat"]
+  to_german = translator.translate(texts, source_lang="eng_Latn", target_lang="deu_Latn", max_len=15)
+  expected = json.loads((FIXTURES / "m2m100_tiny.json").read_text())["translations"]["expected"][:1]
+  assert to_german == expected and translator.tokenizer.target_lang is None   # put back after the call
+  ids = tfm.generate(translator.model, translator.tokenizer.encode(texts, source_lang="eng_Latn"), max_len=4,
+                     forced_bos_id=translator.tokenizer.language_id("fra_Latn"))
+  assert ids[0, 0] == translator.tokenizer.language_id("fra_Latn")
+  with pytest.raises(tfm.InputError, match="has no languages to choose"):
+    tfm.Translator.load(FIXTURES / "t5_tiny", device=DEVICE).translate(["a"], target_lang="de")
+
+
+def test_the_command_line_translates_a_folder_between_languages(capsys):
+  from tfm import cli
+  expected = json.loads((FIXTURES / "m2m100_tiny.json").read_text())["translations"]
+  argv = ["translate", "--model", str(FIXTURES / "m2m100_tiny"), "--device", DEVICE, "--max-len", "15", "--source-lang", "eng_Latn",
+          "--target-lang", "deu_Latn", *expected["texts"][:2]]
+  assert cli.main(argv) == 0
+  assert capsys.readouterr().out.splitlines() == expected["expected"][:2]
+  assert cli.main(argv[:-4] + expected["texts"][:1]) == 2
+  assert "no target language: pass target_lang=..., one of eng_Latn, fra_Latn, deu_Latn" in capsys.readouterr().err

@@ -304,3 +304,23 @@ def test_waits_too_long_for_threading_are_refused_by_name(field, value):
   from tfm.errors import ConfigError
   from tfm.apps.serve.protocol import Options
   with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')} must be"): Options(**{field: value}).check()
+
+
+def test_a_multilingual_model_serves_the_languages_each_request_names():
+  from pathlib import Path
+  folder = Path(__file__).parent / "fixtures" / "m2m100_tiny"
+  expected = json.loads((folder.parent / "m2m100_tiny.json").read_text())["translations"]
+  multilingual = tfm.Translator.load(folder, device="CPU")
+  with Server(multilingual, port=0, max_batch=2, max_src_len=16, target="fr").start() as s:
+    # LibreTranslate's codes are mapped to the model's (en -> eng_Latn), and the model's own are taken as they are
+    german = {"translatedText": expected["expected"][0]}
+    assert post(s, {"q": expected["texts"][0], "source": "en", "target": "deu_Latn"})[:2] == (200, german)
+    french = multilingual.translate(expected["texts"][:1], source_lang="eng_Latn", target_lang="fra_Latn")[0]
+    assert post(s, {"q": expected["texts"][0], "source": "en"})[:2] == (200, {"translatedText": french})   # the server's --target
+    status, body, _ = post(s, {"q": "a", "source": "auto", "target": "de"})
+    assert status == 400 and body["error"].startswith("no source language: this model translates between 3 languages and detects none")
+    status, body, _ = post(s, {"q": "a", "source": "en", "target": "ja"})
+    assert status == 400 and body["error"] == ("target 'ja' is not a language of this model; give one of the model's codes: "
+                                               "eng_Latn, fra_Latn, deu_Latn")
+    codes = ["eng_Latn", "fra_Latn", "deu_Latn"]
+    assert request(s, "GET", "/info")[1]["languages"] == {"source": None, "target": "fra_Latn", "codes": codes}

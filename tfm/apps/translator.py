@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import Any, Sequence
@@ -61,8 +62,12 @@ class Translator:
   def translate(self, texts: Sequence[str], beam_size: int | None = None, max_len: int | None = None,
                 return_scores: bool = False, num_hypotheses: int = 1, max_batch_size: int = 32,
                 batch_type: str = "examples", target_prefix: Sequence[str | None] | None = None,
-                return_attention: bool = False, **rules: Any) -> list | tuple:
+                return_attention: bool = False, source_lang: str | None = None, target_lang: str | None = None,
+                **rules: Any) -> list | tuple:
     """Translate texts; beam_size and max_len as in tfm.generate.
+
+    source_lang, target_lang: a multilingual model's languages for this call (NLLB's "eng_Latn", M2M100's "en", mBART's
+    "en_XX"; `translator.languages` lists them), over those it was loaded with.
 
     Up to max_batch_size texts (batch_type "examples"), or texts of up to max_batch_size padded tokens ("tokens"),
     run as one batch; a longer list is sorted by length and run batch by batch (tfm.generation.batching), so memory stays
@@ -87,8 +92,9 @@ class Translator:
     batching.check_bound(max_batch_size, batch_type)
     if target_prefix is not None and len(target_prefix) != len(texts):
       raise InputError(f"target_prefix has {len(target_prefix)} entries for {len(texts)} texts: give one per text (None for none)")
-    out, scores, attentions = ([], [], []) if not texts else self._translate(
-      texts, beam_size, max_len, num_hypotheses, max_batch_size, batch_type, target_prefix, return_attention, rules)
+    with LOCK, self.languages_set(source_lang, target_lang):
+      out, scores, attentions = ([], [], []) if not texts else self._translate(
+        texts, beam_size, max_len, num_hypotheses, max_batch_size, batch_type, target_prefix, return_attention, rules)
     extra = ([scores] if return_scores else []) + ([attentions] if return_attention else [])
     return (out, *extra) if extra else out
 
@@ -148,12 +154,44 @@ class Translator:
     if n > 1 and beams < n:
       raise InputError(f"num_hypotheses={n} needs beam_size >= {n} (got {beams}): beam search keeps beam_size hypotheses")
     out, scores = generate(self.model, src, max_len=max_len, beam_size=beam_size, num_return=n if n > 1 else None,
-                           return_scores=True, **rules)
+                           return_scores=True, **self.language_ids(), **rules)
     decoded = self.tokenizer.decode(out.tolist())
     ends = lengths_to_eos(out, self.model.config.eos_id)
     return ([decoded[i * n:(i + 1) * n] for i in range(len(ids))],
             [[float(x) for x in scores[i * n:(i + 1) * n]] for i in range(len(ids))],
             [[int(t) for t in out[i * n, :ends[i * n]]] for i in range(len(ids))])   # each text's best, up to its eos
+
+  @property
+  def languages(self) -> list[str]:
+    """The language codes a multilingual model's tokenizer knows (NLLB, M2M100, mBART); [] for the others."""
+    return list(getattr(self.tokenizer, "languages", []))
+
+  @contextlib.contextmanager
+  def languages_set(self, source_lang: str | None, target_lang: str | None):
+    """The tokenizer's source and target languages set to those given (not None) for the block, then put back; an
+    InputError naming the codes for an unknown one, or for any on a model without languages. The caller holds LOCK."""
+    if source_lang is None and target_lang is None:
+      yield
+      return
+    if not self.languages:
+      raise InputError(f"this model has no languages to choose (source_lang={source_lang!r}, target_lang={target_lang!r}): "
+                       f"it translates one language pair; leave them out")
+    tok = self.tokenizer
+    saved = tok.source_lang, tok.target_lang
+    try:
+      if source_lang is not None: tok.source_lang = source_lang
+      if target_lang is not None: tok.target_lang = target_lang
+      yield
+    finally:
+      tok.source_lang, tok.target_lang = saved
+
+  def language_ids(self, target_lang: str | None = None) -> dict[str, int]:
+    """What generation needs of the target language (target_lang, else the tokenizer's): the first output token it
+    forces (NLLB, M2M100, mBART-50) or the decoder's start token (mBART); an InputError listing the codes when a
+    multilingual model has no target language. The caller holds LOCK."""
+    with self.languages_set(None, target_lang):
+      ids = {"forced_bos_id": getattr(self.tokenizer, "forced_bos_id", None), "start_id": getattr(self.tokenizer, "decoder_start_id", None)}
+    return {k: v for k, v in ids.items() if v is not None}
 
   def problems(self, texts: Sequence[str]) -> dict[int, str]:
     """Why each text that cannot be translated cannot be (a character outside the vocabulary, more tokens than the
@@ -169,18 +207,19 @@ class Translator:
         found[i] = f"{len(row)} tokens long, more than the model's max_len={self.model.config.max_len}; split it"
     return found
 
-  def stream(self, text: str, max_len: int | None = None, target_prefix: str | None = None, **rules: Any):
+  def stream(self, text: str, max_len: int | None = None, target_prefix: str | None = None, source_lang: str | None = None,
+             target_lang: str | None = None, **rules: Any):
     """Translate one text greedily (or by sampling: the keyword arguments are tfm.generate's decoding rules), yielding
     the translation piece by piece as its tokens are decoded (joined, the pieces are what translate([text],
     beam_size=1, target_prefix=[target_prefix], **rules) returns). The translation holds the module's LOCK until
     the generator is exhausted or closed: iterate it to the end (or close it) before translating elsewhere."""
     from tfm.generation import generate_tokens
     if not isinstance(text, str): raise InputError(f"stream takes one text (str), got {type(text).__name__}")
-    with LOCK:
+    with LOCK, self.languages_set(source_lang, target_lang):
       src = np.array(self._encode([text]), np.int32)
       ids, said = [], ""
       if target_prefix is not None: rules["target_prefix"] = [self.prefix_ids(target_prefix, 0)]
-      for step in generate_tokens(self.model, src, max_len=max_len, **rules):
+      for step in generate_tokens(self.model, src, max_len=max_len, **self.language_ids(), **rules):
         ids.append(int(step[0]))
         (now,) = self.tokenizer.decode([ids])
         if now.startswith(said) and len(now) > len(said):   # a piece may only show once the next one is decoded
@@ -202,16 +241,25 @@ class Translator:
     with LOCK: return prepare(self.model, tuple(batch_sizes), beams, max_src_len, progress, lengths)
 
   @classmethod
-  def load(cls, path: str | os.PathLike, device: Any = None, dtype: str | None = None, parallel: str | None = None) -> Translator:
-    """A Marian checkpoint folder (config.json, model.safetensors, source.spm, target.spm, vocab.json), or a tfm
-    weight file with its character vocabulary beside it (NAME.vocab.json or vocab.json, as training writes it).
-    dtype: the model's compute dtype, as tfm.load takes it (float32 when None; "int8" for int8 Linear weights);
-    device and parallel as tfm.load takes them."""
-    from tfm.interop.folders import from_pretrained
+  def load(cls, path: str | os.PathLike, device: Any = None, dtype: str | None = None, parallel: str | None = None,
+           source_lang: str | None = None, target_lang: str | None = None) -> Translator:
+    """A checkpoint folder as transformers writes it, with its tokenizer files (Marian: source.spm, target.spm,
+    vocab.json; NLLB, M2M100, mBART, BART, Pegasus, T5: tfm.io.families), or a tfm weight file with its character
+    vocabulary beside it (NAME.vocab.json or vocab.json, as training writes it). source_lang, target_lang: a
+    multilingual model's languages (each call may change them). dtype: the model's compute dtype, as tfm.load takes it
+    (float32 when None; "int8" for int8 Linear weights); device and parallel as tfm.load takes them."""
+    from tfm.interop.folders import from_pretrained, model_type
+    from tfm.io.families import FolderTokenizer
     from tfm.io.tokenizer import CharTokenizer, MarianTokenizer
     from tfm.io.weights import load
     path = os.fspath(path)
-    if os.path.isdir(path): return cls(from_pretrained(path, device, dtype, parallel), MarianTokenizer.from_dir(path))
+    if os.path.isdir(path):
+      if model_type(path) in ("marian", None):
+        if source_lang is not None or target_lang is not None:
+          raise InputError(f"{path} is a Marian model, which translates one language pair: leave source_lang and target_lang out")
+        tokenizer = MarianTokenizer.from_dir(path)
+      else: tokenizer = FolderTokenizer.from_dir(path, source_lang, target_lang)
+      return cls(from_pretrained(path, device, dtype, parallel), tokenizer)
     if not os.path.isfile(path):
       raise WeightsError(f"{path} does not exist; give a Marian checkpoint folder or a .safetensors file written by tfm")
     stem = os.path.splitext(path)[0]
@@ -231,7 +279,11 @@ class Translator:
     return cls.load(BUNDLED_MODEL, device, dtype, parallel)
 
   @classmethod
-  def open(cls, model: str | os.PathLike, device: Any = None, dtype: str | None = None, parallel: str | None = None) -> Translator:
+  def open(cls, model: str | os.PathLike, device: Any = None, dtype: str | None = None, parallel: str | None = None,
+           source_lang: str | None = None, target_lang: str | None = None) -> Translator:
     """`model` as the command line names it: "bundled" (the model that ships with tfm), else a path for `load`."""
-    if model == "bundled": return cls.bundled(device, dtype, parallel)
-    return cls.load(model, device, dtype, parallel)
+    if model == "bundled":
+      if source_lang is not None or target_lang is not None:
+        raise InputError("the bundled model translates dates into one format: leave --source-lang and --target-lang out")
+      return cls.bundled(device, dtype, parallel)
+    return cls.load(model, device, dtype, parallel, source_lang, target_lang)

@@ -46,7 +46,7 @@ def cmd_translate(args) -> int:
     raise TfmError("--stream prints greedy (or sampled) translations of the texts given: leave out --input, --json, "
                    "--n-best and --beam")
   lines = textfiles.read_lines(args.input) if args.input else args.texts
-  translator = Translator.open(args.model, args.device, args.dtype, args.parallel)
+  translator = Translator.open(args.model, args.device, args.dtype, args.parallel, args.source_lang, args.target_lang)
   if args.stream:
     for text in args.texts:
       chosen = {k: v for k, v in rules.items() if v is not None}

@@ -54,17 +54,21 @@ def add_compare(sub) -> None:
 
 
 def add_translate(sub) -> None:
-  p = subcommand(sub, "translate", "translate texts with the bundled model, a tfm .safetensors file or a Marian checkpoint "
-                  "folder: greedy decoding, or beam search with --beam; one line out per text, from the command line or a "
-                  "file of texts, one per line",
+  p = subcommand(sub, "translate", "translate texts with the bundled model, a tfm .safetensors file or a checkpoint folder "
+                  "(Marian/opus-mt, NLLB-200, M2M100, mBART, BART, Pegasus, T5): greedy decoding, or beam search with --beam; "
+                  "one line out per text, from the command line or a file of texts, one per line",
                   "tfm translate \"3rd of March, 2021\" \"July 4, 1976\"\n"
                   "  tfm translate --model opus-mt-en-de/ --beam 4 --scores \"How are you?\"\n"
+                  "  tfm translate --model nllb-200-distilled-600M/ --source-lang eng_Latn --target-lang fra_Latn \"Hello\"\n"
                   "  tfm translate --input dates.txt --output iso.txt --batch-size 64\n"
                   "  tfm translate --stream \"3rd of March, 2021\"")
   p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to translate, batched together (or give --input)")
   p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",
                  help="the bundled dates model, a tfm .safetensors file (its NAME.vocab.json or vocab.json beside it) or a "
-                      "Marian checkpoint folder (default: bundled)")
+                      "checkpoint folder with its tokenizer files, as transformers saves it (default: bundled)")
+  p.add_argument("--source-lang", default=None, metavar="CODE", help="a multilingual model's source language: NLLB's "
+                 "eng_Latn, M2M100's en, mBART's en_XX (an unknown code lists the model's)")
+  p.add_argument("--target-lang", default=None, metavar="CODE", help="a multilingual model's target language, as --source-lang")
   p.add_argument("--input", metavar="FILE|-", help="translate each line of this UTF-8 file (- for standard input); blank "
                  "lines stay blank, output order is input order")
   p.add_argument("--output", metavar="FILE|-", help="write the translations here, one per input line, whole or not at all "
@@ -243,7 +247,10 @@ def add_attention(sub) -> None:
                  help="decoder layer, counted from 0 as in decoder.layers.N; -1 is the last (default: -1)")
   p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",
                  help="the bundled dates model, a tfm .safetensors file (its NAME.vocab.json or vocab.json beside it) or a "
-                      "Marian checkpoint folder (default: bundled)")
+                      "checkpoint folder with its tokenizer files, as transformers saves it (default: bundled)")
+  p.add_argument("--source-lang", default=None, metavar="CODE", help="a multilingual model's source language: NLLB's "
+                 "eng_Latn, M2M100's en, mBART's en_XX (an unknown code lists the model's)")
+  p.add_argument("--target-lang", default=None, metavar="CODE", help="a multilingual model's target language, as --source-lang")
   p.add_argument("--beam", type=int, default=None, metavar="N",
                  help="beam size of the translation; 1 is greedy (default: the model's setting, else 1)")
   p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")

@@ -49,7 +49,7 @@ def source_buckets(max_src_len: int, model_max_len: int) -> tuple[int, ...]:
 class Ticket:
   """One request's texts on their way through the queue; its handler waits on `done`."""
   ids: list[list[int]]
-  key: tuple[int, int]                 # (beam_size, n_best): texts decoded together share it
+  key: tuple                           # (beam_size, n_best, source_lang, target_lang): texts decoded together share it
   arrived: float = field(default_factory=time.monotonic)
   texts: list = field(init=False)      # per text: its n_best translations, best first
   scores: list = field(init=False)     # per text: their scores
@@ -101,10 +101,11 @@ class Batcher:
     """True once warm-up has finished (ready or failed: see `state`)."""
     return self._ready.wait(timeout)
 
-  def submit(self, texts: list[str], key: tuple[int, int]) -> Ticket:
+  def submit(self, texts: list[str], key: tuple) -> Ticket:
     """Encode and check texts, then queue them; InputError for a text the model cannot take, Busy when the queue is
     full or the model thread is not serving."""
-    with self._encoding: ids = self.translator.tokenizer.encode(texts)
+    tokenizer, source = self.translator.tokenizer, key[2] if len(key) > 2 else None
+    with self._encoding: ids = tokenizer.encode(texts) if source is None else tokenizer.encode(texts, source_lang=source)
     limit = self.options.max_src_len
     for i, row in enumerate(ids):
       if len(row) > limit:
@@ -213,14 +214,15 @@ class Batcher:
     with self._cv:
       for (ticket, i), (texts, scores) in zip(batch, results): self._finish(ticket, i, texts, scores)
 
-  def _decode(self, ids: list[list[int]], key: tuple[int, int]) -> list[tuple[list[str], list[float]]]:
+  def _decode(self, ids: list[list[int]], key: tuple) -> list[tuple[list[str], list[float]]]:
     """One model call: rows padded to a row size (copies of the first text), sources to a bucket."""
-    beam, n_best = key
+    beam, n_best, target = key[0], key[1], key[3] if len(key) > 3 else None
     model, tokenizer = self.translator.model, self.translator.tokenizer
     rows = next(r for r in self.rows if r >= len(ids))
     width = next(n for n in self.buckets if n >= max(map(len, ids)))
     src = padded(ids, model.config.pad_id, rows, width)
-    with LOCK: out, scores = generate(model, src, beam_size=beam, num_return=n_best, return_scores=True)
+    with LOCK:
+      out, scores = generate(model, src, beam_size=beam, num_return=n_best, return_scores=True, **self.translator.language_ids(target))
     with self._encoding: texts = tokenizer.decode(out[:len(ids) * n_best].tolist())
     with self._cv: self.stats.batches, self.stats.rows = self.stats.batches + 1, self.stats.rows + rows
     return [(texts[r * n_best:(r + 1) * n_best], [float(s) for s in scores[r * n_best:(r + 1) * n_best]]) for r in range(len(ids))]

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
+from tfm.apps.serve.languages import model_code
 from tfm.errors import ConfigError
 
 LIBRETRANSLATE_FIELDS = ("q", "source", "target", "format", "alternatives", "api_key")
@@ -37,8 +38,9 @@ class Options:
   max_src_len: int | None = None  # tokens in one text, eos included; more get 422 (default: the model's max_len)
   beam_sizes: tuple[int, ...] | None = None  # beam sizes served (all warmed up); the first is the default (default: the model's)
   batching: bool = True        # False decodes one text at a time (the comparison in docs/PERFORMANCE.md)
-  source: str | None = None    # language codes of the model's direction: requests naming others get 400 (default: not checked)
-  target: str | None = None
+  source: str | None = None    # language codes of the model's direction: requests naming others get 400 (default: not checked);
+  target: str | None = None    # for a multilingual model, the direction of requests that name none
+  languages: tuple[str, ...] = ()   # a multilingual model's codes (from its tokenizer): requests choose among them
 
   def check(self) -> Options:
     """These options, each checked on its own (a bad one is a ConfigError naming its flag)."""
@@ -60,9 +62,14 @@ class Options:
       raise ConfigError(f"--beam takes distinct integers >= 1 (1 is greedy), got {','.join(map(str, beams))}")
     return self
 
-  def resolved(self, config, default_beam: int) -> Options:
-    """These options checked against the model (config: its TransformerConfig), with the defaults filled in."""
+  def resolved(self, config, default_beam: int, languages: tuple[str, ...] = ()) -> Options:
+    """These options checked against the model (config: its TransformerConfig; languages: a multilingual model's
+    codes), with the defaults filled in."""
     self.check()
+    if languages:
+      try: direction = {name: model_code(getattr(self, name), languages, f"--{name}") for name in ("source", "target") if getattr(self, name)}
+      except LookupError as e: raise ConfigError(str(e)) from None
+      return dataclasses.replace(self, languages=tuple(languages), **direction).resolved(config, default_beam)
     max_src_len = config.max_len if self.max_src_len is None else self.max_src_len
     if max_src_len > config.max_len:
       raise ConfigError(f"--max-src-len {max_src_len} is more than the model's max_len={config.max_len}; give at most {config.max_len}")
@@ -84,6 +91,13 @@ class Job:
   beam_size: int
   n_best: int      # translations per text: the best and its alternatives
   scores: bool
+  source_lang: str | None = None   # a multilingual model's languages, as it names them
+  target_lang: str | None = None
+
+  @property
+  def key(self) -> tuple:
+    """What texts decoded together share: beam size, n-best, languages."""
+    return self.beam_size, self.n_best, self.source_lang, self.target_lang
 
 
 def parse_body(body: bytes, content_type: str) -> dict:
@@ -139,9 +153,10 @@ def parse_job(fields: dict, options: Options) -> Job:
   for name in ("source", "target", "api_key", "format"):
     if name in fields and not isinstance(fields[name], str):
       raise HTTPError(400, f"field {name} must be a string, got {type(fields[name]).__name__}")
+  languages = _languages(fields, options) if options.languages else {}
   for name in ("source", "target"):
     served = getattr(options, name)
-    if served is not None and fields.get(name, served) not in (served, "auto" if name == "source" else served):
+    if not options.languages and served is not None and fields.get(name, served) not in (served, "auto" if name == "source" else served):
       raise HTTPError(400, f"{name} {fields[name]!r} is not served: this server translates {options.source or '?'} -> "
                            f"{options.target or '?'}")
   if fields.get("format", "text") != "text":
@@ -166,7 +181,22 @@ def parse_job(fields: dict, options: Options) -> Job:
                            f"sizes {', '.join(map(str, served))} (start it with --beam {n_best} to serve them)")
   if not isinstance(fields.get("scores", False), bool):
     raise HTTPError(400, f"field scores must be true or false, got {fields['scores']!r}")
-  return Job(texts, single, beam, n_best, fields.get("scores", False))
+  return Job(texts, single, beam, n_best, fields.get("scores", False), **languages)
+
+
+def _languages(fields: dict, options: Options) -> dict[str, str]:
+  """A multilingual model's source and target languages for a request: its fields (mapped to the model's codes), else
+  the server's --source and --target; 400 where neither names one ("auto" detects nothing: name the language)."""
+  out = {}
+  for name in ("source", "target"):
+    code = fields.get(name)
+    if code in (None, "", "auto"): code = getattr(options, name)
+    if code is None:
+      raise HTTPError(400, f"no {name} language: this model translates between {len(options.languages)} languages and "
+                           f"detects none; give {name} (e.g. \"en\" or one of its codes: {', '.join(options.languages)})")
+    try: out[f"{name}_lang"] = model_code(code, options.languages, name)
+    except LookupError as e: raise HTTPError(400, str(e)) from None
+  return out
 
 
 def answer(job: Job, texts: list[list[str]], scores: list[list[float]]) -> dict:

@@ -121,7 +121,7 @@ class Server:
   def __init__(self, translator: Translator, host: str = "127.0.0.1", port: int = 8000, name: str = "model",
                log: Callable[[str], None] | None = None, access_log: bool = True, progress: bool = False, **options):
     default_beam = resolve_settings(translator.model, np.array([1])).beam_size
-    self.options = Options(**options).resolved(translator.model.config, default_beam)
+    self.options = Options(**options).resolved(translator.model.config, default_beam, tuple(translator.languages))
     self.translator, self.name, self.log, self.access_log = translator, name, log or (lambda line: None), access_log
     self.batcher = Batcher(translator, self.options, progress)
     try:
@@ -166,7 +166,7 @@ class Server:
     fields = parse_body(request.body(self.options.max_body), request.headers.get("Content-Type", ""))
     job = parse_job(fields, self.options)
     try:
-      ticket = self.batcher.submit(job.texts, (job.beam_size, job.n_best))
+      ticket = self.batcher.submit(job.texts, job.key)
     except InputError as e: raise HTTPError(422, str(e)) from None
     except Busy as e: raise HTTPError(503, str(e), {"Retry-After": str(e.retry_after)}) from None
     if not ticket.done.wait(self.options.timeout):
@@ -197,5 +197,5 @@ class Server:
                          "shapes": len(b.shapes)},
             "limits": {"max_body": o.max_body, "max_texts": o.max_texts, "max_src_len": o.max_src_len,
                        "max_queue": o.max_queue, "timeout": o.timeout},
-            "languages": {"source": o.source, "target": o.target},
+            "languages": {"source": o.source, "target": o.target, "codes": list(o.languages)},
             "stats": {**vars(b.stats), "queued": b.queued}}

@@ -140,7 +140,7 @@ def tiny_vision_subject(seed: int = 0, **overrides: Any) -> VisionSubject:
 
 def load_subject(model: str | None = None) -> Subject | VisionSubject:
   """The model to compare: "bundled" (tfm/assets), "tiny" (random weights), "vit" (the vit-tiny config, random
-  weights), "digits" (the bundled image classifier), a tfm .safetensors file, or a Marian or ViT checkpoint folder.
+  weights), "digits" (the bundled image classifier), a tfm .safetensors file, or a checkpoint folder (Marian, NLLB/M2M100, BART, mBART, Pegasus, T5, ViT).
 
   None means the bundled model when it is installed, else the tiny one (tfm compare says so on stderr).
   """
@@ -160,11 +160,11 @@ def load_subject(model: str | None = None) -> Subject | VisionSubject:
     model = str(BUNDLED)
   path = Path(model)
   if path.is_dir():
-    from tfm.interop import convert_folder
+    from tfm.interop.folders import convert_folder, model_type
     conv = convert_folder(path)
     if conv.kind == "vit": return vision_subject(conv.config, conv.arrays, f"ViT checkpoint {path}")
     tokenizer = MarianTokenizer.from_dir(path) if (path / "source.spm").exists() else None
-    config, arrays, name = conv.config, conv.arrays, f"Marian checkpoint {path}"
+    config, arrays, name = conv.config, conv.arrays, f"{model_type(path) or 'marian'} checkpoint {path}"
   elif path.is_file():
     wf = weights.read(path)
     if wf.kind == "vit":
@@ -181,7 +181,7 @@ def load_subject(model: str | None = None) -> Subject | VisionSubject:
     name = f"bundled model ({path.name})" if path == BUNDLED else str(path)
   else:
     raise TfmError(f"--model {model!r}: no such file or folder; give 'bundled', 'tiny', 'vit', 'digits', a tfm "
-                   f".safetensors file or a Marian or ViT checkpoint folder")
+                   f".safetensors file or a checkpoint folder (Marian, NLLB/M2M100, BART, mBART, Pegasus, T5, ViT)")
   src, tgt, texts = _inputs(config, tokenizer, seed=0)
   return Subject(name, config, arrays, src, tgt, texts, tokenizer)
 

@@ -261,7 +261,7 @@ class Translator:
       else: tokenizer = FolderTokenizer.from_dir(path, source_lang, target_lang)
       return cls(from_pretrained(path, device, dtype, parallel), tokenizer)
     if not os.path.isfile(path):
-      raise WeightsError(f"{path} does not exist; give a Marian checkpoint folder or a .safetensors file written by tfm")
+      raise WeightsError(f"{path} does not exist; give a checkpoint folder or a .safetensors file written by tfm")
     stem = os.path.splitext(path)[0]
     vocab = next((v for v in (stem + ".vocab.json", os.path.join(os.path.dirname(path), "vocab.json")) if os.path.isfile(v)), None)
     if vocab is None:

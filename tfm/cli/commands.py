@@ -82,7 +82,7 @@ def cmd_compile(args) -> int:
 
 
 def _load_model(path: str, device: str, parallel: str | None = None):
-  """The bundled model, a Marian folder's or a tfm weight file's (no vocabulary needed to compile)."""
+  """The bundled model, a checkpoint folder's or a tfm weight file's (no vocabulary needed to compile)."""
   if path == "bundled":
     from tfm.apps.translator import Translator
     return Translator.bundled(device, parallel=parallel).model
@@ -138,12 +138,13 @@ def cmd_convert(args) -> int:
 
   from tfm.io import weights
   from tfm.interop import convert_folder, convert_torch_transformer
+  from tfm.interop.folders import model_type
   if os.path.isdir(args.src):
     if args.nhead is not None or args.norm_first:
       raise TfmError(f"{args.src} is a checkpoint folder, whose config.json sets the heads and the norm placement; "
                      f"drop --nhead / --norm-first (they describe torch.nn.Transformer state dicts)")
     conv, loader = convert_folder(args.src), "tfm.load"
-    what = "ViT checkpoint" if conv.kind == "vit" else "Marian checkpoint"
+    what = "ViT checkpoint" if conv.kind == "vit" else f"{model_type(args.src) or 'marian'} checkpoint"
   else:
     if args.nhead is None:
       raise TfmError("a torch.nn.Transformer state dict does not record its number of heads: add --nhead N")

@@ -40,7 +40,7 @@ def add_compare(sub) -> None:
                   "tfm compare\n  tfm compare --model tiny --backends CPU,CL --dtype float16 --json compare.json")
   p.add_argument("--model", default=None, metavar="bundled|tiny|vit|digits|PATH|DIR",
                  help="the bundled model, the tiny config with random weights, the vit-tiny Vision Transformer with random "
-                      "weights, the bundled digits classifier, a tfm .safetensors file, or a Marian or ViT checkpoint folder "
+                      "weights, the bundled digits classifier, a tfm .safetensors file, or a checkpoint folder (Marian, NLLB/M2M100, BART, mBART, Pegasus, T5, ViT) "
                       "(default: bundled when installed, else tiny)")
   p.add_argument("--backends", default="auto", metavar="auto|all|CPU,CL,...",
                  help="auto: every backend but the slow Python emulator; all: every one; or a comma-separated list, "
@@ -118,7 +118,7 @@ def add_compile(sub) -> None:
                   "compiling (see `tfm cache info`)",
                   "tfm compile\n  tfm compile opus-mt-en-de/ --device CL --batch 1,8 --beam 4 --max-len 64")
   p.add_argument("model", nargs="?", default="bundled", metavar="MODEL",
-                 help="bundled, a tfm .safetensors file or a Marian checkpoint folder (default: bundled)")
+                 help="bundled, a tfm .safetensors file or a checkpoint folder (default: bundled)")
   p.add_argument("--device", default="auto", help="backend to compile for, as `tfm backends` lists them, or several "
                  "devices of one, e.g. CPU*2 (default: auto)")
   p.add_argument("--parallel", default=None, choices=("data", "tensor"), help="with several devices, as tfm translate takes it")
@@ -154,10 +154,10 @@ def add_kernels(sub) -> None:
 
 
 def add_convert(sub) -> None:
-  p = subcommand(sub, "convert", "convert a Marian (opus-mt) or ViT checkpoint folder or a torch.nn.Transformer state dict "
+  p = subcommand(sub, "convert", "convert a checkpoint folder (Marian, NLLB/M2M100, BART, mBART, Pegasus, T5, ViT) or a torch.nn.Transformer state dict "
                   "(.pt or .safetensors) into a tfm .safetensors file, listing how every tensor was mapped",
                   "tfm convert opus-mt-en-de/ --out en-de.safetensors\n  tfm convert transformer.pt --nhead 8 --out stacks.safetensors")
-  p.add_argument("src", help="a Marian or ViT checkpoint folder (config.json + model.safetensors) or a state dict file")
+  p.add_argument("src", help="a checkpoint folder (config.json + model.safetensors) or a state dict file")
   p.add_argument("--out", required=True, help="the .safetensors file to write (replaced atomically)")
   p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "int8"],
                  help="storage dtype (default: float32); int8: Linear weights as int8 rows with float32 scales, loaded as an int8 model")

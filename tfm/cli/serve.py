@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
   d = Options()
   p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",
                  help="the bundled dates model, a tfm .safetensors file (its NAME.vocab.json or vocab.json beside it) or a "
-                      "Marian checkpoint folder (default: bundled)")
+                      "checkpoint folder with its tokenizer (default: bundled)")
   p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
   p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface (default: 127.0.0.1, this machine only)")
   p.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one and prints it (default: 8000)")

@@ -140,7 +140,8 @@ def tiny_vision_subject(seed: int = 0, **overrides: Any) -> VisionSubject:
 
 def load_subject(model: str | None = None) -> Subject | VisionSubject:
   """The model to compare: "bundled" (tfm/assets), "tiny" (random weights), "vit" (the vit-tiny config, random
-  weights), "digits" (the bundled image classifier), a tfm .safetensors file, or a checkpoint folder (Marian, NLLB/M2M100, BART, mBART, Pegasus, T5, ViT).
+  weights), "digits" (the bundled image classifier), a tfm .safetensors file, or a checkpoint folder (Marian,
+  NLLB/M2M100, BART, mBART, Pegasus, T5, ViT).
 
   None means the bundled model when it is installed, else the tiny one (tfm compare says so on stderr).
   """

@@ -40,7 +40,8 @@ def add_compare(sub) -> None:
                   "tfm compare\n  tfm compare --model tiny --backends CPU,CL --dtype float16 --json compare.json")
   p.add_argument("--model", default=None, metavar="bundled|tiny|vit|digits|PATH|DIR",
                  help="the bundled model, the tiny config with random weights, the vit-tiny Vision Transformer with random "
-                      "weights, the bundled digits classifier, a tfm .safetensors file, or a checkpoint folder (Marian, NLLB/M2M100, BART, mBART, Pegasus, T5, ViT) "
+                      "weights, the bundled digits classifier, a tfm .safetensors file, or a checkpoint folder (Marian, "
+                      "NLLB/M2M100, BART, mBART, Pegasus, T5, ViT) "
                       "(default: bundled when installed, else tiny)")
   p.add_argument("--backends", default="auto", metavar="auto|all|CPU,CL,...",
                  help="auto: every backend but the slow Python emulator; all: every one; or a comma-separated list, "
@@ -154,7 +155,8 @@ def add_kernels(sub) -> None:
 
 
 def add_convert(sub) -> None:
-  p = subcommand(sub, "convert", "convert a checkpoint folder (Marian, NLLB/M2M100, BART, mBART, Pegasus, T5, ViT) or a torch.nn.Transformer state dict "
+  p = subcommand(sub, "convert", "convert a checkpoint folder (Marian, NLLB/M2M100, BART, mBART, Pegasus, T5, ViT) or a "
+                  "torch.nn.Transformer state dict "
                   "(.pt or .safetensors) into a tfm .safetensors file, listing how every tensor was mapped",
                   "tfm convert opus-mt-en-de/ --out en-de.safetensors\n  tfm convert transformer.pt --nhead 8 --out stacks.safetensors")
   p.add_argument("src", help="a checkpoint folder (config.json + model.safetensors) or a state dict file")

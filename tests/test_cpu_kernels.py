@@ -9,7 +9,7 @@ from tinygrad import Context, Tensor
 from tinygrad.uop.ops import Ops
 
 from tfm.runtime.cpu_kernels import ELEMENTS, WIDE, activated, log_softmax, logsumexp
-from tfm.nn.layers import _gelu, _swish
+from tfm.nn.layers import ACTIVATION_FUNCTIONS
 
 RNG = np.random.default_rng(0)
 
@@ -41,7 +41,7 @@ def test_log_softmax_is_the_float64_one_with_its_exponentials_compiled_by_tfm_ov
   np.testing.assert_allclose(logsumexp(t).numpy(), expected_logsumexp(x), rtol=0, atol=5e-5)
 
 
-@pytest.mark.parametrize("fn", [_swish, _gelu])
+@pytest.mark.parametrize("fn", [ACTIVATION_FUNCTIONS[name] for name in ("swish", "gelu", "gelu_tanh")], ids=["swish", "gelu", "gelu_tanh"])
 @pytest.mark.parametrize("elements, own_kernel", [(ELEMENTS, True), (ELEMENTS // 2, False)])
 def test_an_activation_compiled_by_tfm_is_tinygrads(fn, elements, own_kernel):
   x = (RNG.standard_normal((2, 4, elements // 8)) * 3).astype(np.float32)
@@ -55,4 +55,4 @@ def test_an_activation_compiled_by_tfm_is_tinygrads(fn, elements, own_kernel):
 
 def test_an_activation_under_training_is_tinygrads_own_kernel():
   with Context(TRAINING=1):
-    assert not [k for k in kernels(activated(Tensor.empty(8, ELEMENTS // 8, device="CPU").realize(), _swish)) if k.op is Ops.PROGRAM]
+    assert not [k for k in kernels(activated(Tensor.empty(8, ELEMENTS // 8, device="CPU").realize(), ACTIVATION_FUNCTIONS["swish"])) if k.op is Ops.PROGRAM]

@@ -64,13 +64,13 @@ class RecordingReference(Reference):
     super().__init__(*a)
     self.cross = []
 
-  def _mha(self, name, xq, xkv, allowed):
+  def _mha(self, name, xq, xkv, allowed, bias=0.0):
     if name.endswith("encoder_attn"):
       h, (b, tq, d), tk = self.cfg["n_heads"], xq.shape, xkv.shape[1]
       q = self._linear(xq, f"{name}.q_proj").reshape(b, tq, h, d // h).transpose(0, 2, 1, 3)
       k = self._linear(xkv, f"{name}.k_proj").reshape(b, tk, h, d // h).transpose(0, 2, 1, 3)
       self.cross.append(_softmax(np.where(allowed[:, None], q @ k.transpose(0, 1, 3, 2) / math.sqrt(d // h), -np.inf)))
-    return super()._mha(name, xq, xkv, allowed)
+    return super()._mha(name, xq, xkv, allowed, bias)
 
 
 def test_attention_weights_are_the_models_cross_attention(toy):

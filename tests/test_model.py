@@ -110,8 +110,10 @@ def test_tied_embeddings_share_one_matrix(tiny_model):
 @pytest.mark.parametrize("fields, message", [
   (dict(d_model=500, n_heads=8), "d_model=500 is not divisible by n_heads=8"),
   (dict(d_model=33, n_heads=3), "d_model=33 must be even"),
-  (dict(activation="tanh"), "activation='tanh' is not supported; choose one of relu, gelu, swish"),
-  (dict(positional="learned"), "positional='learned' is not supported"),
+  (dict(activation="tanh"), "activation='tanh' is not supported; choose one of relu, gelu, gelu_tanh, swish"),
+  (dict(positional="rotary"), "positional='rotary' is not supported"),
+  (dict(norm="batch"), "norm='batch' is not supported; choose one of layer, rms"),
+  (dict(d_head=0, n_heads=3), "d_head=0 must be a positive integer"),
   (dict(dropout=1.0), "dropout=1.0 must be in [0, 1)"),
   (dict(vocab_size=0), "vocab_size=0 must be a positive integer"),
   (dict(n_encoder_layers=-1), "n_encoder_layers=-1 must be an integer >= 0"),

@@ -55,4 +55,5 @@ def test_an_activation_compiled_by_tfm_is_tinygrads(fn, elements, own_kernel):
 
 def test_an_activation_under_training_is_tinygrads_own_kernel():
   with Context(TRAINING=1):
-    assert not [k for k in kernels(activated(Tensor.empty(8, ELEMENTS // 8, device="CPU").realize(), ACTIVATION_FUNCTIONS["swish"])) if k.op is Ops.PROGRAM]
+    swish = ACTIVATION_FUNCTIONS["swish"]
+    assert not [k for k in kernels(activated(Tensor.empty(8, ELEMENTS // 8, device="CPU").realize(), swish)) if k.op is Ops.PROGRAM]

@@ -170,3 +170,10 @@ def test_the_command_line_translates_a_folder_between_languages(capsys):
   assert capsys.readouterr().out.splitlines() == expected["expected"][:2]
   assert cli.main(argv[:-4] + expected["texts"][:1]) == 2
   assert "no target language: pass target_lang=..., one of eng_Latn, fra_Latn, deu_Latn" in capsys.readouterr().err
+
+
+def test_t5_splits_over_two_devices_with_its_gated_ffn_by_columns():
+  io = dict(np.load(FIXTURES / "flan_t5_tiny.npz"))
+  model = tfm.from_pretrained(FIXTURES / "flan_t5_tiny", device="CPU*2", parallel="tensor")
+  assert model.decoder.layers[1].ffn.gate.weight.uop.axis == 0   # split by output features, as fc1
+  assert np.abs(model(io["src"], io["tgt"]).numpy() - io["logits"]).max() <= TOLERANCE

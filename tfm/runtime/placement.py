@@ -30,7 +30,7 @@ MODES = (DATA, TENSOR)
 TENSOR_PARALLEL_BYTES = 2 << 30
 
 # tensor parallel: by output features (their biases and int8 row scales with them), or by input features
-COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "fc1")
+COLUMN_PARALLEL = ("q_proj", "k_proj", "v_proj", "fc1", "gate")   # gate: the gated FFN's second input projection (T5 v1.1)
 ROW_PARALLEL = ("out_proj", "fc2")
 
 

@@ -177,3 +177,11 @@ def test_t5_splits_over_two_devices_with_its_gated_ffn_by_columns():
   model = tfm.from_pretrained(FIXTURES / "flan_t5_tiny", device="CPU*2", parallel="tensor")
   assert model.decoder.layers[1].ffn.gate.weight.uop.axis == 0   # split by output features, as fc1
   assert np.abs(model(io["src"], io["tgt"]).numpy() - io["logits"]).max() <= TOLERANCE
+
+
+def test_an_import_reads_the_layers_tensors_only_as_the_model_takes_them():
+  from tfm.io import stored
+  conv = convert_seq2seq_or_t5(FIXTURES / "bart_tiny")
+  lazy = [m for m in conv.arrays.maps if isinstance(m, stored.Renamed)]
+  assert lazy and "encoder.layers.0.ffn.fc1.weight" in lazy[0] and "src_embed.weight" not in lazy[0]
+  assert conv.arrays["encoder.layers.0.ffn.fc1.weight"].shape == (64, 32)   # read from the file when asked for

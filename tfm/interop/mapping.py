@@ -6,6 +6,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import MutableMapping
 
 import numpy as np
 
@@ -22,7 +23,7 @@ class Conversion:
   or "vit" (a VisionTransformer, whose config is a VisionConfig)."""
   config: TransformerConfig | VisionConfig
   kind: str
-  arrays: dict[str, np.ndarray]
+  arrays: MutableMapping[str, np.ndarray]   # a dict, or tensors of a file read when asked for (tfm.io.stored.Pending)
   mapped: list[tuple[str, str]] = field(default_factory=list)  # (source name, tfm name(s)), one pair per source tensor
   notes: list[str] = field(default_factory=list)  # what was checked and not loaded, and why
   generation_config: dict | None = None  # decoding defaults the checkpoint came with (generation_config.json keys)

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections import ChainMap
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -166,7 +167,7 @@ def _tfm_name(name: str) -> str:
   return name.removeprefix("model.").replace(".fc1.", ".ffn.fc1.").replace(".fc2.", ".ffn.fc2.")
 
 
-def tied(arrays: dict[str, np.ndarray], names: list[str], where: str) -> tuple[np.ndarray, list[str]]:
+def tied(arrays: Mapping[str, np.ndarray], names: list[str], where: str) -> tuple[np.ndarray, list[str]]:
   """The one matrix that the stored names among `names` hold (config.json ties them): each must equal the first."""
   present = [n for n in names if n in arrays]
   if not present: raise WeightsError(f"{where}: none of {', '.join(names)} is in the file; the checkpoint has no embeddings")
@@ -178,7 +179,7 @@ def tied(arrays: dict[str, np.ndarray], names: list[str], where: str) -> tuple[n
   return first, present
 
 
-def _embeddings(conv: Conversion, arrays: dict[str, np.ndarray], hf: dict[str, Any], path: str) -> None:
+def _embeddings(conv: Conversion, arrays: stored.Pending, hf: dict[str, Any], path: str) -> None:
   """The embedding matrices: one tie group per role, as config.json declares the sharing; taken out of `arrays`."""
   config = conv.config
   share, tie_out = bool(hf["share_encoder_decoder_embeddings"]), bool(hf["tie_word_embeddings"])
@@ -197,7 +198,7 @@ def _embeddings(conv: Conversion, arrays: dict[str, np.ndarray], hf: dict[str, A
   for name in embed_names: del arrays[name]
 
 
-def _sinusoids_checked(conv: Conversion, arrays: dict[str, np.ndarray], path: str) -> None:
+def _sinusoids_checked(conv: Conversion, arrays: stored.Pending, path: str) -> None:
   """A sinusoid table the file stores (Marian's and Pegasus' do) must be tfm's; it is computed, not loaded."""
   config = conv.config
   table = sinusoid_table(config.max_len + config.position_offset, config.d_model, config.positional)
@@ -219,7 +220,7 @@ def convert(folder: str | os.PathLike) -> Conversion:
   family, raw = read_config(folder)
   hf = {**family.defaults, **raw}
   path = checkpoint_file(folder, SAVE_AS_SAFETENSORS)
-  arrays = dict(stored.read_arrays(path, f"{family.model_class} checkpoint")[1])   # mapped tensors are taken out of it
+  arrays = stored.Pending(stored.read_arrays(path, f"{family.model_class} checkpoint")[1])   # mapped tensors are taken out of it
   conv = Conversion(transformer_config(family, hf, output_bias="final_logits_bias" in arrays), "transformer", {},
                     generation_config=read_generation_config(folder, raw))
   config = conv.config
@@ -238,8 +239,7 @@ def convert(folder: str | os.PathLike) -> Conversion:
                     f"{config.position_offset}{'; LayerNorm after the embeddings' if config.embed_norm else ''}; activation "
                     f"{config.activation}; scale_embedding={config.scale_embedding}; decoder starts from id {config.start_id}")
   stored.check_arrays(arrays, _layer_shapes(family, hf), path)
-  for name, value in arrays.items():
-    conv.arrays[_tfm_name(name)] = value
-    conv.mapped.append((name, _tfm_name(name)))
+  conv.mapped += [(name, _tfm_name(name)) for name in arrays]
+  conv.arrays = ChainMap(conv.arrays, arrays.renamed(_tfm_name))   # the layers' tensors are read as the model takes them
   return conv
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import ChainMap
 from typing import Any
 
 from tfm.config import TransformerConfig
@@ -106,7 +107,7 @@ def convert(folder: str | os.PathLike) -> Conversion:
   raw = read_json(os.path.join(folder, "config.json"), "checkpoint")
   hf = {**DEFAULTS, **raw}
   path = checkpoint_file(folder, SAVE_AS_SAFETENSORS)
-  arrays = dict(stored.read_arrays(path, "T5 checkpoint")[1])
+  arrays = stored.Pending(stored.read_arrays(path, "T5 checkpoint")[1])
   tie = hf["tie_word_embeddings"] is not False
   conv = Conversion(t5_config(hf, tie), "transformer", {}, generation_config=read_generation_config(folder, raw))
   config = conv.config
@@ -121,9 +122,9 @@ def convert(folder: str | os.PathLike) -> Conversion:
     conv.mapped.append(("lm_head.weight", "generator.weight"))
   conv.mapped += [(name, "src_embed.weight" + (" (tied: tgt_embed, generator)" if tie else ", tgt_embed.weight")) for name in present]
   for name in present: del arrays[name]
-  renamed = {tfm_name(name): value for name, value in arrays.items()}
+  renamed = arrays.renamed(tfm_name)   # read as the model takes them
   stored.check_arrays(renamed, expected_shapes(config), path)
-  conv.arrays.update(renamed)
+  conv.arrays = ChainMap(conv.arrays, renamed)
   conv.mapped += [(name, tfm_name(name)) for name in arrays]
   conv.notes.append(f"{raw.get('model_type', 't5')}: pre-norm, RMS norms, no biases, unscaled q.k, relative position buckets "
                     f"{config.relative_buckets} up to distance {config.relative_max_distance}; FFN {hf['feed_forward_proj']} "

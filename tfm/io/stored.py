@@ -99,6 +99,45 @@ class StoredArrays(Mapping[str, np.ndarray]):
   def __len__(self) -> int: return len(self.entries)
 
 
+class Pending(Mapping[str, np.ndarray]):
+  """The tensors of a file (a StoredArrays) that an importer has not yet taken, each read when asked for: it takes the
+  ones it maps by hand (`pop`, `del`) and maps the rest by name (`renamed`), so that a checkpoint goes to the device one
+  tensor at a time and is never whole in host memory beside the model."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray]):
+    self.arrays, self.names = arrays, dict.fromkeys(arrays)
+
+  def __getitem__(self, name: str) -> np.ndarray:
+    if name not in self.names: raise KeyError(name)
+    return self.arrays[name]
+
+  def __contains__(self, name: object) -> bool: return name in self.names   # without reading the tensor
+  def __delitem__(self, name: str) -> None: del self.names[name]
+  def pop(self, name: str) -> np.ndarray:
+    value = self[name]
+    del self.names[name]
+    return value
+
+  def __iter__(self) -> Iterator[str]: return iter(list(self.names))
+  def __len__(self) -> int: return len(self.names)
+
+  def renamed(self, rename) -> Mapping[str, np.ndarray]:
+    """The tensors left, under rename(name), still read when asked for."""
+    return Renamed(self.arrays, {rename(name): name for name in self.names})
+
+
+class Renamed(Mapping[str, np.ndarray]):
+  """Tensors of a file under other names (new name -> the file's), each read when asked for."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], names: dict[str, str]):
+    self.arrays, self.names = arrays, names
+
+  def __getitem__(self, name: str) -> np.ndarray: return self.arrays[self.names[name]]
+  def __contains__(self, name: object) -> bool: return name in self.names
+  def __iter__(self) -> Iterator[str]: return iter(self.names)
+  def __len__(self) -> int: return len(self.names)
+
+
 def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict[str, str], dtype: str) -> None:
   """Store float arrays as one safetensors file in the storage dtype, atomically. In an "int8" file the int8 arrays
   (quantized weights) are stored as I8 and every other array as float32."""

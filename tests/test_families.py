@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from tinygrad import dtypes
 import pytest
 
 import tfm
@@ -185,3 +186,16 @@ def test_an_import_reads_the_layers_tensors_only_as_the_model_takes_them():
   lazy = [m for m in conv.arrays.maps if isinstance(m, stored.Renamed)]
   assert lazy and "encoder.layers.0.ffn.fc1.weight" in lazy[0] and "src_embed.weight" not in lazy[0]
   assert conv.arrays["encoder.layers.0.ffn.fc1.weight"].shape == (64, 32)   # read from the file when asked for
+
+
+@pytest.mark.parametrize("name", ["bart", "flan_t5"])
+def test_int8_families_compute_their_dequantized_weights_and_save_as_int8(name, tmp_path):
+  from tfm.io import weights
+  io, conv = dict(np.load(FIXTURES / f"{name}_tiny.npz")), convert_seq2seq_or_t5(FIXTURES / f"{name}_tiny")
+  model = tfm.from_pretrained(FIXTURES / f"{name}_tiny", device=DEVICE, dtype="int8")
+  assert model.quantized and all(layer.weight.dtype == dtypes.int8 for layer in (model.encoder.layers[0].ffn.fc1, model.generator))
+  twin = weights.build(*weights.int8_twin(conv.config, dict(conv.arrays)), "the dequantized weights", DEVICE)   # what tfm compare checks
+  logits = model(io["src"], io["tgt"]).numpy()
+  assert np.abs(logits - twin(io["src"], io["tgt"]).numpy()).max() <= TOLERANCE
+  tfm.save(model, tmp_path / "int8.safetensors")
+  np.testing.assert_allclose(tfm.load(tmp_path / "int8.safetensors", device=DEVICE)(io["src"], io["tgt"]).numpy(), logits, atol=TOLERANCE)

@@ -257,7 +257,7 @@ def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8), scale
 
 
-LINEAR_WEIGHTS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight", "fc1.weight", "fc2.weight")
+LINEAR_WEIGHTS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "out_proj.weight", "fc1.weight", "fc2.weight", "gate.weight")
 
 
 def linear_layers(obj: Any) -> list[Linear]:

@@ -15,7 +15,7 @@ from tfm.nn.attention import KVCache, value_width
 from tfm.runtime.cpu_kernels import log_softmax, logsumexp
 from tfm.errors import InputError
 from tfm.generation.settings import FORCED, GenerationSettings, rule_arrays
-from tfm.nn.linear import pack_layers, packed_products
+from tfm.nn.linear import PACK, pack_layers, packed_products
 from tfm.runtime.memory import filled, upload
 from tfm.nn.transformer import Transformer
 from tfm.runtime.placement import TENSOR, batch_axis
@@ -61,7 +61,7 @@ class Session:
     self.key = {"config": c.to_dict(), "dtype": "int8" if model.quantized else str(self.dtype), "device": dev,
                 "parallel": model.parallel, "rows split": self.row_axis == 0,
                 "tuned": tuned_entry(model.target or dev),
-                "rows": rows, "beam": beam, "src_len": src_len, "packed": len(self.packed)}
+                "rows": rows, "beam": beam, "src_len": src_len, "packed": len(self.packed), "pack": PACK}
     self.prefill = self.compiled(self._prefill, None, "prefill", self.named)
 
   def compiled(self, fn, variable: UOp | None, step: str, named, **key) -> CompiledStep:

@@ -32,6 +32,7 @@ from backends import switches
 from tfm.errors import InputError
 from tfm.runtime.cpu_kernels import WIDE, compiled_as_scalars, serial_reductions, thread_opts
 from tfm.runtime.gemm import gemm, gemm_fits
+from tfm.runtime.machine import vector_floats
 from tfm.runtime.memory import download, like, to_device
 
 
@@ -52,7 +53,10 @@ def matmul_wt(x: Tensor, w: Tensor) -> Tensor:
 
 
 LANES = 16      # partial sums per output where a product's reduction is split (one AVX-512 vector of float32)
-PACK = 8        # output features per block of a packed weight: one AVX2 vector of float32
+# output features per block of a packed weight: one vector register of float32 on this machine (16 with AVX-512, 8 with
+# AVX2, 4 otherwise; tfm.runtime.machine). On the AVX-512 VM 16 decodes an opus-mt-shaped model 1.3x faster greedy and
+# 1.1x in beam 4 x 8 than 8 did (docs/PERFORMANCE.md, "Packed products")
+PACK = vector_floats()
 PACK_MIN = 1 << 17   # numbers in a weight from which decoding packs it (a 512 x 512 projection has 2 of these)
 
 

@@ -4,6 +4,8 @@
     tr.translate(["3rd of March, 2021"])                # -> ["2021-03-03"]
     tr = tfm.Translator.load("opus-mt-en-de/")          # a Marian checkpoint folder, with its SentencePiece vocabulary
     texts, scores = tr.translate(["Hello"], beam_size=4, return_scores=True)
+    tr = tfm.Translator.load("nllb-200-distilled-600M/", source_lang="eng_Latn", target_lang="fra_Latn")
+    tr.translate(["Hello"], target_lang="deu_Latn")     # a multilingual model's languages, per call
 """
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Files a model lives in: safetensors arrays (stored), whole models (weights), tokenizers and images."""
+"""Files a model lives in: safetensors arrays (stored), whole models (weights), tokenizers, images and audio."""

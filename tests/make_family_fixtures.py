@@ -1,6 +1,7 @@
 """Write the checkpoint-family fixtures under tests/fixtures/: a tiny random model of each encoder-decoder family that
-tfm imports (M2M100/NLLB, BART, mBART, Pegasus, T5 v1.0 and v1.1), saved as transformers' save_pretrained writes it,
-with the logits and the generate() results transformers computed for it, so the tests check tfm without transformers.
+tfm imports (M2M100/NLLB, BART, mBART, Pegasus, T5 v1.0 and v1.1; Whisper's model with `... make_family_fixtures.py
+whisper`), saved as transformers' save_pretrained writes it, with the logits and the generate() results transformers
+computed for it, so the tests check tfm without transformers.
 
     .venv/bin/pip install -e ".[hf]" protobuf   # torch==2.13.0, transformers (and protobuf for the tokenizers)
     .venv/bin/python tests/make_family_fixtures.py          # or name families: ... make_family_fixtures.py bart
@@ -34,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_tokenizer_fixtures import tokenizer_files  # noqa: E402  (beside this script)
 from transformers import (BartConfig, BartForConditionalGeneration, M2M100Config, M2M100ForConditionalGeneration, MBartConfig,
                           MBartForConditionalGeneration, PegasusConfig, PegasusForConditionalGeneration, T5Config,
-                          T5ForConditionalGeneration)
+                          T5ForConditionalGeneration, WhisperConfig, WhisperForConditionalGeneration)
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 VERSIONS = {"torch": torch.__version__, "transformers": transformers.__version__}
@@ -154,8 +155,32 @@ def translated(model, tokenizer, family: str) -> dict:
           "expected": tokenizer.batch_decode(out, skip_special_tokens=True)}
 
 
+def whisper_fixture(rng: np.random.Generator) -> None:
+  """whisper_tiny/ and whisper_tiny.npz: a tiny Whisper (8 mel bins, 32 frames -> 16 encoder positions, 24 decoder
+  positions, vocabulary 64, no tokenizer) with every weight perturbed but the encoder's sinusoid table (a checkpoint's
+  own, not trained), random log-mel features, and transformers' encoder output and logits."""
+  folder = os.path.join(HERE, "whisper_tiny")
+  shutil.rmtree(folder, ignore_errors=True)
+  config = WhisperConfig(vocab_size=64, num_mel_bins=8, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                         decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=16,
+                         max_target_positions=24, pad_token_id=3, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
+                         attn_implementation="eager")
+  torch.manual_seed(0)
+  model = WhisperForConditionalGeneration(config).eval()
+  perturb(model, rng)
+  model.save_pretrained(folder)
+  features = rng.standard_normal((2, 8, 32)).astype(np.float32)
+  tgt = np.concatenate([np.ones((2, 1)), rng.integers(4, 60, (2, 4))], 1).astype(np.int64)
+  with torch.no_grad():
+    memory = model.get_encoder()(input_features=torch.from_numpy(features)).last_hidden_state
+    logits = model(input_features=torch.from_numpy(features), decoder_input_ids=torch.from_numpy(tgt)).logits
+  np.savez_compressed(os.path.join(HERE, "whisper_tiny.npz"), src=features, tgt=tgt, memory=memory.numpy(), logits=logits.numpy(),
+                      versions=json.dumps(VERSIONS))
+
+
 def main(families: list[str]) -> None:
   """Write the fixtures of the given families (all when none is named); each draws from its own seeded generator."""
+  if families == ["whisper"]: return whisper_fixture(np.random.default_rng([2027, 99]))
   unknown = sorted(set(families) - set(FAMILIES))
   if unknown: raise SystemExit(f"unknown famil(ies) {', '.join(unknown)}; choose among {', '.join(FAMILIES)}")
   for i, family in enumerate(FAMILIES):

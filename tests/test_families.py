@@ -199,3 +199,19 @@ def test_int8_families_compute_their_dequantized_weights_and_save_as_int8(name, 
   assert np.abs(logits - twin(io["src"], io["tgt"]).numpy()).max() <= TOLERANCE
   tfm.save(model, tmp_path / "int8.safetensors")
   np.testing.assert_allclose(tfm.load(tmp_path / "int8.safetensors", device=DEVICE)(io["src"], io["tgt"]).numpy(), logits, atol=TOLERANCE)
+
+
+def test_whisper_computes_transformers_encoder_output_and_logits():
+  io = dict(np.load(FIXTURES / "whisper_tiny.npz"))
+  model = tfm.from_pretrained(FIXTURES / "whisper_tiny", device=DEVICE)
+  c = model.config
+  assert (c.n_mels, c.max_source_len, c.max_len, c.positional, c.position_offset, c.norm_first, c.start_id) == (8, 16, 24, "learned", 0, True, 1)
+  assert np.abs(model.encode(io["src"]).numpy() - io["memory"]).max() <= TOLERANCE
+  assert np.abs(model(io["src"], io["tgt"]).numpy() - io["logits"]).max() <= TOLERANCE
+  conv = convert_seq2seq_or_t5(FIXTURES / "whisper_tiny")
+  assert np.abs(Reference(dict(conv.arrays), c.to_dict()).logits(io["src"], io["tgt"]) - io["logits"]).max() <= TOLERANCE
+  assert not conv.arrays["encoder.layers.0.self_attn.k_proj.bias"].any()   # Whisper's keys have no bias: zeros
+  with pytest.raises(tfm.InputError, match=r"log-mel features of shape \(batch, 8, 32\), floats; got dtype float32, shape \(2, 8, 31\)"):
+    model.encode(io["src"][:, :, :31])
+  with pytest.raises(tfm.InputError, match="generating from audio .* is not built yet"):
+    tfm.generate(model, io["src"])

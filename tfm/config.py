@@ -90,6 +90,10 @@ class TransformerConfig(Fields):
   the encoder); `norm="rms"` (no mean subtracted, no bias); `linear_bias=False`; `scale_attention=False` (no
   1/sqrt(d_head)); `gated_ffn` (fc2(act(fc1 x) * gate x)); `d_head` (n_heads x d_head need not be d_model);
   `scale_output` (the decoder's output times d_model^-0.5 before a tied output layer); activation "gelu_tanh".
+
+  Whisper's: `n_mels` > 0 makes the encoder's input a log-mel spectrogram (batch, n_mels, 2 x max_source_len frames)
+  through two convolutions (the second of stride 2) and gelu, instead of token ids; `max_source_len` is then the
+  encoder's positions (its learned table's rows), `max_len` the decoder's.
   """
   vocab_size: int = 37000
   d_model: int = 512
@@ -115,6 +119,8 @@ class TransformerConfig(Fields):
   gated_ffn: bool = False
   d_head: int | None = None
   scale_output: bool = False
+  n_mels: int = 0
+  max_source_len: int | None = None
   final_norm: bool | None = None
   output_bias: bool = False
   pad_id: int = 0
@@ -124,7 +130,10 @@ class TransformerConfig(Fields):
 
   def __post_init__(self):
     self.check_integers(("vocab_size", "d_model", "n_heads", "d_ff", "max_len"), ("n_encoder_layers", "n_decoder_layers", "position_offset"))
-    self.check_integers(("relative_buckets", "relative_max_distance") + (() if self.d_head is None else ("d_head",)), ())
+    self.check_integers(("relative_buckets", "relative_max_distance") + (() if self.d_head is None else ("d_head",))
+                        + (() if self.max_source_len is None else ("max_source_len",)), ("n_mels",))
+    if self.n_mels and self.max_source_len is None:
+      raise ConfigError(f"n_mels={self.n_mels} (an audio encoder) needs max_source_len: the encoder's positions, frames / 2")
     self.check_encoder()
     if self.d_model % 2 != 0:
       raise ConfigError(f"d_model={self.d_model} must be even: the sinusoidal table pairs a sine with a cosine")
@@ -138,6 +147,11 @@ class TransformerConfig(Fields):
 
   @property
   def use_final_norm(self) -> bool: return self.norm_first if self.final_norm is None else self.final_norm
+
+  @property
+  def source_positions(self) -> int:
+    """Rows of the encoder's position table: max_source_len where set (an audio encoder's frames), else max_len."""
+    return self.max_len if self.max_source_len is None else self.max_source_len
 
   @property
   def start_id(self) -> int:

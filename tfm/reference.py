@@ -121,11 +121,29 @@ class Reference:
   def _final_norm(self):
     return self.cfg["norm_first"] if self.cfg.get("final_norm") is None else self.cfg["final_norm"]
 
+  def _conv(self, x, name, stride):
+    """A 1-d convolution, kernel 3, padding 1: out[b, o, t] = bias[o] + sum over c, j of w[o, c, j] x[b, c, stride t + j - 1]."""
+    w = self.w[f"{name}.weight"]
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1)))
+    frames = (x.shape[2] - 1) // stride + 1
+    taps = [padded[:, :, j:j + stride * (frames - 1) + 1:stride] for j in range(3)]   # (B, C, frames) each
+    return sum(np.einsum("oc,bct->bot", w[:, :, j], tap) for j, tap in enumerate(taps)) + self.w[f"{name}.bias"][None, :, None]
+
+  def _audio(self, features):
+    """Whisper's front end: gelu(conv1), gelu(conv2 of stride 2), frames as tokens, plus the encoder's positions."""
+    x = _activation(self._conv(np.asarray(features, np.float64), "audio.conv1", 1), "gelu")
+    x = _activation(self._conv(x, "audio.conv2", 2), "gelu").transpose(0, 2, 1)
+    return x + self.w["src_positions.weight"][:x.shape[1]][None]
+
   def encode(self, src):
     src = np.asarray(src)
-    keep = src != self.cfg["pad_id"]
-    allowed = np.broadcast_to(keep[:, None, :], (src.shape[0], src.shape[1], src.shape[1]))
-    x = self._embed("src", src)
+    if self.cfg.get("n_mels"):   # an audio encoder: every frame attends to every frame
+      x = self._audio(src)
+      allowed = np.ones((x.shape[0], x.shape[1], x.shape[1]), bool)
+    else:
+      keep = src != self.cfg["pad_id"]
+      allowed = np.broadcast_to(keep[:, None, :], (src.shape[0], src.shape[1], src.shape[1]))
+      x = self._embed("src", src)
     bias = self._relative("src", src.shape[1], src.shape[1])
     for i in range(self.cfg["n_encoder_layers"]):
       p = f"encoder.layers.{i}"
@@ -138,7 +156,8 @@ class Reference:
     memory = self.encode(src)
     b, t = tgt.shape
     causal = np.broadcast_to(np.tril(np.ones((t, t), dtype=bool)), (b, t, t))
-    cross = np.broadcast_to((src != self.cfg["pad_id"])[:, None, :], (b, t, src.shape[1]))
+    keep = np.ones(memory.shape[:2], bool) if self.cfg.get("n_mels") else src != self.cfg["pad_id"]
+    cross = np.broadcast_to(keep[:, None, :], (b, t, memory.shape[1]))
     x = self._embed("tgt", tgt)
     bias = self._relative("tgt", t, t)
     for i in range(self.cfg["n_decoder_layers"]):

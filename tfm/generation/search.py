@@ -178,6 +178,9 @@ def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[in
 def sources(model: Transformer, src_ids: Any) -> tuple[np.ndarray, np.ndarray]:
   """Checked source ids (B, S) on the host, and each row's length without padding."""
   if not isinstance(model, Transformer): raise InputError(f"model must be a tfm.Transformer, got {type(model).__name__}")
+  if model.config.n_mels: raise InputError("generating from audio (a Whisper model) is not built yet: tfm computes its encoder output and logits "
+                     "(model.encode(features), model(features, tgt_ids)); transcription (Whisper's prompt tokens, timestamps, "
+                     "30 s windows) comes next")
   src = model.check_ids(src_ids, "src_ids")
   lengths = (src != model.config.pad_id).sum(1)
   if (lengths == 0).any():

@@ -1,6 +1,6 @@
 """Hugging Face checkpoint folders: which importer reads one, decided by config.json's model_type ("vit": tfm.interop.vit,
-"t5" and "mt5": tfm.interop.t5, anything else: tfm.interop.seq2seq, which reads Marian, BART, mBART, Pegasus and
-M2M100/NLLB and names what tfm reads when the type is another)."""
+"t5" and "mt5": tfm.interop.t5, anything else: tfm.interop.seq2seq, which reads Marian, BART, mBART, Pegasus,
+M2M100/NLLB and Whisper and names what tfm reads when the type is another)."""
 from __future__ import annotations
 
 import json

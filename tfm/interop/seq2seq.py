@@ -1,5 +1,5 @@
-"""Import the encoder-decoder checkpoints that transformers writes for Marian (opus-mt), BART, mBART, Pegasus and
-M2M100 (NLLB-200 too, which is an M2M100ForConditionalGeneration): config.json + model.safetensors.
+"""Import the encoder-decoder checkpoints that transformers writes for Marian (opus-mt), BART, mBART, Pegasus, M2M100
+(NLLB-200 too, which is an M2M100ForConditionalGeneration) and Whisper: config.json + model.safetensors.
 
 Each is the paper's Transformer with a few documented differences, and each difference is a field of tfm's
 TransformerConfig, not a second model (FAMILIES):
@@ -10,9 +10,12 @@ TransformerConfig, not a second model (FAMILIES):
   m2m_100   pre-norm, final norms      sinusoids over d/2 - 1 steps from row pad + 1    x sqrt(d) if scale_embedding
   bart      post-norm, no final norm   learned, from row 2; LayerNorm after embedding   x sqrt(d) if scale_embedding
   mbart     pre-norm, final norms      learned, from row 2; LayerNorm after embedding   x sqrt(d) if scale_embedding
+  whisper   pre-norm, final norms      learned (the encoder's a stored sinusoid table)  decoder only: the encoder reads
+                                                                                        log-mel features (tfm.nn.audio)
 
 All tie the output layer to the shared embedding (tie_word_embeddings), add `final_logits_bias` where the file has
-one, scale q.k by head_dim^-0.5, use LayerNorm eps 1e-5 and the configured activation (gelu as the exact erf form).
+one, scale q.k by head_dim^-0.5 (Whisper's keys have no bias: zero ones), use LayerNorm eps 1e-5 and the configured
+activation (gelu as the exact erf form).
 M2M100 numbers positions from pad_token_id + 1 on as long as no pad precedes a token: tfm pads batches on the right.
 Every tensor of the file is mapped by name and shape; a name tfm does not know is an error, never skipped.
 """
@@ -51,9 +54,12 @@ class Family:
   norm_first: bool
   positional: str
   embed_norm: bool = False
+  audio: bool = False               # Whisper: a log-mel spectrogram through two convolutions feeds the encoder
+  output_name: str = "lm_head.weight"
 
   def position_offset(self, hf: dict[str, Any]) -> int:
-    """The table row of position 0: learned tables start at row 2, M2M100's sinusoids at pad_token_id + 1."""
+    """The table row of position 0: learned tables start at row 2 (Whisper's at 0), M2M100's sinusoids at pad + 1."""
+    if self.audio: return 0
     return {"learned": 2, "m2m100": hf["pad_token_id"] + 1}.get(self.positional, 0)
 
 
@@ -67,6 +73,11 @@ FAMILIES: dict[str, Family] = {
   "bart": Family("BartForConditionalGeneration", BART_DEFAULTS, norm_first=False, positional="learned", embed_norm=True),
   "mbart": Family("MBartForConditionalGeneration", {**BART_DEFAULTS, "decoder_start_token_id": None}, norm_first=True,
                   positional="learned", embed_norm=True),
+  "whisper": Family("WhisperForConditionalGeneration", {
+    **BART_DEFAULTS, "vocab_size": 51865, "num_mel_bins": 80, "encoder_layers": 4, "decoder_layers": 4, "encoder_attention_heads": 6,
+    "decoder_attention_heads": 6, "encoder_ffn_dim": 1536, "decoder_ffn_dim": 1536, "d_model": 384, "dropout": 0.0,
+    "max_source_positions": 1500, "max_target_positions": 448, "pad_token_id": 50256, "bos_token_id": 50256, "eos_token_id": 50256,
+    "decoder_start_token_id": 50257}, norm_first=True, positional="learned", audio=True, output_name="proj_out.weight"),
 }
 POSITION_TOLERANCE = 1e-3  # a stored sinusoid table may be float16
 GENERATION_FIELDS = ("num_beams", "max_length", "max_new_tokens", "min_length", "min_new_tokens", "length_penalty",
@@ -126,11 +137,13 @@ def transformer_config(family: Family, hf: dict[str, Any], output_bias: bool) ->
     return TransformerConfig(
       vocab_size=hf["vocab_size"], d_model=hf["d_model"], n_heads=hf["encoder_attention_heads"], d_ff=hf["encoder_ffn_dim"],
       n_encoder_layers=hf["encoder_layers"], n_decoder_layers=hf["decoder_layers"], dropout=float(hf["dropout"]),
-      max_len=hf["max_position_embeddings"], norm_first=family.norm_first, activation=HF_ACTIVATIONS[hf["activation_function"]],
+      max_len=hf["max_target_positions" if family.audio else "max_position_embeddings"], norm_first=family.norm_first,
+      activation=HF_ACTIVATIONS[hf["activation_function"]],
       layer_norm_eps=1e-5, scale_embedding=bool(hf["scale_embedding"]),
       tie_embeddings=bool(hf["share_encoder_decoder_embeddings"] and hf["tie_word_embeddings"]),
       positional=family.positional, position_offset=family.position_offset(hf), embed_norm=family.embed_norm,
       final_norm=family.norm_first, output_bias=output_bias, pad_id=hf["pad_token_id"],
+      n_mels=hf["num_mel_bins"] if family.audio else 0, max_source_len=hf["max_source_positions"] if family.audio else None,
       bos_id=start if bos is None else bos, eos_id=hf["eos_token_id"], decoder_start_id=start)
   except ConfigError as e:
     raise WeightsError(f"config.json does not describe a model tfm can build: {e}") from None
@@ -140,7 +153,8 @@ def _layer_shapes(family: Family, hf: dict[str, Any]) -> dict[str, tuple[int, ..
   """Every tensor of a checkpoint but the embeddings, the output bias and sinusoid tables, with its shape, under the
   file's names."""
   d, ff = hf["d_model"], hf["encoder_ffn_dim"]
-  attn = {f"{p}.{w}": shape for p in ("q_proj", "k_proj", "v_proj", "out_proj") for w, shape in (("weight", (d, d)), ("bias", (d,)))}
+  attn = {f"{p}.{w}": shape for p in ("q_proj", "k_proj", "v_proj", "out_proj") for w, shape in (("weight", (d, d)), ("bias", (d,)))
+          if not (family.audio and p == "k_proj" and w == "bias")}   # Whisper's keys have no bias
   norm = {"weight": (d,), "bias": (d,)}
   common = {**{f"self_attn.{k}": s for k, s in attn.items()}, **{f"self_attn_layer_norm.{k}": s for k, s in norm.items()},
             "fc1.weight": (ff, d), "fc1.bias": (ff,), "fc2.weight": (d, ff), "fc2.bias": (d,),
@@ -151,11 +165,16 @@ def _layer_shapes(family: Family, hf: dict[str, Any]) -> dict[str, tuple[int, ..
   for stack in ("encoder", "decoder"):
     if family.norm_first: out.update({f"model.{stack}.layer_norm.{k}": s for k, s in norm.items()})
     if family.embed_norm: out.update({f"model.{stack}.layernorm_embedding.{k}": s for k, s in norm.items()})
-    if family.positional == "learned": out[f"model.{stack}.embed_positions.weight"] = (hf["max_position_embeddings"] + 2, d)
+    if family.positional == "learned" and not family.audio: out[f"model.{stack}.embed_positions.weight"] = (hf["max_position_embeddings"] + 2, d)
+  if family.audio:
+    out.update({"model.encoder.embed_positions.weight": (hf["max_source_positions"], d), "model.decoder.embed_positions.weight":
+                (hf["max_target_positions"], d), "model.encoder.conv1.weight": (d, hf["num_mel_bins"], 3), "model.encoder.conv1.bias": (d,),
+                "model.encoder.conv2.weight": (d, d, 3), "model.encoder.conv2.bias": (d,)})
   return out
 
 
-STACK_NAMES = {"model.encoder.layernorm_embedding.": "src_embed_norm.", "model.decoder.layernorm_embedding.": "tgt_embed_norm.",
+STACK_NAMES = {"model.encoder.conv1.": "audio.conv1.", "model.encoder.conv2.": "audio.conv2.",
+               "model.encoder.layernorm_embedding.": "src_embed_norm.", "model.decoder.layernorm_embedding.": "tgt_embed_norm.",
                "model.encoder.embed_positions.": "src_positions.", "model.decoder.embed_positions.": "tgt_positions."}
 
 
@@ -179,11 +198,11 @@ def tied(arrays: Mapping[str, np.ndarray], names: list[str], where: str) -> tupl
   return first, present
 
 
-def _embeddings(conv: Conversion, arrays: stored.Pending, hf: dict[str, Any], path: str) -> None:
+def _embeddings(conv: Conversion, arrays: stored.Pending, hf: dict[str, Any], path: str, out: str) -> None:
   """The embedding matrices: one tie group per role, as config.json declares the sharing; taken out of `arrays`."""
   config = conv.config
   share, tie_out = bool(hf["share_encoder_decoder_embeddings"]), bool(hf["tie_word_embeddings"])
-  enc, dec, out = "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"
+  enc, dec = "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"
   decoder_group = (["model.shared.weight", enc, dec] if share else [dec]) + ([out] if tie_out else [])
   groups = {"src_embed.weight": decoder_group if share else [enc], "tgt_embed.weight": decoder_group,
             "generator.weight": decoder_group if tie_out else [out]}
@@ -224,7 +243,7 @@ def convert(folder: str | os.PathLike) -> Conversion:
   conv = Conversion(transformer_config(family, hf, output_bias="final_logits_bias" in arrays), "transformer", {},
                     generation_config=read_generation_config(folder, raw))
   config = conv.config
-  _embeddings(conv, arrays, hf, path)
+  _embeddings(conv, arrays, hf, path, family.output_name)
   if "final_logits_bias" in arrays:
     bias = arrays.pop("final_logits_bias")
     if bias.shape != (1, config.vocab_size):
@@ -240,6 +259,11 @@ def convert(folder: str | os.PathLike) -> Conversion:
                     f"{config.activation}; scale_embedding={config.scale_embedding}; decoder starts from id {config.start_id}")
   stored.check_arrays(arrays, _layer_shapes(family, hf), path)
   conv.mapped += [(name, _tfm_name(name)) for name in arrays]
+  if family.audio:   # Whisper's keys have no bias: a zero one computes the same (and the softmax ignores it anyway)
+    attentions = [(f"encoder.layers.{i}", "self_attn") for i in range(config.n_encoder_layers)]
+    attentions += [(f"decoder.layers.{i}", a) for i in range(config.n_decoder_layers) for a in ("self_attn", "encoder_attn")]
+    conv.arrays.update({f"{layer}.{a}.k_proj.bias": np.zeros(config.d_model, np.float32) for layer, a in attentions})
+    conv.notes.append("whisper: the keys' projections have no bias: zero biases (the same function)")
   conv.arrays = ChainMap(conv.arrays, arrays.renamed(_tfm_name))   # the layers' tensors are read as the model takes them
   return conv
 

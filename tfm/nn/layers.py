@@ -58,8 +58,9 @@ class LearnedPositions:
   """Positions as a trained table, one row per position (BART's and mBART's; position p reads row p + position_offset):
   a weight, saved with the model."""
 
-  def __init__(self, config: TransformerConfig):
-    self.weight = Tensor.empty(config.max_len + config.position_offset, config.d_model)
+  def __init__(self, config: TransformerConfig, rows: int | None = None):
+    """rows: the positions (max_len where None; an audio encoder's frames, config.source_positions, for Whisper's)."""
+    self.weight = Tensor.empty((config.max_len if rows is None else rows) + config.position_offset, config.d_model)
     self.offset = config.position_offset
 
   def __call__(self, length: int, offset: int = 0) -> Tensor:

@@ -16,6 +16,7 @@ from tfm.config import TransformerConfig, VisionConfig
 from tfm.errors import InputError
 from tfm.nn.layers import DecoderLayer, EncoderLayer, LayerNorm, LearnedPositions, PositionalEncoding, layer_norm_one_pass, norm_layer
 from tfm.nn.linear import Embedding, Linear, linear_layers
+from tfm.nn.audio import ConvFrontEnd, check_features
 from tfm.nn.relative import RelativeBias
 from tfm.nn.base import Model, realized_on, unique_state, xavier_uniform
 from tfm.runtime.memory import to_device
@@ -72,7 +73,9 @@ class Transformer(Model):
       self.encoder, self.decoder = Encoder(config), Decoder(config)
       self.generator = Linear(d, v, bias=config.output_bias)
       if config.tie_embeddings: self.generator.weight = self.src_embed.weight
-      if config.positional == "learned": self.src_positions, self.tgt_positions = LearnedPositions(config), LearnedPositions(config)
+      if config.positional == "learned":
+        self.src_positions, self.tgt_positions = LearnedPositions(config, config.source_positions), LearnedPositions(config)
+      if config.n_mels: self.audio = ConvFrontEnd(config)   # Whisper: the encoder reads log-mel features
       if config.positional == "relative":   # T5's: one bias table per stack, the encoder's bidirectional
         self.src_relative_bias, self.tgt_relative_bias = RelativeBias(config, True), RelativeBias(config, False)
       if config.embed_norm:   # BART's layernorm_embedding: one per stack
@@ -133,6 +136,14 @@ class Transformer(Model):
                        f"(ids must be in [0, {self.config.vocab_size - 1}])")
     return arr.astype(np.int32)
 
+  def check_source(self, src: Any, name: str = "src_ids") -> np.ndarray:
+    """The encoder's input checked: token ids (check_ids), or an audio encoder's log-mel features (check_features)."""
+    return check_features(src, self.config, name) if self.config.n_mels else self.check_ids(src, name)
+
+  def source_mask(self, src: Tensor) -> Tensor | None:
+    """What attention over the source may look at: its real tokens (padding_mask), or every frame of audio (None)."""
+    return None if self.config.n_mels else self.padding_mask(src)
+
   def padding_mask(self, src_ids: Tensor) -> Tensor:
     """(B, 1, 1, S), True at real source tokens: what every attention over the source may look at."""
     return padding_mask(src_ids, self.config.pad_id)
@@ -154,7 +165,7 @@ class Transformer(Model):
 
   def encode(self, src_ids: Any) -> Tensor:
     """Source ids (B, S) -> memory (B, S, d_model)."""
-    return self.forward("encoder", (self.check_ids(src_ids, "src_ids"),), self.run_encoder)
+    return self.forward("encoder", (self.check_source(src_ids, "src_ids"),), self.run_encoder)
 
   def decode(self, tgt_ids: Any, memory: Tensor, src_mask: Tensor | None = None) -> Tensor:
     """Target ids (B, T) attending causally to themselves and to memory (B, S, d) -> logits (B, T, vocab_size).
@@ -179,10 +190,10 @@ class Transformer(Model):
 
   def __call__(self, src_ids: Any, tgt_ids: Any) -> Tensor:
     """Teacher-forced forward pass: logits (B, T, vocab_size) for every target position."""
-    src, tgt = self.check_ids(src_ids, "src_ids"), self.check_ids(tgt_ids, "tgt_ids")
+    src, tgt = self.check_source(src_ids, "src_ids"), self.check_ids(tgt_ids, "tgt_ids")
     if src.shape[0] != tgt.shape[0]:
       raise InputError(f"src_ids has batch size {src.shape[0]} but tgt_ids has {tgt.shape[0]}: give one target row per source row")
-    return self.forward("logits", (src, tgt), lambda s, t: self.run_decoder(t, self.run_encoder(s), self.padding_mask(s)))
+    return self.forward("logits", (src, tgt), lambda s, t: self.run_decoder(t, self.run_encoder(s), self.source_mask(s)))
 
   def _result(self, compute) -> Tensor: return realized_on(self, compute)
 
@@ -190,6 +201,9 @@ class Transformer(Model):
 
   def run_encoder(self, src: Tensor) -> Tensor:
     with self.on_device():
+      if self.config.n_mels:   # Whisper: the convolutions over the spectrogram, then the encoder's positions
+        x = self.audio(src)
+        return self.encoder((x + self.src_positions(x.shape[1]).cast(x.dtype)).dropout(self.config.dropout))
       mask = self.padding_mask(src)
       if self.config.positional == "relative": mask = mask.where(self.src_relative_bias.full(src.shape[1], src.shape[1]), -math.inf)
       return self.encoder(self.embed("src", src), mask)

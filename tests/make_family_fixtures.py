@@ -124,11 +124,15 @@ def family_fixture(family: str, rng: np.random.Generator) -> None:
   np.savez_compressed(os.path.join(HERE, f"{family}_tiny.npz"), src=src, tgt=tgt, memory=memory.numpy(), logits=logits.numpy(),
                       versions=json.dumps(VERSIONS))
   cases = []
-  for settings in (dict(num_beams=1), dict(num_beams=4), dict(num_beams=4, length_penalty=0.6, num_return_sequences=2)):
+  first = None   # the greedy decode's first token, which the last two cases forbid at the start (begin_suppress_tokens)
+  for settings in (dict(num_beams=1), dict(num_beams=4), dict(num_beams=4, length_penalty=0.6, num_return_sequences=2),
+                   dict(num_beams=1, begin_suppress_tokens="first"), dict(num_beams=4, begin_suppress_tokens="first")):
+    if settings.get("begin_suppress_tokens") == "first": settings = {**settings, "begin_suppress_tokens": [first]}
     with torch.no_grad():
       out = model.generate(s, attention_mask=mask, max_length=MAX_LENGTH, output_scores=True, return_dict_in_generate=True,
                            **settings)
     case = {"settings": settings, "ids": out.sequences[:, 1:].tolist()}
+    first = case["ids"][0][0] if first is None else first
     if settings["num_beams"] > 1: case["scores"] = out.sequences_scores.tolist()
     cases.append(case)
   translations = translated(model, tokenizer, family)
@@ -168,6 +172,7 @@ def whisper_fixture(rng: np.random.Generator) -> None:
   torch.manual_seed(0)
   model = WhisperForConditionalGeneration(config).eval()
   perturb(model, rng)
+  model.generation_config.begin_suppress_tokens = [2, 51]   # eos and the first token greedy decoding picks without them
   model.save_pretrained(folder)
   features = rng.standard_normal((2, 8, 32)).astype(np.float32)
   tgt = np.concatenate([np.ones((2, 1)), rng.integers(4, 60, (2, 4))], 1).astype(np.int64)

@@ -68,9 +68,13 @@ def test_generate_gives_transformers_ids_and_scores(family):
     return [[int(t) for t in row[:list(row).index(eos) + 1 if eos in row else len(row)]] for row in np.asarray(ids)]
   for case in expected["cases"]:
     s = case["settings"]
-    ids, scores = tfm.generate(model, np.array(expected["src"]), max_len=expected["max_len"], beam_size=s["num_beams"],
-                               length_penalty=s.get("length_penalty"), num_return=s.get("num_return_sequences"),
-                               return_scores=True)
+    saved = model.generation_config
+    if "begin_suppress_tokens" in s: model.generation_config = {**saved, "begin_suppress_tokens": s["begin_suppress_tokens"]}
+    try:
+      ids, scores = tfm.generate(model, np.array(expected["src"]), max_len=expected["max_len"], beam_size=s["num_beams"],
+                                 length_penalty=s.get("length_penalty"), num_return=s.get("num_return_sequences"),
+                                 return_scores=True)
+    finally: model.generation_config = saved
     assert rows(ids) == rows(case["ids"]), s
     if "scores" in case: np.testing.assert_allclose(scores, case["scores"], atol=1e-4)
   forced = expected["generation"].get("forced_bos_token_id")
@@ -213,5 +217,22 @@ def test_whisper_computes_transformers_encoder_output_and_logits():
   assert not conv.arrays["encoder.layers.0.self_attn.k_proj.bias"].any()   # Whisper's keys have no bias: zeros
   with pytest.raises(tfm.InputError, match=r"log-mel features of shape \(batch, 8, 32\), floats; got dtype float32, shape \(2, 8, 31\)"):
     model.encode(io["src"][:, :, :31])
-  with pytest.raises(tfm.InputError, match="generating from audio .* is not built yet"):
-    tfm.generate(model, io["src"])
+
+
+
+def test_whisper_decodes_audio_as_the_oracle_does_with_the_first_tokens_it_suppresses():
+  from tfm.apps import oracle_decode
+  io = dict(np.load(FIXTURES / "whisper_tiny.npz"))
+  model = tfm.from_pretrained(FIXTURES / "whisper_tiny", device=DEVICE)
+  conv = convert_seq2seq_or_t5(FIXTURES / "whisper_tiny")
+  oracle = Reference(dict(conv.arrays), model.config.to_dict())
+  suppressed = model.generation_config["begin_suppress_tokens"]
+  ids = tfm.generate(model, io["src"], max_len=8)
+  assert not set(ids[:, 0]) & set(suppressed) and ids[0, 0] != 51
+  model.generation_config = {k: v for k, v in model.generation_config.items() if k != "begin_suppress_tokens"}
+  free = tfm.generate(model, io["src"], max_len=8)
+  assert free[0, 0] == 51   # what the suppression changed
+  np.testing.assert_array_equal(free, oracle_decode.greedy(oracle, model.config, io["src"], 8)[0][:, :free.shape[1]])
+  beams = tfm.generate(model, io["src"], max_len=8, beam_size=3)
+  best = [oracle_decode.beam_search(oracle_decode.next_token_logprobs(oracle, row), 1, 2, 3, 8)[0][0] for row in io["src"]]
+  assert [[t for t in row if t != model.config.pad_id] for row in beams.tolist()] == best

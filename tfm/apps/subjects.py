@@ -166,7 +166,7 @@ def load_subject(model: str | None = None) -> Subject | VisionSubject:
     if conv.kind == "vit": return vision_subject(conv.config, conv.arrays, f"ViT checkpoint {path}")
     if conv.config.n_mels:
       raise TfmError(f"{path} is a Whisper model: tfm compare does not run audio models yet (tests/test_families.py checks "
-                     f"their logits against the float64 oracle and transformers)")
+                     f"their logits and decoding against the float64 oracle and transformers)")
     tokenizer = MarianTokenizer.from_dir(path) if (path / "source.spm").exists() else None
     config, arrays, name = conv.config, conv.arrays, f"{model_type(path) or 'marian'} checkpoint {path}"
   elif path.is_file():

@@ -16,6 +16,8 @@ Conventions follow Hugging Face `generate` where they apply, so imported Marian 
 - forced_eos_id: at the last allowed step only eos may be chosen (forced_eos_token_id).
 - forced_bos_id: the first output token is this one, with log-prob 0 (forced_bos_token_id: a target language).
 - suppress_ids: tokens that are never generated (single-token bad_words_ids; Marian suppresses its pad).
+- begin_suppress_ids: tokens never generated first (begin_suppress_tokens; after a forced first token, never second).
+- an audio model (Whisper, config.n_mels) decodes from log-mel features (batch, n_mels, frames) instead of source ids.
 - beam search: the top 2 * beam_size continuations per source each step, finished hypotheses kept when they rank in
   the top beam_size, early_stopping True (stop once beam_size hypotheses are done), False (stop when the best live
   beam cannot beat the worst kept one at its current length) or "never" (at max_len, for length_penalty > 0).

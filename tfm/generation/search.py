@@ -11,7 +11,7 @@ from tfm.errors import InputError
 from tfm.generation import rules
 from tfm.generation.ranking import best_continuations, largest
 from tfm.generation.session import Session, Steps, encoded, steps_at
-from tfm.generation.settings import FORCED, GenerationSettings, check, resolve_settings, rule_arrays
+from tfm.generation.settings import GenerationSettings, check, forced, resolve_settings, rule_arrays
 from tfm.runtime.memory import download, host_view, upload
 from tfm.nn.transformer import Transformer
 
@@ -89,9 +89,8 @@ def _host_steps(session: Session, s: GenerationSettings, prefixes: list[list[int
     upload(session.feed, np.stack([history[:, -1], np.arange(n)]))
     steps.logits(t)
     raw = download(session.logprobs)
-    x = rules.apply(raw, history, s) + bias[0]
-    if rule_at[t] == 1: x[:, eos] = -np.inf
-    if rule_at[t] >= FORCED: x = np.broadcast_to(bias[rule_at[t] - 1], x.shape).copy()
+    row = bias[rule_at[t]]   # the position's rule (settings.rule_arrays): a forced row replaces the scores, others add
+    x = np.broadcast_to(row, raw.shape).copy() if forced(rule_at[t]) else rules.apply(raw, history, s) + row
     x = rules.force_prefix(x, t, prefixes)
     if (stuck := ~ended & np.isneginf(x).all(1)).any():
       raise InputError(f"the decoding rules leave no token for row {int(np.argmax(stuck))} at output position {t} (every "
@@ -99,7 +98,7 @@ def _host_steps(session: Session, s: GenerationSettings, prefixes: list[list[int
     chosen = rules.sample(x, s, rng) if s.sample else x.argmax(1).astype(np.int32)
     top = raw.max(1)
     lse = top + np.log(np.exp(raw - top[:, None]).sum(1, dtype=np.float32))
-    lp = np.full(n, np.float32(0)) if rule_at[t] >= FORCED else x[np.arange(n), chosen] - lse
+    lp = np.full(n, np.float32(0)) if forced(rule_at[t]) else x[np.arange(n), chosen] - lse
     tokens, lp = np.where(ended, pad, chosen).astype(np.int32), np.where(ended, np.float32(0), lp).astype(np.float32)
     yield tokens, lp
     ended |= chosen == eos
@@ -140,7 +139,7 @@ def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[in
     lp = view if not host and (view := host_view(session.logprobs)) is not None else download(session.logprobs)
     if host:   # not at a forced step: there the device already left the forced token alone, as Hugging Face's processors do
       history = np.concatenate([np.full((b * k, 1), s.start_id, np.int32), running[:, :, :t].reshape(b * k, t)], 1)
-      if rule_at[t] < FORCED: lp = rules.apply(lp, history, s)
+      if not forced(rule_at[t]): lp = rules.apply(lp, history, s)
       lp = rules.force_prefix(lp, t, prefixes, k)
     top, top_scores = best_continuations(lp, running_scores, cands)
     beam_of, token = top // vocab, top % vocab
@@ -178,9 +177,9 @@ def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[in
 def sources(model: Transformer, src_ids: Any) -> tuple[np.ndarray, np.ndarray]:
   """Checked source ids (B, S) on the host, and each row's length without padding."""
   if not isinstance(model, Transformer): raise InputError(f"model must be a tfm.Transformer, got {type(model).__name__}")
-  if model.config.n_mels: raise InputError("generating from audio (a Whisper model) is not built yet: tfm computes its encoder output and logits "
-                     "(model.encode(features), model(features, tgt_ids)); transcription (Whisper's prompt tokens, timestamps, "
-                     "30 s windows) comes next")
+  if model.config.n_mels:   # an audio encoder's log-mel features: every frame is real
+    features = model.check_source(src_ids, "features")
+    return features, np.full(len(features), model.config.source_positions)
   src = model.check_ids(src_ids, "src_ids")
   lengths = (src != model.config.pad_id).sum(1)
   if (lengths == 0).any():

@@ -3,7 +3,6 @@ caches, the step's inputs and outputs) and its compiled steps (tfm.runtime.repla
 batches of the same shape. A decode that outgrows its caches moves to caches twice as long."""
 from __future__ import annotations
 
-import math
 import weakref
 from collections import OrderedDict
 
@@ -14,7 +13,7 @@ from tinygrad.nn.state import get_state_dict
 from tfm.nn.attention import KVCache, value_width
 from tfm.runtime.cpu_kernels import log_softmax, logsumexp
 from tfm.errors import InputError
-from tfm.generation.settings import FORCED, GenerationSettings, rule_arrays
+from tfm.generation.settings import FORCED_BOS, FORCED_EOS, GenerationSettings, rule_arrays
 from tfm.nn.linear import PACK, pack_layers, packed_products
 from tfm.runtime.memory import filled, upload
 from tfm.nn.transformer import Transformer
@@ -43,7 +42,9 @@ class Session:
     rows_first, heads_second = self.row_axis, 0 if self.row_axis == 0 else self.head_axis
     rows_second = None if self.row_axis is None else 1
     with model.on_device():
-      self.src = filled((rows, src_len), dtypes.int32, dev, c.pad_id, rows_first)
+      # token ids, or an audio encoder's log-mel features (2 frames per position of memory)
+      self.src = (filled((rows, c.n_mels, 2 * src_len), dtypes.float32, dev, axis=rows_first) if c.n_mels else
+                  filled((rows, src_len), dtypes.int32, dev, c.pad_id, rows_first))
       # per decoder layer: keys (n, H, S, hd) and values with their ones column (n, H, S, value_width(hd)), see memory_kv
       self.memory_kv = [(filled((n, c.n_heads, src_len, c.head_dim), self.dtype, dev, axis=heads_second),
                          filled((n, c.n_heads, src_len, value_width(c.head_dim)), self.dtype, dev, axis=heads_second))
@@ -53,7 +54,7 @@ class Session:
       self.logprobs = filled((n, c.vocab_size), dtypes.float32, dev, axis=rows_first)  # beam search: read back every step
       # the generation rules per output position, and the log-prob biases they add (tfm.generation.settings.rule_arrays)
       self.rules = filled((c.max_len,), dtypes.int32, dev)
-      self.bias = filled((3, c.vocab_size), dtypes.float32, dev)
+      self.bias = filled((5, c.vocab_size), dtypes.float32, dev)
     # products from packed weights (tfm.nn.linear.Linear.pack) where they run faster; each prefill refreshes the copies,
     # so a decode always reads the weights as they are (a model trained between two decodes included)
     self.packed = pack_layers(model)   # (none on several devices: packable)
@@ -95,7 +96,9 @@ class Session:
       writes = [layer.repack() for layer in self.packed]
       memory = model.run_encoder(self.src)
       def per_beam(t: Tensor) -> Tensor: return t.unsqueeze(1).expand(b, k, *t.shape[1:]).reshape(b * k, *t.shape[1:])
-      writes.append(self.src_mask.assign(per_beam(model.padding_mask(self.src))))
+      mask = model.source_mask(self.src)
+      if mask is None: mask = Tensor.ones(b, 1, 1, self.src_len, dtype=dtypes.bool)   # audio: every frame attends
+      writes.append(self.src_mask.assign(per_beam(mask)))
       for (k_buf, v_buf), (keys, values) in zip(self.memory_kv, model.memory_kv(memory)):
         writes += [k_buf.assign(per_beam(keys).cast(self.dtype)), v_buf.assign(per_beam(values).cast(self.dtype))]
       Tensor.realize(*writes)
@@ -140,10 +143,10 @@ class Steps:
 
   def _apply_rules(self, scores: Tensor, pos: UOp) -> Tensor:
     """The generation rules on log-probs (or logits) (N, V), as Hugging Face's logits processors apply them."""
-    s, c = self.session, self.session.model.config
+    s = self.session
     rule = s.rules[pos:pos + 1]
-    scores = ((rule == 1) & (Tensor.arange(c.vocab_size) == c.eos_id)).where(-math.inf, scores + s.bias[0])
-    return (rule == 2).where(s.bias[1], (rule == 3).where(s.bias[2], scores))
+    row = (Tensor.arange(s.bias.shape[0]).reshape(-1, 1) == rule).where(s.bias, 0).sum(0)   # this position's rule's row
+    return _is_forced(rule).where(row, scores + row)
 
   def _greedy_step(self, pos: UOp) -> None:
     """One greedy step, all on the device: reads the trace at pos, writes the chosen token and its log-prob at pos + 1."""
@@ -154,7 +157,7 @@ class Steps:
       normaliser = logsumexp(logits)
       ruled = self._apply_rules(logits, pos)  # argmax of ruled logits = argmax of ruled log-probs
       best, best_logit = ruled.argmax(-1), ruled.max(-1, keepdim=True)
-      logprob = (s.rules[pos:pos + 1] >= FORCED).where(0.0, best_logit - normaliser)  # a forced token has log-prob 0
+      logprob = _is_forced(s.rules[pos:pos + 1]).where(0.0, best_logit - normaliser)  # a forced token has log-prob 0
       written = Tensor.stack(best.float(), logprob[:, 0]).reshape(2, -1, 1)
       # tinygrad-0.14: a view assign would also make this step's read of slot pos see the new value: a whole-buffer assign
       slot = Tensor.arange(self.length + 1) == pos + 1
@@ -176,6 +179,9 @@ class Steps:
 
 _SESSIONS: weakref.WeakKeyDictionary[Transformer, OrderedDict] = weakref.WeakKeyDictionary()
 _KEPT: weakref.WeakKeyDictionary[Transformer, int] = weakref.WeakKeyDictionary()
+
+def _is_forced(rule: Tensor) -> Tensor: return (rule == FORCED_EOS) | (rule == FORCED_BOS)
+
 
 def keep_sessions(model: Transformer, n: int) -> None:
   """Let `model` keep at least n decoding sessions (default SESSIONS_PER_MODEL) instead of rebuilding the least recently
@@ -217,11 +223,15 @@ def steps_at(session: Session, pos: int, steps: Steps | None) -> Steps:
 def encoded(model: Transformer, src: np.ndarray, s: GenerationSettings) -> Session:
   """The session for this batch's shape, with the batch encoded and the rules of `s` in place."""
   config = model.config
-  b, src_len = src.shape[0], min(-(-src.shape[1] // SOURCE_BUCKET) * SOURCE_BUCKET, config.max_len)
-  session = session_for(model, b, s.beam_size, src_len)
-  padded = np.full((b, src_len), config.pad_id, np.int32)
-  padded[:, :src.shape[1]] = src
-  upload(session.src, padded)
+  if config.n_mels:   # log-mel features, always 2 x source_positions frames
+    session = session_for(model, src.shape[0], s.beam_size, config.source_positions)
+    upload(session.src, src)
+  else:
+    b, src_len = src.shape[0], min(-(-src.shape[1] // SOURCE_BUCKET) * SOURCE_BUCKET, config.max_len)
+    session = session_for(model, b, s.beam_size, src_len)
+    padded = np.full((b, src_len), config.pad_id, np.int32)
+    padded[:, :src.shape[1]] = src
+    upload(session.src, padded)
   session.prefill()
   for buffer, array in zip((session.rules, session.bias), rule_arrays(s, config)): upload(buffer, array)
   return session

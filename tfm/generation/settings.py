@@ -25,6 +25,7 @@ class GenerationSettings:
   forced_eos_id: int | None = None
   forced_bos_id: int | None = None   # the first output token (NLLB and M2M100 choose the target language so)
   suppress_ids: tuple[int, ...] = ()
+  begin_suppress_ids: tuple[int, ...] = ()   # never the first output token (begin_suppress_tokens: Whisper's)
   start_id: int = 1
   # the rules that depend on each hypothesis, and sampling: tfm.generation.rules
   repetition_penalty: float = 1.0
@@ -42,7 +43,7 @@ HF_DEFAULTS = {"max_new_tokens": 20, "min_length": 0, "num_beams": 1, "length_pe
                "num_return_sequences": 1}
 # settings that change greedy or beam results and that tfm does not implement, with their no-op values
 UNSUPPORTED = {"num_beam_groups": 1, "diversity_penalty": 0.0, "encoder_no_repeat_ngram_size": 0, "renormalize_logits": False,
-               "exponential_decay_length_penalty": None, "begin_suppress_tokens": None,
+               "exponential_decay_length_penalty": None,
                "sequence_bias": None, "force_words_ids": None, "constraints": None}
 
 
@@ -69,6 +70,7 @@ def _from_generation_config(model: Transformer) -> dict[str, Any]:
   if "decoder_start_token_id" in gc: out["start_id"] = int(gc["decoder_start_token_id"])
   single = [ids[0] for ids in gc.get("bad_words_ids") or [] if len(ids) == 1]
   out["suppress_ids"] = tuple(sorted(set(single) | set(gc.get("suppress_tokens") or [])))
+  out["begin_suppress_ids"] = tuple(sorted(set(gc.get("begin_suppress_tokens") or [])))
   out["bad_words"] = tuple(tuple(int(i) for i in ids) for ids in gc.get("bad_words_ids") or [] if len(ids) > 1)
   out["repetition_penalty"] = float(gc.get("repetition_penalty", 1.0))
   out["no_repeat_ngram_size"] = int(gc.get("no_repeat_ngram_size", 0))
@@ -122,6 +124,7 @@ def check(s: GenerationSettings, config) -> GenerationSettings:
   if s.seed is not None and not is_int(s.seed): raise InputError(f"seed={s.seed!r} must be an integer")
   for name, ids in (("forced_eos_id", [] if s.forced_eos_id is None else [s.forced_eos_id]),
                     ("forced_bos_id", [] if s.forced_bos_id is None else [s.forced_bos_id]), ("suppress_ids", s.suppress_ids),
+                    ("begin_suppress_ids", s.begin_suppress_ids),
                     ("start_id", [s.start_id])):
     bad = [i for i in ids if not is_int(i) or not 0 <= i < config.vocab_size]
     if bad: raise InputError(f"{name} has token id {bad[0]!r}, out of range for vocab_size={config.vocab_size}")
@@ -132,21 +135,33 @@ def check(s: GenerationSettings, config) -> GenerationSettings:
   return s
 
 
-FORCED = 2   # rules >= FORCED: a forced token, whose scores are bias[rule - 1]
+FREE, MIN_LEN, FORCED_EOS, FORCED_BOS, BEGIN = range(5)   # the rule of an output position: which row of bias applies
+FORCED = (FORCED_EOS, FORCED_BOS)   # rows that replace the scores (0 at the forced token, -inf elsewhere); others add
+
+
+def forced(rule) -> bool: return rule in FORCED
 
 
 def rule_arrays(s: GenerationSettings, config) -> tuple[np.ndarray, np.ndarray]:
-  """The contents of Session.rules and Session.bias for settings s: per output position 0 (free), 1 (eos masked:
-  min_len), 2 (the forced eos, scores bias[1]) or 3 (the forced first token, scores bias[2]); bias[0] is added at every
-  free step (-inf for suppressed tokens). A forced row is 0 at its token and -inf elsewhere, as Hugging Face's forced
-  BOS and EOS processors set them; where both fall on one step (max_len 1) the eos wins, as there."""
-  rules = np.zeros(config.max_len, np.int32)
-  rules[:s.min_len] = 1
-  bias = np.zeros((3, config.vocab_size), np.float32)
-  bias[0, list(s.suppress_ids)] = -np.inf
-  for rule, (position, token) in enumerate(((0, s.forced_bos_id), (s.max_len - 1, s.forced_eos_id))[::-1], start=FORCED):
+  """The contents of Session.rules and Session.bias for settings s: per output position its rule, and per rule a row of
+  log-prob biases (as Hugging Face's logits processors set them): FREE adds bias[0] (-inf for suppressed tokens),
+  MIN_LEN also masks eos, BEGIN (the first free position, begin_suppress_ids: after a forced first token, the second)
+  also masks those; FORCED_EOS and FORCED_BOS
+  replace the scores by a row that is 0 at the forced token and -inf elsewhere. Where several fall on one position the
+  forced eos wins over the forced first token, which wins over the others, as there."""
+  rules = np.full(config.max_len, FREE, np.int32)
+  rules[:s.min_len] = MIN_LEN
+  bias = np.zeros((5, config.vocab_size), np.float32)
+  bias[:, list(s.suppress_ids)] = -np.inf
+  bias[MIN_LEN, config.eos_id] = -np.inf
+  begin = 0 if s.forced_bos_id is None else 1
+  if s.begin_suppress_ids and begin < s.max_len:
+    rules[begin] = BEGIN
+    bias[BEGIN, list(s.begin_suppress_ids)] = -np.inf
+    if s.min_len > begin: bias[BEGIN, config.eos_id] = -np.inf
+  for rule, (position, token) in ((FORCED_BOS, (0, s.forced_bos_id)), (FORCED_EOS, (s.max_len - 1, s.forced_eos_id))):
     if token is None: continue
-    if rules[position] < FORCED: rules[position] = rule   # the eos (rule 2) is set first and wins
-    bias[rule - 1] = -np.inf
-    bias[rule - 1, token] = 0.0
+    rules[position] = rule   # the eos, set last, wins
+    bias[rule] = -np.inf
+    bias[rule, token] = 0.0
   return rules, bias

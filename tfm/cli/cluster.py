@@ -40,9 +40,10 @@ def serve(args, options: dict) -> int:
   import threading
 
   from tfm.apps.cluster import serve_on_ray
-  stop = threading.Event()
-  previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+  stop, previous = threading.Event(), {}
   def ready(url: str) -> None:
+    # set once Ray is up: ray.init installs a handler of its own that prints a stack on SIGTERM
+    previous.update({sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)})
     print(f"tfm serve: ready on {url} with {args.replicas} replica(s) on Ray (POST /translate, GET /health, GET /info); "
           f"SIGTERM or Ctrl-C stops it", flush=True)
   try:

@@ -12,6 +12,10 @@ INSTALL = "pip install 'tfm[ray]'"
 # tinygrad splits a CPU kernel over NUM_CPU_THREADS threads, all the machine's cores by default: an actor given one
 # core that kept the default would fight every other actor on its machine for all of them
 THREADS_VARIABLE = "NUM_CPU_THREADS"   # tinygrad-0.14: read once, when tinygrad is imported
+# tinygrad-0.14: kernels compile in a pool of PARALLEL spawned processes; when Ray ends an actor, the pool's idle workers
+# can die holding the pool's queue lock and the actor's exit then waits on it forever (an orphan process left behind).
+# PARALLEL=0 compiles in the actor's own process: slower warm-up with several cores, once per machine (the cache keeps it)
+COMPILE_POOL = {"PARALLEL": "0"}
 
 
 def need_ray():
@@ -48,7 +52,7 @@ def actor_options(cpus: int = 1, gpus: float = 0, env: dict[str, str] | None = N
     raise ConfigError(f"--cpus-per-worker must be an integer >= 1 (the cores each worker reserves), got {cpus!r}")
   if isinstance(gpus, bool) or not isinstance(gpus, (int, float)) or gpus < 0 or (gpus > 1 and gpus != int(gpus)):
     raise ConfigError(f"--gpus-per-worker must be a fraction in [0, 1] or a whole number of GPUs, got {gpus!r}")
-  variables = {THREADS_VARIABLE: str(cpus), **{k: str(v) for k, v in (env or {}).items()}}
+  variables = {THREADS_VARIABLE: str(cpus), **COMPILE_POOL, **{k: str(v) for k, v in (env or {}).items()}}
   return {"num_cpus": cpus, "num_gpus": gpus, "runtime_env": {"env_vars": variables}}
 
 

@@ -146,6 +146,9 @@ def serve_on_ray(model: str = "bundled", device: Any = "auto", host: str = "127.
   """`tfm serve --ray [ADDRESS] --replicas N`: the deployment run on the cluster at `address` (as connected() decides),
   its HTTP proxy on host:port, until `stop` is set; `ready(url)` is called once every replica is warmed up. The
   application is deleted before it returns (a cluster this call started is shut down)."""
+  if port == 0:
+    raise ConfigError("--port 0 (any free port) is not served on Ray: its HTTP proxies listen on one port on every machine; "
+                      "give one, e.g. --port 8000")
   timeout = options.get("timeout", Options.timeout)
   with connected(address):
     from ray import serve

@@ -43,6 +43,21 @@ class Result:
   error: str | None = None
 
 
+def line_problems(translator: Translator, lines: list[str]) -> dict[int, str]:
+  """Why each non-blank line the model cannot take cannot be, by index into `lines`."""
+  todo = [i for i, line in enumerate(lines) if line.strip()]
+  return {todo[j]: why for j, why in translator.problems([lines[i] for i in todo]).items()}
+
+
+def refuse(problems: dict[int, str]) -> None:
+  """The InputError that names the first few lines (by index, shown from 1) the model cannot take; none if none."""
+  if not problems: return
+  shown = "; ".join(f"line {i + 1}: {why}" for i, why in sorted(problems.items())[:SHOWN_PROBLEMS])
+  more = f" (and {len(problems) - SHOWN_PROBLEMS} more)" if len(problems) > SHOWN_PROBLEMS else ""
+  raise InputError(f"{len(problems)} line(s) cannot be translated: {shown}{more}; fix or remove them, or pass --skip-bad "
+                   f"to skip them")
+
+
 def translate_lines(translator: Translator, lines: list[str], skip_bad: bool = False, progress: bool | None = None,
                     prefix: str | None = None, **options) -> list[Result]:
   """Each line's Result, in order. A line the model cannot take raises InputError naming it (the first few of them),
@@ -55,12 +70,8 @@ def translate_lines(translator: Translator, lines: list[str], skip_bad: bool = F
     except InputError as e: raise InputError(f"--prefix {prefix!r}: {str(e).removeprefix('target_prefix[0]: ')}") from None
   results = [Result(line) for line in lines]
   todo = [i for i, line in enumerate(lines) if line.strip()]
-  problems = {todo[j]: why for j, why in translator.problems([lines[i] for i in todo]).items()}
-  if problems and not skip_bad:
-    shown = "; ".join(f"line {i + 1}: {why}" for i, why in list(problems.items())[:SHOWN_PROBLEMS])
-    more = f" (and {len(problems) - SHOWN_PROBLEMS} more)" if len(problems) > SHOWN_PROBLEMS else ""
-    raise InputError(f"{len(problems)} line(s) cannot be translated: {shown}{more}; fix or remove them, or pass --skip-bad "
-                     f"to skip them")
+  problems = line_problems(translator, lines)
+  if not skip_bad: refuse(problems)
   for i, why in problems.items(): results[i].error = why
   todo = [i for i in todo if i not in problems]
   n = options.get("num_hypotheses", 1)

@@ -33,6 +33,7 @@ def cmd_compare(args) -> int:
 def cmd_translate(args) -> int:
   from tfm.apps import textfiles
   from tfm.apps.translator import Translator
+  from tfm.cli import cluster
   if args.beam is not None and args.beam < 1: raise TfmError(f"--beam must be at least 1 (1 is greedy), got {args.beam}")
   if args.max_len is not None and args.max_len < 1: raise TfmError(f"--max-len must be at least 1, got {args.max_len}")
   if args.n_best < 1: raise TfmError(f"--n-best must be at least 1, got {args.n_best}")
@@ -45,6 +46,7 @@ def cmd_translate(args) -> int:
   if args.stream and (args.input or args.json or args.n_best > 1 or (args.beam or 1) > 1):
     raise TfmError("--stream prints greedy (or sampled) translations of the texts given: leave out --input, --json, "
                    "--n-best and --beam")
+  if args.ray is not None: return cluster.translate(args, rules)
   lines = textfiles.read_lines(args.input) if args.input else args.texts
   translator = Translator.open(args.model, args.device, args.dtype, args.parallel, args.source_lang, args.target_lang)
   if args.stream:

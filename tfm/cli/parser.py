@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tfm.cli import commands
+from tfm.cli.cluster import add_arguments as add_ray_arguments
 from tfm.cli.options import subcommand
 from tfm.cli.serve import add_parser as add_serve   # (the serve options' defaults come from tfm.apps.serve)
 
@@ -62,6 +63,7 @@ def add_translate(sub) -> None:
                   "  tfm translate --model opus-mt-en-de/ --beam 4 --scores \"How are you?\"\n"
                   "  tfm translate --model nllb-200-distilled-600M/ --source-lang eng_Latn --target-lang fra_Latn \"Hello\"\n"
                   "  tfm translate --input dates.txt --output iso.txt --batch-size 64\n"
+                  "  tfm translate --input corpus.txt --output out.txt --ray HEAD:6379 --workers 8\n"
                   "  tfm translate --stream \"3rd of March, 2021\"")
   p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to translate, batched together (or give --input)")
   p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",
@@ -110,6 +112,7 @@ def add_translate(sub) -> None:
   p.add_argument("--stream", action="store_true", help="print each translation as its tokens are decoded (greedy)")
   p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                  help="progress bar on stderr for --input (default: when stderr is a terminal)")
+  add_ray_arguments(p, "workers")
   p.set_defaults(func=commands.cmd_translate)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from tfm.cli.cluster import add_arguments as add_ray_arguments
 from tfm.cli.options import parse_sizes, subcommand
 
 
@@ -14,7 +15,8 @@ def add_parser(sub) -> None:
                  "tfm serve                                     # the bundled dates model on http://127.0.0.1:8000\n"
                  "  curl -s localhost:8000/translate -H 'Content-Type: application/json' -d '{\"q\": \"3rd of March, 2021\"}'\n"
                  "  tfm serve --model opus-mt-en-de/ --source en --target de --beam 1,4 --max-batch 8 --port 5000\n"
-                 "  tfm serve --host 0.0.0.0 --max-queue 64 --timeout 10     # reachable from other machines")
+                 "  tfm serve --host 0.0.0.0 --max-queue 64 --timeout 10     # reachable from other machines\n"
+                 "  tfm serve --ray HEAD:6379 --replicas 4 --host 0.0.0.0   # Ray Serve replicas on a cluster (docs/SCALING.md)")
   from tfm.apps.serve import Options
   d = Options()
   p.add_argument("--model", default="bundled", metavar="bundled|PATH|DIR",
@@ -42,6 +44,7 @@ def add_parser(sub) -> None:
                  "(default: any is accepted)")
   p.add_argument("--target", default=None, metavar="CODE", help="the model's target language, likewise")
   p.add_argument("--quiet", action="store_true", help="no line per request on stderr")
+  add_ray_arguments(p, "replicas")
   p.set_defaults(func=run)
 
 
@@ -58,6 +61,9 @@ def run(args) -> int:
                  max_queue=args.max_queue, timeout=args.timeout, max_body=args.max_body, max_texts=args.max_texts,
                  max_src_len=args.max_src_len, beam_sizes=beams, source=args.source, target=args.target)
   Options(**options).check()   # a bad flag fails before the model loads
+  if args.ray is not None:
+    from tfm.cli.cluster import serve
+    return serve(args, options)
   def log(line: str) -> None: print(f"tfm serve: {line}", file=sys.stderr, flush=True)
   translator = Translator.open(args.model, args.device)
   server = Server(translator, args.host, args.port, name=args.model, log=log, access_log=not args.quiet, progress=True, **options)

@@ -14,7 +14,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-
 from tfm.errors import InputError, TfmError
 from tfm.generation import SOURCE_BUCKET, generate, keep_sessions
 from tfm.generation.batching import padded
@@ -43,6 +42,34 @@ def source_buckets(max_src_len: int, model_max_len: int) -> tuple[int, ...]:
   sizes = [min(2 * SOURCE_BUCKET, model_max_len)]
   while sizes[-1] < max_src_len: sizes.append(min(sizes[-1] * 2, model_max_len))
   return tuple(sizes)
+
+
+def encode(translator: Translator, texts: list[str], key: tuple, max_src_len: int) -> list[list[int]]:
+  """The texts' ids in the source language the key names; an InputError for a text the model cannot take or one longer
+  than max_src_len tokens. Tokenizers are not documented as thread-safe: the caller holds a lock of its own."""
+  tokenizer, source = translator.tokenizer, key[2] if len(key) > 2 else None
+  ids = tokenizer.encode(texts) if source is None else tokenizer.encode(texts, source_lang=source)
+  for i, row in enumerate(ids):
+    if len(row) > max_src_len:
+      raise InputError(f"text {i} is {len(row)} tokens long, more than this server takes (--max-src-len {max_src_len}, the "
+                       f"model's max_len is {translator.model.config.max_len}); split it into shorter texts")
+  return ids
+
+
+def decode_padded(translator: Translator, ids: list[list[int]], key: tuple, row_sizes: tuple[int, ...], buckets: tuple[int, ...],
+                  tokenizer_lock) -> tuple[int, list[tuple[list[str], list[float]]]]:
+  """One model call on texts decoded the same way (key: beam size, n-best, languages), rows padded to a row size (copies
+  of the first text) and sources to a bucket, so that it runs a shape warm-up compiled: the rows run, and per text its
+  n-best translations and scores. Padding changes no result (pad positions are masked)."""
+  beam, n_best, target = key[0], key[1], key[3] if len(key) > 3 else None
+  model, tokenizer = translator.model, translator.tokenizer
+  rows = next(r for r in row_sizes if r >= len(ids))
+  width = next(n for n in buckets if n >= max(map(len, ids)))
+  src = padded(ids, model.config.pad_id, rows, width)
+  with LOCK:
+    out, scores = generate(model, src, beam_size=beam, num_return=n_best, return_scores=True, **translator.language_ids(target))
+  with tokenizer_lock: texts = tokenizer.decode(out[:len(ids) * n_best].tolist())
+  return rows, [(texts[r * n_best:(r + 1) * n_best], [float(s) for s in scores[r * n_best:(r + 1) * n_best]]) for r in range(len(ids))]
 
 
 @dataclass(eq=False)
@@ -104,13 +131,7 @@ class Batcher:
   def submit(self, texts: list[str], key: tuple) -> Ticket:
     """Encode and check texts, then queue them; InputError for a text the model cannot take, Busy when the queue is
     full or the model thread is not serving."""
-    tokenizer, source = self.translator.tokenizer, key[2] if len(key) > 2 else None
-    with self._encoding: ids = tokenizer.encode(texts) if source is None else tokenizer.encode(texts, source_lang=source)
-    limit = self.options.max_src_len
-    for i, row in enumerate(ids):
-      if len(row) > limit:
-        raise InputError(f"text {i} is {len(row)} tokens long, more than this server takes (--max-src-len {limit}, the model's "
-                         f"max_len is {self.translator.model.config.max_len}); split it into shorter texts")
+    with self._encoding: ids = encode(self.translator, texts, key, self.options.max_src_len)
     ticket = Ticket(ids, key)
     with self._cv:
       if self.state != "ready" or self._stopping:
@@ -216,16 +237,9 @@ class Batcher:
 
   def _decode(self, ids: list[list[int]], key: tuple) -> list[tuple[list[str], list[float]]]:
     """One model call: rows padded to a row size (copies of the first text), sources to a bucket."""
-    beam, n_best, target = key[0], key[1], key[3] if len(key) > 3 else None
-    model, tokenizer = self.translator.model, self.translator.tokenizer
-    rows = next(r for r in self.rows if r >= len(ids))
-    width = next(n for n in self.buckets if n >= max(map(len, ids)))
-    src = padded(ids, model.config.pad_id, rows, width)
-    with LOCK:
-      out, scores = generate(model, src, beam_size=beam, num_return=n_best, return_scores=True, **self.translator.language_ids(target))
-    with self._encoding: texts = tokenizer.decode(out[:len(ids) * n_best].tolist())
+    rows, results = decode_padded(self.translator, ids, key, self.rows, self.buckets, self._encoding)
     with self._cv: self.stats.batches, self.stats.rows = self.stats.batches + 1, self.stats.rows + rows
-    return [(texts[r * n_best:(r + 1) * n_best], [float(s) for s in scores[r * n_best:(r + 1) * n_best]]) for r in range(len(ids))]
+    return results
 
   def _finish(self, ticket: Ticket, i: int, texts=None, scores=None, error: Exception | None = None) -> None:
     """Record one text's outcome (the caller holds the condition); the ticket's event fires with its last text."""

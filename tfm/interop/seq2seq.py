@@ -25,7 +25,7 @@ import json
 import os
 from collections import ChainMap
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -186,20 +186,24 @@ def _tfm_name(name: str) -> str:
   return name.removeprefix("model.").replace(".fc1.", ".ffn.fc1.").replace(".fc2.", ".ffn.fc2.")
 
 
-def tied(arrays: Mapping[str, np.ndarray], names: list[str], where: str) -> tuple[np.ndarray, list[str]]:
-  """The one matrix that the stored names among `names` hold (config.json ties them): each must equal the first."""
+def tied(arrays: stored.Pending, names: list[str], where: str, shape: tuple[int, int]) -> list[str]:
+  """The stored names among `names`, which config.json ties into one matrix of `shape`: each must equal the first (read
+  only where the file stores more than one; the matrix itself is read when the model takes it)."""
   present = [n for n in names if n in arrays]
   if not present: raise WeightsError(f"{where}: none of {', '.join(names)} is in the file; the checkpoint has no embeddings")
-  first = arrays[present[0]]
+  if arrays.shape(present[0]) != shape:
+    raise WeightsError(f"{where}: {present[0]} has shape {arrays.shape(present[0])}, config.json says {shape}")
+  first = arrays[present[0]] if len(present) > 1 else None
   for name in present[1:]:
     if arrays[name].shape != first.shape or not np.array_equal(arrays[name], first):
       raise WeightsError(f"{where}: {name} differs from {present[0]}, but config.json ties them (share_encoder_decoder_"
                          f"embeddings, tie_word_embeddings); the file and its config.json do not belong together")
-  return first, present
+  return present
 
 
-def _embeddings(conv: Conversion, arrays: stored.Pending, hf: dict[str, Any], path: str, out: str) -> None:
-  """The embedding matrices: one tie group per role, as config.json declares the sharing; taken out of `arrays`."""
+def _embeddings(conv: Conversion, arrays: stored.Pending, hf: dict[str, Any], path: str, out: str) -> dict[str, str]:
+  """The embedding matrices: one tie group per role, as config.json declares the sharing; taken out of `arrays`, and
+  returned as role -> the file's name to read it from."""
   config = conv.config
   share, tie_out = bool(hf["share_encoder_decoder_embeddings"]), bool(hf["tie_word_embeddings"])
   enc, dec = "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"
@@ -207,14 +211,14 @@ def _embeddings(conv: Conversion, arrays: stored.Pending, hf: dict[str, Any], pa
   groups = {"src_embed.weight": decoder_group if share else [enc], "tgt_embed.weight": decoder_group,
             "generator.weight": decoder_group if tie_out else [out]}
   embed_names: set[str] = set()
+  roles = {}
   for role in (("src_embed.weight",) if config.tie_embeddings else ("src_embed.weight", "tgt_embed.weight", "generator.weight")):
-    matrix, present = tied(arrays, groups[role], path)
-    if matrix.shape != (config.vocab_size, config.d_model):
-      raise WeightsError(f"{path}: {present[0]} has shape {matrix.shape}, config.json says ({config.vocab_size}, {config.d_model})")
-    conv.arrays[role] = matrix
+    present = tied(arrays, groups[role], path, (config.vocab_size, config.d_model))
+    roles[role] = present[0]
     conv.mapped += [(name, role + (" (tied: tgt_embed, generator)" if config.tie_embeddings else "")) for name in present]
     embed_names.update(present)
   for name in embed_names: del arrays[name]
+  return roles
 
 
 def _sinusoids_checked(conv: Conversion, arrays: stored.Pending, path: str) -> None:
@@ -243,7 +247,7 @@ def convert(folder: str | os.PathLike) -> Conversion:
   conv = Conversion(transformer_config(family, hf, output_bias="final_logits_bias" in arrays), "transformer", {},
                     generation_config=read_generation_config(folder, raw))
   config = conv.config
-  _embeddings(conv, arrays, hf, path, family.output_name)
+  embeddings = _embeddings(conv, arrays, hf, path, family.output_name)
   if "final_logits_bias" in arrays:
     bias = arrays.pop("final_logits_bias")
     if bias.shape != (1, config.vocab_size):
@@ -264,6 +268,7 @@ def convert(folder: str | os.PathLike) -> Conversion:
     attentions += [(f"decoder.layers.{i}", a) for i in range(config.n_decoder_layers) for a in ("self_attn", "encoder_attn")]
     conv.arrays.update({f"{layer}.{a}.k_proj.bias": np.zeros(config.d_model, np.float32) for layer, a in attentions})
     conv.notes.append("whisper: the keys' projections have no bias: zero biases (the same function)")
-  conv.arrays = ChainMap(conv.arrays, arrays.renamed(_tfm_name))   # the layers' tensors are read as the model takes them
+  # the layers' tensors and the embeddings are read as the model takes them, one at a time
+  conv.arrays = ChainMap(conv.arrays, arrays.renamed(_tfm_name), arrays.taken(embeddings))
   return conv
 

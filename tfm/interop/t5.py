@@ -112,19 +112,18 @@ def convert(folder: str | os.PathLike) -> Conversion:
   conv = Conversion(t5_config(hf, tie), "transformer", {}, generation_config=read_generation_config(folder, raw))
   config = conv.config
   names = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"] + (["lm_head.weight"] if tie else [])
-  shared, present = tied(arrays, names, path)
-  if shared.shape != (config.vocab_size, config.d_model):
-    raise WeightsError(f"{path}: {present[0]} has shape {shared.shape}, config.json says ({config.vocab_size}, {config.d_model})")
-  conv.arrays["src_embed.weight"] = shared
+  present = tied(arrays, names, path, (config.vocab_size, config.d_model))
+  embeddings = {"src_embed.weight": present[0]}
   if not tie:
     if "lm_head.weight" not in arrays: raise WeightsError(f"{path}: no lm_head.weight, but config.json unties it (tie_word_embeddings false)")
-    conv.arrays.update({"tgt_embed.weight": shared, "generator.weight": arrays.pop("lm_head.weight")})
+    embeddings.update({"tgt_embed.weight": present[0], "generator.weight": "lm_head.weight"})
+    del arrays["lm_head.weight"]
     conv.mapped.append(("lm_head.weight", "generator.weight"))
   conv.mapped += [(name, "src_embed.weight" + (" (tied: tgt_embed, generator)" if tie else ", tgt_embed.weight")) for name in present]
   for name in present: del arrays[name]
   renamed = arrays.renamed(tfm_name)   # read as the model takes them
   stored.check_arrays(renamed, expected_shapes(config), path)
-  conv.arrays = ChainMap(conv.arrays, renamed)
+  conv.arrays = ChainMap(conv.arrays, renamed, arrays.taken(embeddings))   # all read as the model takes them
   conv.mapped += [(name, tfm_name(name)) for name in arrays]
   conv.notes.append(f"{raw.get('model_type', 't5')}: pre-norm, RMS norms, no biases, unscaled q.k, relative position buckets "
                     f"{config.relative_buckets} up to distance {config.relative_max_distance}; FFN {hf['feed_forward_proj']} "

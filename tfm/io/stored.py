@@ -121,6 +121,15 @@ class Pending(Mapping[str, np.ndarray]):
   def __iter__(self) -> Iterator[str]: return iter(list(self.names))
   def __len__(self) -> int: return len(self.names)
 
+  def shape(self, name: str) -> tuple[int, ...]:
+    """A tensor's shape, from the file's header where it has one (without reading the tensor)."""
+    entries = getattr(self.arrays, "entries", None)
+    return tuple(entries[name]["shape"]) if entries is not None else tuple(self[name].shape)
+
+  def taken(self, names: dict[str, str]) -> Mapping[str, np.ndarray]:
+    """Tensors taken out by hand, under new names (new name -> the file's), still read when asked for."""
+    return Renamed(self.arrays, names)
+
   def renamed(self, rename) -> Mapping[str, np.ndarray]:
     """The tensors left, under rename(name), still read when asked for."""
     return Renamed(self.arrays, {rename(name): name for name in self.names})

@@ -236,3 +236,9 @@ def test_whisper_decodes_audio_as_the_oracle_does_with_the_first_tokens_it_suppr
   beams = tfm.generate(model, io["src"], max_len=8, beam_size=3)
   best = [oracle_decode.beam_search(oracle_decode.next_token_logprobs(oracle, row), 1, 2, 3, 8)[0][0] for row in io["src"]]
   assert [[t for t in row if t != model.config.pad_id] for row in beams.tolist()] == best
+
+
+def test_a_checkpoint_with_nan_values_is_refused_before_anything_is_used(tmp_path):
+  def poisoned(a): a["model.decoder.layers.1.fc2.weight"] = np.full_like(a["model.decoder.layers.1.fc2.weight"], np.nan)
+  with pytest.raises(tfm.WeightsError, match=r"decoder.layers.1.ffn.fc2.weight has 2048 NaN/Inf values"):
+    tfm.from_pretrained(bart_copy(tmp_path, poisoned), device=DEVICE)

@@ -1,16 +1,27 @@
-"""Files and folders written whole or not at all (a temp file or folder beside the target, renamed into place), and
-where the models that ship with tfm are."""
+"""Files and folders written whole or not at all (a temp file or folder beside the target, renamed into place), the
+JSON files of checkpoint folders read, and where the models that ship with tfm are."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from typing import Callable
+from typing import Any, Callable
+
+from tfm.errors import WeightsError
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")   # tfm/assets/README.md says how each was made
 BUNDLED_MODEL = os.path.join(ASSETS, "dates.safetensors")        # the dates translator, with its character vocabulary:
 BUNDLED_VOCAB = os.path.join(ASSETS, "dates.vocab.json")
 BUNDLED_CLASSIFIER = os.path.join(ASSETS, "digits.safetensors")  # the digits image classifier (tfm.training.digits)
+
+
+def read_json(path: str | os.PathLike, fix: str = "download or save the checkpoint folder again") -> Any:
+  """A checkpoint folder's JSON file (config.json, vocab.json, ...), or a WeightsError naming it and `fix`."""
+  try:
+    with open(path, encoding="utf-8") as f: return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise WeightsError(f"{os.fspath(path)} is not valid JSON ({e}); {fix}") from None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:

@@ -21,7 +21,6 @@ Every tensor of the file is mapped by name and shape; a name tfm does not know i
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import ChainMap
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from tfm.files import read_json
 from tfm.config import TransformerConfig
 from tfm.errors import ConfigError, WeightsError
 from tfm.interop.mapping import HF_ACTIVATIONS, Conversion, checkpoint_file
@@ -87,20 +87,12 @@ SAVE_AS_SAFETENSORS = ("from transformers import AutoModelForSeq2SeqLM\n"
                        "    AutoModelForSeq2SeqLM.from_pretrained('{dir}').save_pretrained('{dir}', safe_serialization=True)")
 
 
-def read_json(path: str, what: str) -> Any:
-  """A JSON file of a checkpoint folder, or a WeightsError that says it is broken."""
-  try:
-    with open(path, encoding="utf-8") as f: return json.load(f)
-  except json.JSONDecodeError as e:
-    raise WeightsError(f"{path} is not valid JSON ({e}); download or save the {what} again") from None
-
-
 def read_config(folder: str) -> tuple[Family, dict[str, Any]]:
   """The family of a checkpoint folder (config.json's model_type) and its config.json as written."""
   path = os.path.join(folder, "config.json")
   if not os.path.isfile(path):
     raise WeightsError(f"{folder} has no config.json; give a checkpoint folder as transformers' save_pretrained writes it")
-  hf = read_json(path, "checkpoint")
+  hf = read_json(path)
   kind = hf.get("model_type", "marian") if isinstance(hf, dict) else type(hf).__name__
   if kind not in FAMILIES:
     raise WeightsError(f"{path} describes a {kind!r} model; tfm.from_pretrained reads {', '.join(FAMILIES)}, t5, mt5 "
@@ -113,7 +105,7 @@ def read_generation_config(folder: str, raw_config: dict[str, Any]) -> dict[str,
   folders that have no generation_config.json."""
   path = os.path.join(folder, "generation_config.json")
   if not os.path.isfile(path): return {k: raw_config[k] for k in GENERATION_FIELDS if k in raw_config}
-  generation = read_json(path, "checkpoint")
+  generation = read_json(path)
   if not isinstance(generation, dict): raise WeightsError(f"{path} must hold a JSON object")
   return generation
 
@@ -261,7 +253,7 @@ def convert(folder: str | os.PathLike) -> Conversion:
                     f"{', final stack norms' if config.use_final_norm else ''}; positions {config.positional} from row "
                     f"{config.position_offset}{'; LayerNorm after the embeddings' if config.embed_norm else ''}; activation "
                     f"{config.activation}; scale_embedding={config.scale_embedding}; decoder starts from id {config.start_id}")
-  stored.check_arrays(arrays, _layer_shapes(family, hf), path)
+  stored.check_arrays(arrays, _layer_shapes(family, hf), path, values=False)   # the loader checks the values as it takes them
   conv.mapped += [(name, _tfm_name(name)) for name in arrays]
   if family.audio:   # Whisper's keys have no bias: a zero one computes the same (and the softmax ignores it anyway)
     attentions = [(f"encoder.layers.{i}", "self_attn") for i in range(config.n_encoder_layers)]

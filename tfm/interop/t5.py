@@ -19,7 +19,8 @@ from typing import Any
 from tfm.config import TransformerConfig
 from tfm.errors import ConfigError, WeightsError
 from tfm.interop.mapping import Conversion, checkpoint_file
-from tfm.interop.seq2seq import SAVE_AS_SAFETENSORS, read_generation_config, read_json, tied
+from tfm.files import read_json
+from tfm.interop.seq2seq import SAVE_AS_SAFETENSORS, read_generation_config, tied
 from tfm.io import stored
 
 # what transformers' T5Config assumes for the fields read here
@@ -104,7 +105,7 @@ def convert(folder: str | os.PathLike) -> Conversion:
   """A T5 checkpoint folder -> a tfm Transformer's arrays and config, every name and shape checked."""
   folder = os.fspath(folder)
   if not os.path.isdir(folder): raise WeightsError(f"{folder} is not a directory; give a T5 checkpoint folder (config.json + model.safetensors)")
-  raw = read_json(os.path.join(folder, "config.json"), "checkpoint")
+  raw = read_json(os.path.join(folder, "config.json"))
   hf = {**DEFAULTS, **raw}
   path = checkpoint_file(folder, SAVE_AS_SAFETENSORS)
   arrays = stored.Pending(stored.read_arrays(path, "T5 checkpoint")[1])
@@ -122,7 +123,7 @@ def convert(folder: str | os.PathLike) -> Conversion:
   conv.mapped += [(name, "src_embed.weight" + (" (tied: tgt_embed, generator)" if tie else ", tgt_embed.weight")) for name in present]
   for name in present: del arrays[name]
   renamed = arrays.renamed(tfm_name)   # read as the model takes them
-  stored.check_arrays(renamed, expected_shapes(config), path)
+  stored.check_arrays(renamed, expected_shapes(config), path, values=False)   # the loader checks the values
   conv.arrays = ChainMap(conv.arrays, renamed, arrays.taken(embeddings))   # all read as the model takes them
   conv.mapped += [(name, tfm_name(name)) for name in arrays]
   conv.notes.append(f"{raw.get('model_type', 't5')}: pre-norm, RMS norms, no biases, unscaled q.k, relative position buckets "

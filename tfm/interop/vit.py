@@ -11,12 +11,12 @@ rectangular images or patches, a patch size that does not tile the image.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import numpy as np
 
+from tfm.files import read_json
 from tfm.io import stored
 
 from tfm.io import weights
@@ -41,13 +41,6 @@ LAYER_NAMES = {
 }
 SAVE_AS_SAFETENSORS = ("from transformers import AutoModel\n"
                        "    AutoModel.from_pretrained('{dir}').save_pretrained('{dir}', safe_serialization=True)")
-
-
-def _read_json(path: str) -> Any:
-  try:
-    with open(path, encoding="utf-8") as f: return json.load(f)
-  except json.JSONDecodeError as e:
-    raise WeightsError(f"{path} is not valid JSON ({e}); download or save the checkpoint again") from None
 
 
 def _square(hf: dict[str, Any], name: str, path: str) -> int:
@@ -76,7 +69,7 @@ def _preprocessing(folder: str, channels: int) -> dict[str, tuple[float, ...]]:
   """image_mean / image_std from preprocessor_config.json (ViTImageProcessor's), when the folder has one."""
   path = os.path.join(folder, "preprocessor_config.json")
   if not os.path.isfile(path): return {}
-  pre = _read_json(path)
+  pre = read_json(path)
   if not isinstance(pre, dict): raise WeightsError(f"{path} must hold a JSON object")
   if pre.get("do_rescale", True) and not np.isclose(pre.get("rescale_factor", 1 / 255), 1 / 255):
     raise WeightsError(f"{path} has rescale_factor={pre['rescale_factor']}; tfm scales 8-bit pixels to [0, 1] (1/255)")
@@ -165,7 +158,7 @@ def convert_vit(folder: str | os.PathLike) -> Conversion:
   config_path = os.path.join(folder, "config.json")
   if not os.path.isfile(config_path):
     raise WeightsError(f"{folder} has no config.json; give a ViT checkpoint folder, as save_pretrained writes it")
-  raw = _read_json(config_path)
+  raw = read_json(config_path)
   if not isinstance(raw, dict) or raw.get("model_type") != "vit":
     kind = raw.get("model_type") if isinstance(raw, dict) else type(raw).__name__
     raise WeightsError(f"{config_path} describes a {kind!r} model, not a ViT (model_type 'vit')")

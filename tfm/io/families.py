@@ -4,11 +4,11 @@ writes it. The subword ids come from the folder's files (tfm.io.subwords); the s
 are added here, per family, so that the source language can change from one call to the next."""
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Iterable, Sequence
 
+from tfm.files import read_json
 from tfm.errors import InputError, WeightsError
 from tfm.io.subwords import M2M100Pieces, Pipeline, converted_spiece, token_text
 
@@ -204,10 +204,7 @@ def _texts(texts: Sequence[str], method: str) -> Sequence[str]:
 def _json(folder: str, name: str) -> dict:
   path = os.path.join(folder, name)
   if not os.path.isfile(path): return {}
-  try:
-    with open(path, encoding="utf-8") as f: data = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise WeightsError(f"{path} is not valid JSON ({e}); download the checkpoint folder again") from None
+  data = read_json(path)
   if not isinstance(data, dict): raise WeightsError(f"{path} must hold a JSON object; download the checkpoint folder again")
   return data
 

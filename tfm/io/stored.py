@@ -97,6 +97,7 @@ class StoredArrays(Mapping[str, np.ndarray]):
 
   def __iter__(self) -> Iterator[str]: return iter(self.entries)
   def __len__(self) -> int: return len(self.entries)
+  def shape(self, name: str) -> tuple[int, ...]: return tuple(self.entries[name]["shape"])   # from the header, not read
 
 
 class Pending(Mapping[str, np.ndarray]):
@@ -122,9 +123,9 @@ class Pending(Mapping[str, np.ndarray]):
   def __len__(self) -> int: return len(self.names)
 
   def shape(self, name: str) -> tuple[int, ...]:
-    """A tensor's shape, from the file's header where it has one (without reading the tensor)."""
-    entries = getattr(self.arrays, "entries", None)
-    return tuple(entries[name]["shape"]) if entries is not None else tuple(self[name].shape)
+    """A tensor's shape, from the file's header (without reading the tensor)."""
+    if name not in self.names: raise KeyError(name)
+    return shape_of(self.arrays, name)
 
   def taken(self, names: dict[str, str]) -> Mapping[str, np.ndarray]:
     """Tensors taken out by hand, under new names (new name -> the file's), still read when asked for."""
@@ -142,6 +143,7 @@ class Renamed(Mapping[str, np.ndarray]):
     self.arrays, self.names = arrays, names
 
   def __getitem__(self, name: str) -> np.ndarray: return self.arrays[self.names[name]]
+  def shape(self, name: str) -> tuple[int, ...]: return shape_of(self.arrays, self.names[name])
   def __contains__(self, name: object) -> bool: return name in self.names
   def __iter__(self) -> Iterator[str]: return iter(self.names)
   def __len__(self) -> int: return len(self.names)
@@ -202,13 +204,24 @@ def read_arrays(path: str | os.PathLike, what: str = "weight file") -> tuple[dic
   return metadata, arrays, codes
 
 
-def check_arrays(arrays: Mapping[str, np.ndarray], expected: dict[str, tuple[int, ...]], source: str) -> None:
+def shape_of(arrays: Mapping[str, np.ndarray], name: str) -> tuple[int, ...]:
+  """A tensor's shape: from its file's header where `arrays` reads a file (StoredArrays, Pending, Renamed), else its own."""
+  shape = getattr(arrays, "shape", None)
+  return shape(name) if callable(shape) else tuple(arrays[name].shape)
+
+
+def check_arrays(arrays: Mapping[str, np.ndarray], expected: dict[str, tuple[int, ...]], source: str, values: bool = True) -> None:
   """Every expected name present with its shape, no other names, every value finite: else WeightsError, nothing loaded.
-  Each array is taken once (a file's are read one at a time)."""
+  Each array is taken once (a file's are read one at a time). values=False checks names and shapes only, reading no
+  tensor of a file (the shapes from its header): an importer's check, before the loader checks the values."""
   missing, unexpected = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
   if missing: raise WeightsError(f"{source}: missing tensor(s) {_names(missing)}; the file does not match its config")
   if unexpected: raise WeightsError(f"{source}: unexpected tensor(s) {_names(unexpected)}; the file does not match its config")
   for name, shape in expected.items():
+    if not values:
+      if (got := shape_of(arrays, name)) != tuple(shape):
+        raise WeightsError(f"{source}: tensor {name} has shape {got}, the config expects {tuple(shape)}")
+      continue
     a = arrays[name]
     if tuple(a.shape) != tuple(shape):
       raise WeightsError(f"{source}: tensor {name} has shape {tuple(a.shape)}, the config expects {tuple(shape)}")

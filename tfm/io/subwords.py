@@ -4,7 +4,6 @@ converts it), or M2M100's SentencePiece model with its pieces looked up in vocab
 adds each family's special and language tokens around these ids."""
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Sequence
@@ -13,6 +12,7 @@ import sentencepiece
 import tokenizers
 from tokenizers import decoders, normalizers, pre_tokenizers
 
+from tfm.files import read_json
 from tfm.errors import WeightsError
 
 
@@ -132,10 +132,7 @@ class M2M100Pieces:
 
   def __init__(self, folder: str, codes: list[str], madeup_words: int, clean_up: bool):
     path = os.path.join(folder, "vocab.json")
-    try:
-      with open(path, encoding="utf-8") as f: table = json.load(f)
-    except json.JSONDecodeError as e:
-      raise WeightsError(f"{path} is not valid JSON ({e}); download the checkpoint folder again") from None
+    table = read_json(path)
     if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in table.items()):
       raise WeightsError(f"{path} must map each piece (a string) to its id (an integer), as M2M100's vocab.json does")
     missing = [t for t in ("<s>", "<pad>", "</s>", "<unk>") if t not in table]

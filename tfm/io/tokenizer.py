@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import sentencepiece
 
 from tfm.errors import InputError, WeightsError
-from tfm.files import write_text
+from tfm.files import read_json, write_text
 
 
 class CharTokenizer:
@@ -122,10 +122,7 @@ class MarianTokenizer:
         processors.append(sentencepiece.SentencePieceProcessor(model_file=path))
       except (RuntimeError, OSError) as e:
         raise WeightsError(f"{path} is not a SentencePiece model ({e}); download the checkpoint folder again") from None
-    try:
-      with open(paths[2], encoding="utf-8") as f: vocab = json.load(f)
-    except json.JSONDecodeError as e:
-      raise WeightsError(f"{paths[2]} is not valid JSON ({e}); download the checkpoint folder again") from None
+    vocab = read_json(paths[2])
     if not isinstance(vocab, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()):
       raise WeightsError(f"{paths[2]} must map each piece (a string) to its id (an integer)")
     return cls(*processors, vocab)

@@ -32,7 +32,8 @@ import transformers
 from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from make_tokenizer_fixtures import tokenizer_files  # noqa: E402  (beside this script)
+import make_fixtures as fixtures  # noqa: E402  (beside this script)
+from make_tokenizer_fixtures import tokenizer_files  # noqa: E402
 from transformers import (BartConfig, BartForConditionalGeneration, M2M100Config, M2M100ForConditionalGeneration, MBartConfig,
                           MBartForConditionalGeneration, PegasusConfig, PegasusForConditionalGeneration, T5Config,
                           T5ForConditionalGeneration, WhisperConfig, WhisperForConditionalGeneration)
@@ -70,16 +71,9 @@ MAX_LENGTH = 16   # transformers' max_length, the start token included: tfm's ma
 
 def perturb(model: torch.nn.Module, rng: np.random.Generator) -> None:
   """Random values everywhere, in place: matrices N(0, 0.2), biases N(0, 0.3), LayerNorm gains 1 + N(0, 0.2), learned
-  positions N(0, 0.2), final_logits_bias N(0, 0.3); sinusoid tables (not weights) stay."""
+  positions and final_logits_bias N(0, 0.2); sinusoid tables (not weights) stay."""
   named = {**dict(model.named_parameters()), **({"final_logits_bias": model.final_logits_bias} if hasattr(model, "final_logits_bias") else {})}
-  seen = set()
-  with torch.no_grad():
-    for name, p in named.items():
-      if id(p) in seen or not p.requires_grad and "final_logits_bias" not in name: continue  # tied once; sinusoids are frozen
-      seen.add(id(p))
-      norm = "norm" in name
-      base, scale = (1.0 if norm and name.endswith("weight") else 0.0), (0.2 if norm or p.ndim == 2 else 0.3)
-      p.copy_(torch.from_numpy(base + scale * rng.standard_normal(tuple(p.shape))).to(p.dtype))
+  fixtures.perturb(named, rng, fixed=lambda name, p: not p.requires_grad and "final_logits_bias" not in name)   # sinusoids are frozen
 
 
 def untied_t5(model: T5ForConditionalGeneration, folder: str, rng: np.random.Generator) -> None:

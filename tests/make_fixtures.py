@@ -66,12 +66,13 @@ TARGET_LINES = ["die katze sass auf der matte", "ein hund lief im park", "der vo
 TOKENIZER_TEXTS = ["the cat sat in the garden", "a bird sang", "Zürich ©", "", ">>de<< the dog"]
 
 
-def perturb(named: dict[str, torch.Tensor], rng: np.random.Generator) -> None:
-  """Random values everywhere, in place: matrices N(0, 0.2), biases N(0, 0.3), LayerNorm gains 1 + N(0, 0.2)."""
+def perturb(named: dict[str, torch.Tensor], rng: np.random.Generator, fixed=lambda name, p: "embed_positions" in name) -> None:
+  """Random values everywhere, in place: matrices N(0, 0.2), biases N(0, 0.3), LayerNorm gains 1 + N(0, 0.2); not in
+  the tensors `fixed` names (default: sinusoid tables, which are not weights)."""
   seen = set()
   with torch.no_grad():
     for name, p in named.items():
-      if id(p) in seen or "embed_positions" in name: continue  # a tied tensor once; the sinusoid table is not a weight
+      if id(p) in seen or fixed(name, p): continue  # a tied tensor once
       seen.add(id(p))
       norm = "norm" in name
       base, scale = (1.0 if norm and name.endswith("weight") else 0.0), (0.2 if norm or p.ndim == 2 else 0.3)

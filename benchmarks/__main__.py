@@ -1,4 +1,4 @@
-"""`python -m benchmarks decode|forward|train|translate|int8|steps|devices|file|vit|serve|gemm|ray|all [--backends CPU,CL] [--json FILE]`:
+"""`python -m benchmarks decode|forward|train|translate|int8|steps|devices|file|vit|serve|gemm|ray|whisper|all [--backends CPU,CL] [--json FILE]`:
 each benchmark is a module
 `benchmarks.<name>` with `add_arguments(parser)` and `run(args) -> list[dict]` (one dict per table row)."""
 from __future__ import annotations
@@ -11,7 +11,8 @@ import sys
 
 from tfm.files import write_text
 
-BENCHMARKS = ("forward", "train", "decode", "memory", "startup", "translate", "int8", "steps", "devices", "file", "vit", "serve", "gemm", "ray")
+BENCHMARKS = ("forward", "train", "decode", "memory", "startup", "translate", "int8", "steps", "devices", "file", "vit", "serve", "gemm", "ray",
+              "whisper")
 
 
 def _available() -> list[str]:

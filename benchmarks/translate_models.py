@@ -73,9 +73,10 @@ SHAPES = {
 }
 
 
-def model_dir(name: str = "opus") -> Path:
-  """The checkpoint folder of SHAPES[name], made on first use (random weights, seed 0) and then reused."""
-  shape = SHAPES[name]
+def model_dir(name: str | Shape = "opus") -> Path:
+  """The checkpoint folder of SHAPES[name] (or of a Shape given), made on first use (random weights, seed 0) and then
+  reused."""
+  shape = SHAPES[name] if isinstance(name, str) else name
   folder = cache_dir() / "bench" / shape.name
   if not (folder / "model.safetensors").exists():
     import torch
@@ -112,9 +113,9 @@ class _Vocabulary:
   def convert_ids_to_tokens(self, i: int) -> str: return self.shape.token(i)
 
 
-def ct2_dir(name: str) -> Path:
-  """The CTranslate2 (float32) conversion of SHAPES[name]'s folder, made on first use."""
-  folder, shape = model_dir(name), SHAPES[name]
+def ct2_dir(name: str | Shape) -> Path:
+  """The CTranslate2 (float32) conversion of SHAPES[name]'s folder (or a Shape's), made on first use."""
+  folder, shape = model_dir(name), SHAPES[name] if isinstance(name, str) else name
   out = folder.with_name(shape.name + "-ct2")
   if not (out / "model.bin").exists():
     from ctranslate2.converters import TransformersConverter

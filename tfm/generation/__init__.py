@@ -30,8 +30,9 @@ Conventions follow Hugging Face `generate` where they apply, so imported Marian 
 - generate_tokens: greedy decoding that yields each step's tokens as they come (streaming).
 
 Modules: settings (the knobs and their checks), session (device buffers, KV caches, compiled steps; `prepare`
-compiles ahead of time), search (greedy and beam search, and the functions below), rules (the host-side rules and
-sampling), batching (id lists padded into batches). The compiled steps are tfm.runtime.replay's; `forget_sessions`
+compiles ahead of time), inputs (sources, prefixes and prompts checked), search (greedy and beam search, and the
+functions below), rules (the host-side rules, Whisper's timestamps, sampling), batching (id lists padded into batches),
+whisper (Whisper's decoding of a 30 s window). The compiled steps are tfm.runtime.replay's; `forget_sessions`
 drops a model's compiled sessions.
 """
 from tfm.generation.search import beam_search, generate, generate_tokens, greedy_search, incremental_logprobs, lengths_to_eos

@@ -21,8 +21,11 @@ from typing import Any
 import numpy as np
 
 from tfm.errors import InputError
-from tfm.generation.search import generate, incremental_logprobs, sources
-from tfm.generation.settings import Timestamps
+from tfm.generation.inputs import sources
+from tfm.generation.search import generate
+from tfm.generation.session import encoded, steps_at
+from tfm.generation.settings import GenerationSettings, Timestamps
+from tfm.runtime.memory import download, upload
 from tfm.nn.transformer import Transformer
 
 TASKS = ("transcribe", "translate")
@@ -89,9 +92,13 @@ def detect_language(model: Transformer, features: Any) -> list[tuple[str, float]
   tokens = whisper_tokens(model)
   if not tokens.lang_to_id: raise InputError("this Whisper checkpoint is English-only (no lang_to_id): it has no language to detect")
   features, _ = sources(model, features)
-  logprobs = incremental_logprobs(model, features, np.full((len(features), 1), tokens.sot, np.int32))[:, 0]
+  # the logits step (which greedy decoding with timestamps runs too), at position 0 from <|startoftranscript|>
+  session = encoded(model, features, GenerationSettings(max_len=1, start_id=tokens.sot))
+  steps = steps_at(session, 0, None)
+  upload(session.feed, np.stack([np.full(len(features), tokens.sot), np.arange(len(features))]))
+  steps.logits(0)
   codes, ids = list(tokens.lang_to_id), list(tokens.lang_to_id.values())
-  x = logprobs[:, ids].astype(np.float64)
+  x = download(session.logprobs)[:, ids].astype(np.float64)
   p = np.exp(x - x.max(1, keepdims=True))
   p /= p.sum(1, keepdims=True)
   best = x.argmax(1)   # the first of equals, as torch's argmax over the masked logits

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import load_average, print_rows
-from benchmarks.translate import _agreement, _installed, peak_mb
+from benchmarks.translate import _agreement, _installed
 from benchmarks.translate_models import Shape, ct2_dir, model_dir
 
 EOT, SOT, EN, TRANSLATE, TRANSCRIBE, NO_TIMESTAMPS, FIRST_TIMESTAMP = 50257, 50258, 50259, 50358, 50359, 50363, 50364
@@ -79,9 +79,9 @@ def add_arguments(parser) -> None:
   parser.add_argument("--backends", default="CPU", help="comma-separated tfm backends (default: CPU)")
   parser.add_argument("--modes", default="greedy", help=f"decodes to time, of {', '.join(MODES)} (default: greedy)")
   parser.add_argument("--reps", type=int, default=3, help="timed calls after the first; the median is reported (default: 3)")
-  parser.add_argument("--systems", default="tfm,tfm-sot,torch,ct2,faster-whisper",
-                      help="which systems to run (default: all installed; tfm-sot is tfm without the prompt, module doc)")
-  parser.add_argument("--threads", type=int, default=2, help="PyTorch's and CTranslate2's threads (default: 2)")
+  parser.add_argument("--systems", default="tfm,torch,ct2,faster-whisper", help="which systems to run (default: all installed)")
+  parser.add_argument("--threads", type=int, default=2,
+                      help="CTranslate2's and PyTorch's threads (default: 2); PyTorch is timed with 1 thread too")
 
 
 def audio() -> np.ndarray:
@@ -119,7 +119,8 @@ def faster_whisper_dir() -> Path:
 
 WORKER = textwrap.dedent("""
   import json, statistics, sys, time
-  from benchmarks.whisper import MODES, features, peak_mb
+  from benchmarks.translate import peak_mb
+  from benchmarks.whisper import MODES, features
   system, backend, modes, reps, threads = sys.argv[1], sys.argv[2], sys.argv[3].split(","), int(sys.argv[4]), int(sys.argv[5])
   x = features()
   t0 = time.perf_counter()
@@ -143,30 +144,31 @@ WORKER = textwrap.dedent("""
 
 def load_system(system: str, backend: str, threads: int):
   """(encode(features) or None, transcribe(features, beam) -> the NEW_TOKENS ids after the prompt) for one system."""
-  if system in ("tfm", "tfm-sot"):
+  if system == "tfm":
     import tfm
+    from tfm.generation.whisper import whisper_generate
     model = tfm.from_pretrained(str(model_dir(WHISPER)), device=backend)
-    prefix = [PROMPT[1:]] if system == "tfm" else None
-    banned = [[i] for i in SUPPRESSED if i not in PROMPT]   # tfm applies them to a target prefix too
+    model.generation_config = {**model.generation_config, "suppress_tokens": SUPPRESSED}
     def encode(x): return model.encode(x)
     def transcribe(x, beam):
-      n = NEW_TOKENS + len(PROMPT) - 1
-      out = tfm.generate(model, x, beam_size=beam, max_len=n, min_len=n, start_id=SOT, target_prefix=prefix, bad_words=banned,
-                         length_penalty=1.0, early_stopping=True).tolist()[0]
-      return _after_prompt(out, PROMPT[1:], system) if prefix else out[-NEW_TOKENS:]
+      out = whisper_generate(model, x, language="en", task="transcribe", beam_size=beam, max_len=NEW_TOKENS, length_penalty=1.0)
+      return out[0].ids.tolist()
     return encode, transcribe
   if system == "torch":
     import torch
     import transformers
     torch.set_num_threads(threads)
     model = transformers.WhisperForConditionalGeneration.from_pretrained(str(model_dir(WHISPER))).eval()
+    banned = torch.zeros(WHISPER.vocab_size)
+    banned[SUPPRESSED] = -float("inf")
+    class Suppress(transformers.LogitsProcessor):   # SUPPRESSED as one added row (suppress_tokens' isin costs ~70 ms a step here)
+      def __call__(self, input_ids, scores): return scores + banned
     def encode(x):
       with torch.inference_mode(): return model.model.encoder(torch.from_numpy(x)).last_hidden_state
     def transcribe(x, beam):
       with torch.inference_mode():
         out = model.generate(torch.from_numpy(x), language="en", task="transcribe", return_timestamps=False, num_beams=beam,
-                             do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, suppress_tokens=SUPPRESSED,
-                             length_penalty=1.0)
+                             do_sample=False, max_new_tokens=NEW_TOKENS, logits_processor=[Suppress()], length_penalty=1.0)
       return out.tolist()[0]   # without the prompt
     return encode, transcribe
   import ctranslate2
@@ -217,29 +219,30 @@ def run(args) -> list[dict]:
     raise SystemExit("the whisper-base-shaped model is made with transformers: pip install -e .[bench]")
   wanted = [s.strip() for s in args.systems.split(",")]
   model_dir(WHISPER)   # made here once, not in each worker
-  runs = [(s, b.strip()) for s in ("tfm", "tfm-sot") if s in wanted for b in args.backends.split(",") if b.strip()]
-  if "torch" in wanted: runs.append(("torch", f"PyTorch CPU {args.threads}T"))
-  if "ct2" in wanted and _installed("ctranslate2"): runs.append(("ct2", f"CPU {args.threads}T"))
+  n = args.threads   # runs: (system, backend, threads)
+  runs = [("tfm", b.strip(), n) for b in args.backends.split(",") if b.strip() and "tfm" in wanted]
+  if "torch" in wanted: runs += [("torch", f"PyTorch CPU {t}T", t) for t in sorted({n, 1}, reverse=True)]
+  if "ct2" in wanted and _installed("ctranslate2"): runs.append(("ct2", f"CPU {n}T", n))
   if "faster-whisper" in wanted and _installed("faster_whisper"):
     faster_whisper_dir()
-    runs.append(("faster-whisper", f"CPU {args.threads}T"))
+    runs.append(("faster-whisper", f"CPU {n}T", n))
   rows, reference_ids = [], {}
-  for system, backend in runs:
+  for system, backend, threads in runs:
     load = load_average()
-    for r in _worker(system, backend, modes, args.reps, args.threads):
+    for r in _worker(system, backend, modes, args.reps, threads):
       ids = np.array(r.pop("ids"))
       if ids.shape != (NEW_TOKENS,): print(f"{system} made {ids.size} tokens, not {NEW_TOKENS}")
-      if system != "tfm-sot": reference_ids.setdefault(r["mode"], ids)
+      reference_ids.setdefault(r["mode"], ids)
       enc = r["enc_s"]
       rows.append({"bench": "whisper", "system": system, "backend": backend, "mode": r["mode"], "load_s": r["load_s"],
                    "enc_first_s": r["enc_first_s"], "enc_ms": None if enc is None else enc * 1e3, "first_s": r["first_s"],
                    "median_ms": r["median_s"] * 1e3, "ms_per_token": None if enc is None else (r["median_s"] - enc) * 1e3 / NEW_TOKENS,
                    "tokens": int(ids.size),
-                   "same_ids": None if system == "tfm-sot" else _agreement(ids, reference_ids[r["mode"]]), "peak_mb": r["peak_mb"], "load": load})
+                   "same_ids": _agreement(ids, reference_ids[r["mode"]]), "peak_mb": r["peak_mb"], "load": load})
       print_rows(rows[-1:], COLUMNS, header=len(rows) == 1)
   for row in rows:   # ratios of time: below 1 is faster than the anchor
     for anchor, column in (("torch", "vs_torch"), ("ct2", "vs_ct2")):
-      base = next((r for r in rows if r["system"] == anchor and r["mode"] == row["mode"]), None)
+      base = min((r for r in rows if r["system"] == anchor and r["mode"] == row["mode"]), key=lambda r: r["median_ms"], default=None)
       row[column] = row["median_ms"] / base["median_ms"] if base else None
   print("\nenc_ms: the encoder alone; median_ms: encoder + 100-token decode; ms_per_token: (median_ms - enc_ms) / 100; "
         "vs_torch, vs_ct2: median_ms / the anchor's (below 1 is faster); same_ids: the fraction of the 100 ids equal to the "

@@ -238,6 +238,23 @@ def test_whisper_decodes_audio_as_the_oracle_does_with_the_first_tokens_it_suppr
   assert [[t for t in row if t != model.config.pad_id] for row in beams.tolist()] == best
 
 
+def test_whisper_front_end_as_products_equals_the_convolutions_it_replaces():
+  # at 160 channels and 64 output frames the second convolution is tfm's GEMM on CPU (the fixture's is too small for it)
+  from tinygrad import Tensor
+  from tfm.nn.audio import ConvFrontEnd
+  from tfm.runtime.gemm import gemm_fits
+  config = tfm.TransformerConfig(vocab_size=16, d_model=160, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1,
+                                 n_mels=8, max_source_len=64, max_len=8)
+  front = ConvFrontEnd(config)
+  rng = np.random.default_rng(0)
+  for conv in (front.conv1, front.conv2):
+    for p in (conv.weight, conv.bias): p.replace(Tensor(rng.standard_normal(p.shape).astype(np.float32) * 0.1, device=DEVICE))
+  x = Tensor(rng.standard_normal((2, 8, 128)).astype(np.float32), device=DEVICE)
+  assert gemm_fits(Tensor.empty(2 * 64, 160 * 3, device=DEVICE), front.conv2.weight.reshape(160, -1)) == (DEVICE == "CPU")
+  want = front.conv2(front.conv1(x).gelu(approximate="none")).gelu(approximate="none")   # tinygrad's conv1d
+  np.testing.assert_allclose(front(x).numpy(), want.permute(0, 2, 1).numpy(), rtol=0, atol=1e-5)
+
+
 def test_a_checkpoint_with_nan_values_is_refused_before_anything_is_used(tmp_path):
   def poisoned(a): a["model.decoder.layers.1.fc2.weight"] = np.full_like(a["model.decoder.layers.1.fc2.weight"], np.nan)
   with pytest.raises(tfm.WeightsError, match=r"decoder.layers.1.ffn.fc2.weight has 2048 NaN/Inf values"):

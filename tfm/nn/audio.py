@@ -10,10 +10,16 @@ from tinygrad import Tensor, nn
 
 from tfm.config import TransformerConfig
 from tfm.errors import InputError
+from tfm.nn.linear import product
 
 
 class ConvFrontEnd:
-  """conv1 (n_mels -> d_model) and conv2 (d_model -> d_model, stride 2), each with gelu (the exact erf form)."""
+  """conv1 (n_mels -> d_model) and conv2 (d_model -> d_model, stride 2), each with gelu (the exact erf form).
+
+  Each convolution is one product (tfm.nn.linear.product): the three taps of every output frame side by side,
+  (B, frames, channels x 3), times the kernel as a (out, channels x 3) matrix, which on CPU is tfm's GEMM. tinygrad's
+  own conv1d took 5 times as long at whisper-base's shape (docs/PERFORMANCE.md, "Whisper"). The weights keep
+  nn.Conv1d's layout (out, channels, 3), as checkpoints store them."""
 
   def __init__(self, config: TransformerConfig):
     d = config.d_model
@@ -21,8 +27,19 @@ class ConvFrontEnd:
     self.conv2 = nn.Conv1d(d, d, 3, stride=2, padding=1)
 
   def __call__(self, features: Tensor) -> Tensor:
-    x = self.conv1(features).gelu(approximate="none")
-    return self.conv2(x).gelu(approximate="none").permute(0, 2, 1)
+    x = conv_frames(features.permute(0, 2, 1), self.conv1, 1).gelu(approximate="none")
+    return conv_frames(x, self.conv2, 2).gelu(approximate="none")
+
+
+def conv_frames(x: Tensor, conv: nn.Conv2d, stride: int) -> Tensor:   # tinygrad's nn.Conv1d makes a Conv2d
+  """A kernel-3, padding-1 convolution over time of frames x (B, T, C) -> (B, (T - 1) // stride + 1, out):
+  out[b, t, o] = bias[o] + sum over c, j of w[o, c, j] x[b, stride t + j - 1, c]."""
+  b, t, c = x.shape
+  frames = (t - 1) // stride + 1
+  padded = x.pad(((0, 0), (1, 1), (0, 0)))
+  taps = [padded[:, j:j + stride * (frames - 1) + 1:stride] for j in range(3)]   # (B, frames, C) each
+  cols = Tensor.stack(*taps, dim=-1).reshape(b, frames, c * 3)   # column c * 3 + j, as w.reshape(out, C * 3) reads it
+  return product(cols, conv.weight.reshape(conv.weight.shape[0], c * 3)) + conv.bias
 
 
 def check_features(features: Any, config: TransformerConfig, name: str = "features") -> np.ndarray:

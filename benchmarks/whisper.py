@@ -5,11 +5,13 @@ same random weights, by transformers (PyTorch), CTranslate2 and faster-whisper w
 
 The checkpoint is a WhisperForConditionalGeneration of whisper-base's shape (d_model 512, 6+6 layers, 8 heads, FFN
 2048, 80 mels, vocabulary 51,865, 1500 source and 448 target positions; eot 50257, sot 50258) with random weights
-(seed 0), made once with transformers in tfm's cache folder (bench/whisper-base-shaped) and converted once for
-CTranslate2 (bench/whisper-base-shaped-ct2, which also gets a tokenizer.json for faster-whisper: the id strings with
-Whisper's special tokens at their ids, WHISPER.token). Its generation_config carries whisper-base's language and task
-ids but suppresses no tokens (whisper-base suppresses ~90 punctuation ids); every system is given the same rule
-instead, SUPPRESSED: no eot (so exactly 100 tokens), no special or timestamp token (whose rules differ between them).
+(seed 0) and an output layer of its own (whisper-base ties it to the embedding: the same work, but with tied random
+weights each step's argmax is its input token, so the 100 ids would be one token repeated). It is made once with
+transformers in tfm's cache folder (bench/whisper-base-shaped) and converted once for CTranslate2
+(bench/whisper-base-shaped-ct2), which also gets a tokenizer.json for faster-whisper: the id strings with Whisper's
+special tokens at their ids (WHISPER.token). Its generation_config carries whisper-base's language and task ids but
+suppresses no tokens (whisper-base suppresses ~90 punctuation ids); every system is given the same rule instead,
+SUPPRESSED: no eot (so exactly 100 tokens), no special or timestamp token (whose rules differ between them).
 
 Every system decodes the same input, the log-mel features (tfm.io.audio.log_mel) of a synthetic 30 s signal (AUDIO),
 after the prompt [sot, en, transcribe, notimestamps], for exactly 100 tokens:
@@ -28,6 +30,8 @@ after the prompt [sot, en, transcribe, notimestamps], for exactly 100 tokens:
   faster-whisper  WhisperModel(conversion).transcribe(the audio, language="en", max_new_tokens=196 (max_length 200, as
                   above), suppress_tokens=SUPPRESSED, one temperature, no VAD): its own log-mel features from the audio (so its ids may differ), its
                   segment loop and text decoding included
+tfm on CPU, PyTorch and CTranslate2 are timed on 2 cores and on 1 (tfm: TFM_CORES=0; the others: 1 thread): on a loaded machine
+two threads that wait on each other can take longer than one; the ratios are taken against PyTorch's faster row.
 Each runs in its own fresh process and reports its load time, its first call (compiling, for tfm), the median of the
 timed calls of the encoder alone (not for faster-whisper) and of the whole call (encoder + 100-token decode), ms per
 decoded token ((whole - encoder) / 100) and its peak memory; ids are compared with the first system's.
@@ -63,7 +67,7 @@ WHISPER = Shape("whisper-base-shaped", "WhisperForConditionalGeneration", "Whisp
                 dict(vocab_size=51865, num_mel_bins=80, d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8,
                      decoder_attention_heads=8, encoder_ffn_dim=2048, decoder_ffn_dim=2048, max_source_positions=1500,
                      max_target_positions=448, pad_token_id=EOT, bos_token_id=EOT, eos_token_id=EOT, decoder_start_token_id=SOT,
-                     suppress_tokens=[], begin_suppress_tokens=[]),
+                     suppress_tokens=[], begin_suppress_tokens=[], tie_word_embeddings=False),
                 SPECIALS, first_word=0, compared=NEW_TOKENS,
                 generation=dict(lang_to_id={f"<|{code}|>": EN + i for i, code in enumerate(LANGUAGES)},
                                 task_to_id={"translate": TRANSLATE, "transcribe": TRANSCRIBE}, no_timestamps_token_id=NO_TIMESTAMPS,
@@ -203,6 +207,7 @@ def _after_prompt(ids: list[int], prompt: list[int], system: str) -> list[int]:
 def _worker(system: str, backend: str, modes: list[str], reps: int, threads: int) -> list[dict]:
   root = Path(__file__).resolve().parents[1]
   env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
+  if backend.endswith(" 1T"): backend, env["TFM_CORES"] = backend[:-3], "0"   # tfm: each kernel's slices on one thread
   proc = subprocess.run([sys.executable, "-c", WORKER, system, backend, ",".join(modes), str(reps), str(threads)],
                         capture_output=True, text=True, env=env, cwd=root, timeout=3600)
   if proc.returncode != 0:
@@ -220,9 +225,10 @@ def run(args) -> list[dict]:
   wanted = [s.strip() for s in args.systems.split(",")]
   model_dir(WHISPER)   # made here once, not in each worker
   n = args.threads   # runs: (system, backend, threads)
-  runs = [("tfm", b.strip(), n) for b in args.backends.split(",") if b.strip() and "tfm" in wanted]
+  backends = [b.strip() for b in args.backends.split(",") if b.strip()] if "tfm" in wanted else []
+  runs = [("tfm", b, n) for b in backends] + [("tfm", "CPU 1T", 1) for b in backends if b == "CPU"]
   if "torch" in wanted: runs += [("torch", f"PyTorch CPU {t}T", t) for t in sorted({n, 1}, reverse=True)]
-  if "ct2" in wanted and _installed("ctranslate2"): runs.append(("ct2", f"CPU {n}T", n))
+  if "ct2" in wanted and _installed("ctranslate2"): runs += [("ct2", f"CPU {t}T", t) for t in sorted({n, 1}, reverse=True)]
   if "faster-whisper" in wanted and _installed("faster_whisper"):
     faster_whisper_dir()
     runs.append(("faster-whisper", f"CPU {n}T", n))

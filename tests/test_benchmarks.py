@@ -171,3 +171,18 @@ def test_the_opus_shape_compares_the_tokens_before_its_forced_eos():
   from benchmarks.translate_models import SHAPES
   shape = SHAPES["opus"]
   assert shape.forced_bos is None and shape.compared == NEW_TOKENS - 1 and shape.token(shape.eos) == "</s>"
+
+
+def test_the_whisper_benchmark_is_whisper_base_shaped_with_its_special_tokens_at_their_ids():
+  from benchmarks.translate_models import _Vocabulary
+  from benchmarks.whisper import NEW_TOKENS, PROMPT, SUPPRESSED, WHISPER
+  c = WHISPER.config
+  assert (c["d_model"], c["encoder_layers"], c["decoder_layers"], c["encoder_attention_heads"], c["encoder_ffn_dim"]) == (512, 6, 6, 8, 2048)
+  assert (WHISPER.vocab_size, c["num_mel_bins"], c["max_source_positions"], c["max_target_positions"]) == (51865, 80, 1500, 448)
+  vocab = _Vocabulary(WHISPER).get_vocab()   # what CTranslate2's converter and faster-whisper's tokenizer.json read
+  names = ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+  assert [vocab[n] for n in names] == PROMPT == [50258, 50259, 50359, 50363] and vocab["<|endoftext|>"] == 50257
+  assert vocab["<|su|>"] == 50357 and vocab["<|0.00|>"] == 50364 and vocab["<|30.00|>"] == 51864 and len(vocab) == 51865
+  assert WHISPER.generation["lang_to_id"]["<|en|>"] == 50259 and SUPPRESSED == list(range(50257, 51865)) and NEW_TOKENS == 100
+  parser = bench_main.__globals__["build_parser"]()
+  assert parser.parse_args(["whisper"]).modes == "greedy" and parser.parse_args(["whisper"]).threads == 2

@@ -13,25 +13,20 @@ special tokens at their ids (WHISPER.token). Its generation_config carries whisp
 suppresses no tokens (whisper-base suppresses ~90 punctuation ids); every system is given the same rule instead,
 SUPPRESSED: no eot (so exactly 100 tokens), no special or timestamp token (whose rules differ between them).
 
-Every system decodes the same input, the log-mel features (tfm.io.audio.log_mel) of a synthetic 30 s signal (AUDIO),
-after the prompt [sot, en, transcribe, notimestamps], for exactly 100 tokens:
-  tfm             from_pretrained, generate with start_id sot and target_prefix [en, transcribe, notimestamps] (the
-                  prompt's last three tokens decoded one step each, as forced tokens, which makes generate take its
-                  host-side path, reading each step's logits back; the others run the prompt as one 4-token first
-                  step), min_len = max_len = 103, SUPPRESSED as single-token bad_words but for the prompt's tokens (tfm
-                  applies them to a target prefix too); the 100 after the prefix count
-  tfm-sot         the same from sot alone, without the prefix: 103 tokens on generate's device-side path (each step's
-                  token chosen on the device), the last 100 timed as the others' 100; ids not compared
-  torch           WhisperForConditionalGeneration.generate(language="en", task="transcribe", min_new_tokens=100,
-                  max_new_tokens=100, suppress_tokens=SUPPRESSED), torch.set_num_threads(2)
-  ct2             ctranslate2.models.Whisper.generate(prompts=[PROMPT], suppress_tokens=SUPPRESSED, max_length=200),
-                  intra_threads 2: CTranslate2 4.8.5's Whisper stops after max_length / 2 new tokens (measured: 20 -> 10,
-                  104 -> 52, 200 -> 100)
-  faster-whisper  WhisperModel(conversion).transcribe(the audio, language="en", max_new_tokens=196 (max_length 200, as
-                  above), suppress_tokens=SUPPRESSED, one temperature, no VAD): its own log-mel features from the audio (so its ids may differ), its
-                  segment loop and text decoding included
-tfm on CPU, PyTorch and CTranslate2 are timed on 2 cores and on 1 (tfm: TFM_CORES=0; the others: 1 thread): on a loaded machine
-two threads that wait on each other can take longer than one; the ratios are taken against PyTorch's faster row.
+Every system decodes the same input, the log-mel features (tfm.io.audio.log_mel) of a synthetic 30 s signal (audio()),
+after the prompt [sot, en, transcribe, notimestamps], for exactly 100 tokens, greedy (--modes beam5: beam 5):
+  tfm             tfm.generation.whisper.whisper_generate(language="en", task="transcribe", max_len=100), SUPPRESSED
+                  set as the model's generation_config suppress_tokens
+  torch           WhisperForConditionalGeneration.generate(language="en", task="transcribe", max_new_tokens=100),
+                  SUPPRESSED as a logits processor adding one -inf row (its suppress_tokens' isin took ~70 ms a step)
+  ct2             ctranslate2.models.Whisper.generate(prompts=[PROMPT], suppress_tokens=SUPPRESSED, max_length=200):
+                  CTranslate2 4.8.5's Whisper stops after max_length / 2 new tokens (measured: 20 -> 10, 104 -> 52,
+                  200 -> 100)
+  faster-whisper  WhisperModel(the conversion).transcribe(the audio, language="en", max_new_tokens=196 (max_length
+                  200, as above), suppress_tokens=SUPPRESSED, one temperature, no VAD): it computes its own log-mel
+                  features from the audio (so its ids differ), and its segment loop and text decoding are timed too
+tfm on CPU, PyTorch and CTranslate2 are timed on 2 cores and on 1 (tfm: TFM_CORES=0; the others: 1 thread): on a
+loaded machine two threads that wait on each other can take longer than one; ratios are to the anchor's faster row.
 Each runs in its own fresh process and reports its load time, its first call (compiling, for tfm), the median of the
 timed calls of the encoder alone (not for faster-whisper) and of the whole call (encoder + 100-token decode), ms per
 decoded token ((whole - encoder) / 100) and its peak memory; ids are compared with the first system's.

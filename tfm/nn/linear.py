@@ -25,13 +25,13 @@ from tinygrad import Tensor, dtypes, nn
 from tinygrad.codegen.opt import Opt, OptOps
 from tinygrad.dtype import least_upper_dtype, sum_acc_dtype
 from tinygrad.function import function
-from tinygrad.helpers import TRAINING, prod
+from tinygrad.helpers import TRAINING, Context, prod
 from tinygrad.uop.ops import AxisType, KernelInfo, Ops, UOp
 
 from backends import switches
 from tfm.errors import InputError
-from tfm.runtime.cpu_kernels import WIDE, compiled_as_scalars, serial_reductions, thread_opts
-from tfm.runtime.gemm import gemm, gemm_fits
+from tfm.runtime.cpu_kernels import WIDE, compiled_as_scalars, scatter_adds, serial_reductions, thread_opts
+from tfm.runtime.gemm import column_sums, gemm, gemm_fits, sums_fit
 from tfm.runtime.machine import vector_floats
 from tfm.runtime.memory import download, like, to_device
 
@@ -50,6 +50,29 @@ def _matmul_wt_gradient(grad: UOp, call: UOp) -> tuple[UOp, UOp]:
 def matmul_wt(x: Tensor, w: Tensor) -> Tensor:
   """x @ w.T, differentiated by `_matmul_wt_gradient`."""
   return x @ w.T
+
+
+def _bias_gradient(grad: UOp, call: UOp) -> tuple[UOp, UOp]:
+  return grad, column_sums(Tensor(grad)).uop
+
+
+# tinygrad-0.14: autograd's bias gradient sums each column down the rows, a cache line per number
+@function(grad_fxn=_bias_gradient)
+def add_bias(y: Tensor, b: Tensor) -> Tensor:
+  """y + b, its bias gradient summed by tfm's kernel (tfm.runtime.gemm.column_sums)."""
+  return y + b
+
+
+def _affine_gradient(grad: UOp, call: UOp) -> tuple[UOp, UOp, UOp]:
+  x, w = (Tensor(u) for u in call.src[1:3])
+  g = Tensor(grad)
+  return (g * w).uop, column_sums(g * x).uop, column_sums(g).uop
+
+
+@function(grad_fxn=_affine_gradient)
+def affine(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+  """x * w + b over the last axis (a norm's gain and shift), its gain and shift gradients summed by column_sums."""
+  return x * w + b
 
 
 LANES = 16      # partial sums per output where a product's reduction is split (one AVX-512 vector of float32)
@@ -189,7 +212,8 @@ class Linear(nn.Linear):
     # the outputs, one multiply per output instead of one per weight
     elif self.scale is not None: y = product(x, self.weight) * self.scale.cast(x.dtype)
     else: y = product(x, self.weight)
-    return y if self.bias is None else y + self.bias
+    if self.bias is None: return y
+    return add_bias(y, self.bias) if TRAINING and sums_fit(y) else y + self.bias
 
   @property
   def packed(self) -> Tensor | None:
@@ -291,7 +315,16 @@ def pack_layers(obj: Any) -> list[Linear]:
 
 
 class Embedding(nn.Embedding):
-  """tinygrad's Embedding (same weight name, same lookup) built with an unset table, as Linear is."""
+  """tinygrad's Embedding (same weight name, same lookup) built with an unset table, as Linear is.
+
+  Under training on a CPU device compiled through C, the table's gradient is tinygrad's scatter-add kernel (one atomic
+  add per token and feature) instead of autograd's reduction, which computes every row of the table from every token
+  (vocab x tokens x d): the medium train step's embedding gradient 112 -> 2 ms (docs/PERFORMANCE.md, "Training")."""
 
   def __init__(self, vocab_size: int, embed_size: int):
     self.weight = Tensor.empty(vocab_size, embed_size)   # tinygrad-0.14: nn.Embedding's lazy init is slow (as Linear's)
+
+  def __call__(self, idx: Tensor) -> Tensor:
+    if not (TRAINING and scatter_adds(self.weight.device)): return super().__call__(idx)
+    # tinygrad-0.14: USE_ATOMICS picks nn.Embedding's scatter-add gradient (its kernel is C: clang's renderer only)
+    with Context(USE_ATOMICS=1): return super().__call__(idx)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tfm
-from tfm.generation import Timestamps, detect_language, whisper_generate, whisper_tokens
+from tfm.generation import Timestamps, detect_language, whisper_generate, whisper_segments, whisper_tokens
 from tfm.generation.rules import timestamps as timestamp_rules
 from tfm.generation.settings import GenerationSettings
 from tests.conftest import DEVICE
@@ -118,3 +118,25 @@ def test_checkpoints_without_what_whisper_decoding_needs_are_refused(model, feat
     model.generation_config = kept
   with pytest.raises(tfm.InputError, match=r"whisper decoding needs a Whisper model"):
     whisper_tokens("openai/whisper-tiny")
+
+
+@pytest.mark.parametrize("case", [c for c in EXPECTED["cases"] if "segments" in c], ids=case_id)
+def test_segments_cut_as_transformers_cuts_them(model, case):
+  tokens = whisper_tokens(model)
+  for row, expected in zip(case["ids"], case["segments"]):
+    got = whisper_segments(row, tokens, frames=32)
+    np.testing.assert_allclose([(s.start, s.end) for s in got], [(start, end) for start, end, _ in expected], atol=1e-9)
+    assert [s.ids.tolist() for s in got] == [[t for t in ids if t < tokens.timestamp_begin] for _, _, ids in expected]
+
+
+def test_a_decode_without_a_pair_of_timestamps_is_one_segment_to_its_last_timestamp(model):
+  tokens = whisper_tokens(model)
+  [one] = whisper_segments([312 + 5, 40, 41, 312 + 9], tokens)
+  assert (one.start, one.end, one.ids.tolist()) == (0.0, pytest.approx(0.18), [40, 41])
+  [whole] = whisper_segments([312, 40], tokens)
+  assert whole.end == pytest.approx(30.0)   # only <|0.00|>: to the window's end
+
+
+def test_decoder_prompts_of_different_lengths_are_refused(model, features):
+  with pytest.raises(tfm.InputError, match=r"decoder_prompt must be one list of token ids per source, all of one length"):
+    tfm.generate(model, features, max_len=4, decoder_prompt=[[301], [301, 302], [301]])

@@ -154,3 +154,11 @@ def test_an_english_only_checkpoint_decodes_without_language_or_task_tokens(mode
     model.generation_config = kept
   assert [o.ids.tolist() for o in out] == EXPECTED["english_only"]["ids"] and {o.language for o in out} == {"en"}
   np.testing.assert_allclose([o.score for o in out], EXPECTED["english_only"]["scores"], atol=TOLERANCE)
+
+
+def test_rows_whose_language_is_none_are_detected_and_the_others_decoded_as_given(model, features):
+  cases = {case_id(c): c for c in EXPECTED["cases"]}
+  given, detected = cases["given-transcribe-text-beam1"], cases["detected-transcribe-text-beam1"]
+  out = whisper_generate(model, features, language=["en", None, "<|fr|>"], max_len=EXPECTED["max_new_tokens"])
+  assert [o.language for o in out] == ["en", detected["languages"][1], "fr"]
+  assert [o.ids.tolist() for o in out] == [given["ids"][0], detected["ids"][1], given["ids"][2]]

@@ -57,7 +57,7 @@ class WhisperOutput:
   """One row's decode: the generated ids (int32; no prompt, no eos; timestamps included where asked), the language
   code it was decoded as, and its score (sum of log-probs / length ** length_penalty, eos counted) when asked."""
   ids: np.ndarray
-  language: str | None
+  language: str
   score: float | None = None
 
 
@@ -108,11 +108,11 @@ def detect_language(model: Transformer, features: Any) -> list[tuple[str, float]
   steps = steps_at(session, 0, None)
   upload(session.feed, np.stack([np.full(len(features), tokens.sot), np.arange(len(features))]))
   steps.logits(0)
-  codes, ids = list(tokens.lang_to_id), list(tokens.lang_to_id.values())
-  x = download(session.logprobs)[:, ids].astype(np.float64)
+  codes, ids = zip(*sorted(tokens.lang_to_id.items(), key=lambda item: item[1]))   # by id: ties go to the lowest, as there
+  x = download(session.logprobs)[:, list(ids)].astype(np.float64)
   p = np.exp(x - x.max(1, keepdims=True))
   p /= p.sum(1, keepdims=True)
-  best = x.argmax(1)   # the first of equals, as torch's argmax over the masked logits
+  best = x.argmax(1)
   return [(codes[i], float(p[r, i])) for r, i in enumerate(best)]
 
 

@@ -13,7 +13,8 @@ from tinygrad.helpers import TRAINING
 from tfm.nn.attention import KVCache, MultiHeadAttention
 from tfm.config import TransformerConfig, VisionConfig
 from tfm.runtime.cpu_kernels import activated
-from tfm.nn.linear import Linear, affine
+from tfm.nn.gradients import affine
+from tfm.nn.linear import Linear
 from tfm.runtime.gemm import sums_fit
 from tfm.runtime.memory import to_device
 

@@ -5,10 +5,12 @@ y = x W^T + b. The weight's gradient is G^T X, a reduction over the tokens: auto
 axis of G and X as they are stored, and tinygrad 0.14 compiles that reduction, whose operands are strided along the
 reduced axis, at about a third of the speed of a matmul whose operands are contiguous along it (measured in
 docs/PERFORMANCE.md, "Where the time goes"). So under training the product is a tinygrad `function` with its own
-gradient: dX = G W as autograd computes it, dW = G^T (X^T)^T with G^T and X^T made contiguous.
+gradient (tfm.nn.gradients.matmul_wt), and on CPU tfm's GEMM with GEMM gradients (tfm.runtime.gemm); the bias's
+gradient on CPU is tfm's column sums (tfm.nn.gradients.add_bias).
 
-Decoding on CPU computes large layers from packed copies of their weights (Linear.pack, packed_product): eight
-output features interleaved along the input axis, so that one vector load feeds eight outputs.
+Decoding on CPU computes large layers from packed copies of their weights (Linear.pack, packed_product): as many
+output features as the machine's float32 vector holds, interleaved along the input axis, so that one vector load
+feeds them all.
 
 Both classes here are built with unset (empty) weights, which the model initialises or a loader fills.
 """
@@ -24,55 +26,16 @@ import numpy as np
 from tinygrad import Tensor, dtypes, nn
 from tinygrad.codegen.opt import Opt, OptOps
 from tinygrad.dtype import least_upper_dtype, sum_acc_dtype
-from tinygrad.function import function
 from tinygrad.helpers import TRAINING, Context, prod
 from tinygrad.uop.ops import AxisType, KernelInfo, Ops, UOp
 
 from backends import switches
 from tfm.errors import InputError
 from tfm.runtime.cpu_kernels import WIDE, compiled_as_scalars, scatter_adds, serial_reductions, thread_opts
-from tfm.runtime.gemm import column_sums, gemm, gemm_fits, sums_fit
+from tfm.nn.gradients import add_bias, matmul_wt
+from tfm.runtime.gemm import gemm, gemm_fits, sums_fit
 from tfm.runtime.machine import vector_floats
 from tfm.runtime.memory import download, like, to_device
-
-
-def _matmul_wt_gradient(grad: UOp, call: UOp) -> tuple[UOp, UOp]:
-  x, w = (Tensor(u) for u in call.src[1:])  # tinygrad-0.14: a function's CALL uop holds its arguments at src[1:]
-  g = Tensor(grad)
-  g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # (tokens, out), (tokens, in)
-  dx = (g2 @ w).reshape(x.shape)
-  dw = g2.T.contiguous() @ x2.T.contiguous().T  # (out, tokens) @ (tokens, in), both read along the tokens
-  return dx.uop, dw.uop
-
-
-# tinygrad-0.14: autograd's dW reduces over a strided axis, ~3x slower than a contiguous matmul
-@function(grad_fxn=_matmul_wt_gradient)
-def matmul_wt(x: Tensor, w: Tensor) -> Tensor:
-  """x @ w.T, differentiated by `_matmul_wt_gradient`."""
-  return x @ w.T
-
-
-def _bias_gradient(grad: UOp, call: UOp) -> tuple[UOp, UOp]:
-  return grad, column_sums(Tensor(grad)).uop
-
-
-# tinygrad-0.14: autograd's bias gradient sums each column down the rows, a cache line per number
-@function(grad_fxn=_bias_gradient)
-def add_bias(y: Tensor, b: Tensor) -> Tensor:
-  """y + b, its bias gradient summed by tfm's kernel (tfm.runtime.gemm.column_sums)."""
-  return y + b
-
-
-def _affine_gradient(grad: UOp, call: UOp) -> tuple[UOp, UOp, UOp]:
-  x, w = (Tensor(u) for u in call.src[1:3])
-  g = Tensor(grad)
-  return (g * w).uop, column_sums(g * x).uop, column_sums(g).uop
-
-
-@function(grad_fxn=_affine_gradient)
-def affine(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
-  """x * w + b over the last axis (a norm's gain and shift), its gain and shift gradients summed by column_sums."""
-  return x * w + b
 
 
 LANES = 16      # partial sums per output where a product's reduction is split (one AVX-512 vector of float32)

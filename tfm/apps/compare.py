@@ -46,7 +46,7 @@ from tfm.io.weights import int8_twin
 from tfm.nn.transformer import Transformer
 from tfm.reference import Reference, VisionReference
 from tfm.apps import oracle_decode
-from tfm.apps.subjects import BEAM_SIZE, Subject, VisionSubject
+from tfm.apps.subjects import BEAM_SIZE, AudioSubject, Subject, VisionSubject
 from tfm.nn.vit import VisionTransformer
 
 # max abs error vs the float64 oracle that a running backend may show: the numerical contract (docs/BACKENDS.md)
@@ -92,6 +92,7 @@ def decoded(subject: Subject | VisionSubject, dtype: str, expected: dict[str, np
   """The ids every backend's must equal (the oracle's greedy and beam decoding, a ViT's top class by the oracle's
   logits), and the judge of a difference: a near tie of the oracle's own choices, or a failure (oracle_decode)."""
   tolerance = TOLERANCE[dtype]
+  if isinstance(subject, AudioSubject): return {}, lambda key, got: None   # logits only: Whisper decodes by its own rules
   if isinstance(subject, Subject):
     return oracle_decode.decodings(oracle_model(subject, dtype), subject.config, subject.src, subject.max_len, BEAM_SIZE, tolerance)
   if "logits" not in expected: return {}, lambda key, got: None
@@ -139,6 +140,9 @@ def steps(subject: Subject | VisionSubject, dtype: str) -> Callable[[BackendInfo
   def build(info: BackendInfo):
     model = model_on(subject, info.label, dtype)
     src, tgt, max_len = subject.src, subject.tgt, subject.max_len
+    if isinstance(subject, AudioSubject):
+      return {"encoder": lambda: {"encoder": model.encode(src).numpy().astype(np.float32)},
+              "logits": lambda: {"logits": model(src, tgt).numpy().astype(np.float32)}}
     return {
       "encoder": lambda: {"encoder": model.encode(src).numpy().astype(np.float32)},
       "logits": lambda: {"logits": model(src, tgt).numpy().astype(np.float32)},
@@ -171,6 +175,7 @@ def kernel_graph(config: TransformerConfig | VisionConfig, dtype: str = "float32
   config = config.replace(n_encoder_layers=1, n_decoder_layers=1)
   token, half = min(5, config.vocab_size - 1), dtype == "float16"
   src, tgt = np.full((1, src_len), token), np.full((1, tgt_len), token)
+  if config.n_mels: src = np.zeros((1, config.n_mels, 2 * config.max_source_len), np.float32)   # Whisper's log-mel window
 
   def forward() -> Tensor:
     model = Transformer(config, device=None, initialise=False)   # on NULL nothing runs and nothing is allocated
@@ -179,8 +184,8 @@ def kernel_graph(config: TransformerConfig | VisionConfig, dtype: str = "float32
       for layer in linear_layers(model):
         layer.weight, layer.scale = Tensor.empty(*layer.weight.shape, dtype=dtypes.int8), Tensor.empty(layer.weight.shape[0])
     if devices > 1: model.lay_out(tuple("NULL" if i == 0 else f"NULL:{i}" for i in range(devices)), "tensor")
-    source = model.ids(src, "src")
-    return model.run_decoder(model.ids(tgt, "tgt"), model.run_encoder(source), model.padding_mask(source))
+    source = model.placed(model.check_source(src, "src"))
+    return model.run_decoder(model.ids(tgt, "tgt"), model.run_encoder(source), model.source_mask(source))
   return forward
 
 
@@ -247,6 +252,7 @@ class Report:
     if not ran: return "no backend ran: nothing was compared (see the notes)"
     tied = [r.backend.label for r in self.runs if r.status == PASS and r.ties]
     ids = f"the oracle's ids, but near ties on {', '.join(tied)} (see the notes)" if tied else "the oracle's ids"
+    if isinstance(self.subject, AudioSubject): return f"ok: ran on {', '.join(ran)}: within tolerance"
     return f"ok: ran on {', '.join(ran)}: within tolerance, with {ids}"
 
   def table(self) -> str:

@@ -25,6 +25,8 @@ Conventions follow Hugging Face `generate` where they apply, so imported Marian 
 - repetition_penalty, no_repeat_ngram_size, bad_words (sequences), target_prefix, and sampling (temperature, top_k,
   top_p, seed): the rules that depend on each hypothesis run on the host (rules.py), on the logits read back from a
   logits step in greedy decoding and sampling, on the log-probs in beam search, as Hugging Face applies them.
+- decoder_prompt: the decoder's first inputs, fed unscored (transformers' decoder_input_ids); outputs count from after it.
+- whisper (tfm.generation.whisper): Whisper's decoding of a 30 s window: its prompt, language detection, timestamps.
 - generate_tokens: greedy decoding that yields each step's tokens as they come (streaming).
 
 Modules: settings (the knobs and their checks), session (device buffers, KV caches, compiled steps; `prepare`
@@ -34,7 +36,9 @@ drops a model's compiled sessions.
 """
 from tfm.generation.search import beam_search, generate, generate_tokens, greedy_search, incremental_logprobs, lengths_to_eos
 from tfm.generation.session import SOURCE_BUCKET, forget_sessions, keep_sessions, prepare, sessions_of
-from tfm.generation.settings import GenerationSettings, resolve_settings
+from tfm.generation.settings import GenerationSettings, Timestamps, resolve_settings
+from tfm.generation.whisper import WhisperOutput, WhisperTokens, detect_language, whisper_generate, whisper_tokens
 
-__all__ = ["GenerationSettings", "SOURCE_BUCKET", "beam_search", "forget_sessions", "generate", "generate_tokens", "greedy_search",
-           "incremental_logprobs", "keep_sessions", "lengths_to_eos", "prepare", "resolve_settings", "sessions_of"]
+__all__ = ["GenerationSettings", "SOURCE_BUCKET", "Timestamps", "WhisperOutput", "WhisperTokens", "beam_search", "detect_language",
+           "forget_sessions", "generate", "generate_tokens", "greedy_search", "incremental_logprobs", "keep_sessions", "lengths_to_eos",
+           "prepare", "resolve_settings", "sessions_of", "whisper_generate", "whisper_tokens"]

@@ -11,7 +11,7 @@ from tfm.errors import InputError
 from tfm.generation import rules
 from tfm.generation.ranking import best_continuations, largest
 from tfm.generation.session import Session, Steps, encoded, steps_at
-from tfm.generation.settings import GenerationSettings, check, forced, resolve_settings, rule_arrays
+from tfm.generation.settings import GenerationSettings, Timestamps, check, forced, resolve_settings, rule_arrays
 from tfm.runtime.memory import download, host_view, upload
 from tfm.nn.transformer import Transformer
 
@@ -24,35 +24,38 @@ def lengths_to_eos(ids: np.ndarray, eos_id: int) -> np.ndarray:
   return np.where(is_eos.any(1), is_eos.argmax(1) + 1, is_eos.shape[1])
 
 
-def _all_ended(steps: Steps, pos: int, eos: int) -> bool:
-  """Has every row of a greedy decode produced eos by position pos? Asked every step where the device memory is host
-  memory (a look, no copy), every CHECK_EVERY steps elsewhere (a copy and a sync)."""
+def _all_ended(steps: Steps, pos: int, eos: int, first: int = 1) -> bool:
+  """Has every row of a greedy decode produced eos by position pos (its outputs start at trace slot `first`)? Asked
+  every step where the device memory is host memory (a look, no copy), every CHECK_EVERY steps elsewhere (a copy and a
+  sync)."""
   if (trace := host_view(steps.trace)) is None:
     if (pos + 1) % CHECK_EVERY: return False
     trace = download(steps.trace)
-  return bool((trace[0, :, 1:pos + 2] == eos).any(1).all())
+  return bool((trace[0, :, first:pos + 2] == eos).any(1).all())
 
-def _greedy_steps(session: Session, pos: int, steps: Steps | None, start_id: int) -> Steps:
-  """The greedy steps for position pos (steps_at), their trace started with the decoder start token at pos 0."""
-  if steps is not None and pos < steps.length: return steps
+def _greedy_steps(session: Session, pos: int, steps: Steps | None, prompt: np.ndarray) -> Steps:
+  """The greedy steps for position pos (steps_at), their trace holding the decoder prompt (N, P) while pos is in it:
+  a step writes its own choice at pos + 1, so before each prompt position the trace is written again with the prompt.
+  The prompt's positions run the same compiled step as the rest; their outputs are not used."""
   steps = steps_at(session, pos, steps)
-  if pos == 0:
-    start = np.zeros(steps.trace.shape, np.float32)
-    start[0, :, 0] = start_id
-    upload(steps.trace, start)
+  if pos < prompt.shape[1]:
+    trace = np.zeros(steps.trace.shape, np.float32)
+    trace[0, :, :pos + 1] = prompt[:, :pos + 1]
+    upload(steps.trace, trace)
   return steps
 
-def _greedy(session: Session, s: GenerationSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _greedy(session: Session, s: GenerationSettings, prompt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Greedy decoding with its state on the device; the host only asks now and then whether all rows are done."""
   eos, pad = session.model.config.eos_id, session.model.config.pad_id
+  p = prompt.shape[1]
   steps, done_at = None, s.max_len
-  for pos in range(s.max_len):
-    steps = _greedy_steps(session, pos, steps, s.start_id)
+  for pos in range(p - 1 + s.max_len):
+    steps = _greedy_steps(session, pos, steps, prompt)
     steps.greedy(pos)
-    if _all_ended(steps, pos, eos):
-      done_at = pos + 1
+    if pos >= p - 1 and _all_ended(steps, pos, eos, p):
+      done_at = pos + 2 - p
       break
-  trace = download(steps.trace)[:, :, 1:done_at + 1]
+  trace = download(steps.trace)[:, :, p:p + done_at]
   ids, logprobs = trace[0].astype(np.int32), trace[1]
   lengths = lengths_to_eos(ids, eos)
   after = np.arange(done_at) >= lengths[:, None]
@@ -65,7 +68,7 @@ def _greedy_tokens(session: Session, s: GenerationSettings):
   eos, pad = session.model.config.eos_id, session.model.config.pad_id
   steps, ended = None, np.zeros(session.rows, bool)
   for pos in range(s.max_len):
-    steps = _greedy_steps(session, pos, steps, s.start_id)
+    steps = _greedy_steps(session, pos, steps, np.full((session.rows, 1), s.start_id, np.int32))
     steps.greedy(pos)
     view = host_view(steps.trace)
     ids = (view[0, :, pos + 1] if view is not None else download(steps.trace)[0, :, pos + 1]).astype(np.int32)
@@ -73,7 +76,17 @@ def _greedy_tokens(session: Session, s: GenerationSettings):
     ended |= ids == eos
     if ended.all(): return
 
-def _host_steps(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None):
+def _fill_prompt(session: Session, prompt: np.ndarray, step: str) -> Steps | None:
+  """Run the decoder over a prompt's first P - 1 tokens (N, P), through the named compiled step that reads the feed
+  ("logits" or "beam"): their keys and values fill the caches, their outputs are not used."""
+  steps = None
+  for pos in range(prompt.shape[1] - 1):
+    steps = steps_at(session, pos, steps)
+    upload(session.feed, np.stack([prompt[:, pos], np.arange(len(prompt))]))
+    getattr(steps, step)(pos)
+  return steps
+
+def _host_steps(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None, prompt: np.ndarray | None = None):
   """Greedy decoding or sampling with rules that depend on each row's tokens: the device computes the logits, the
   host applies the rules to them (then the device's own rules, in Hugging Face's order) and picks or draws the token.
   Yields each step's (tokens (B,), their log-probs (B,)), pad and 0 for rows that have ended, until all have. A
@@ -82,15 +95,17 @@ def _host_steps(session: Session, s: GenerationSettings, prefixes: list[list[int
   n, eos, pad = session.rows, c.eos_id, c.pad_id
   rule_at, bias = rule_arrays(s, c)
   rng = np.random.default_rng(s.seed)
-  history = np.full((n, 1), s.start_id, np.int32)
-  ended, steps = np.zeros(n, bool), None
+  history = np.full((n, 1), s.start_id, np.int32) if prompt is None else prompt.copy()
+  p = history.shape[1]
+  ended, steps = np.zeros(n, bool), _fill_prompt(session, history, "logits")
   for t in range(s.max_len):
-    steps = steps_at(session, t, steps)
+    steps = steps_at(session, p - 1 + t, steps)
     upload(session.feed, np.stack([history[:, -1], np.arange(n)]))
-    steps.logits(t)
+    steps.logits(p - 1 + t)
     raw = download(session.logprobs)
     row = bias[rule_at[t]]   # the position's rule (settings.rule_arrays): a forced row replaces the scores, others add
-    x = np.broadcast_to(row, raw.shape).copy() if forced(rule_at[t]) else rules.apply(raw, history, s) + row
+    x = (np.broadcast_to(row, raw.shape).copy() if forced(rule_at[t]) else
+         rules.timestamps(rules.apply(raw, history, s) + row, history[:, p:], s, eos))
     x = rules.force_prefix(x, t, prefixes)
     if (stuck := ~ended & np.isneginf(x).all(1)).any():
       raise InputError(f"the decoding rules leave no token for row {int(np.argmax(stuck))} at output position {t} (every "
@@ -105,16 +120,19 @@ def _host_steps(session: Session, s: GenerationSettings, prefixes: list[list[int
     history = np.concatenate([history, tokens[:, None]], 1)
     if ended.all(): return
 
-def _host_greedy(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _host_greedy(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None,
+                 prompt: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """_host_steps' tokens as greedy_search returns them: ids, summed log-probs, lengths."""
-  tokens, logprobs = zip(*_host_steps(session, s, prefixes))
+  tokens, logprobs = zip(*_host_steps(session, s, prefixes, prompt))
   ids = np.stack(tokens, 1)
   return ids, np.stack(logprobs, 1).sum(1, dtype=np.float32), lengths_to_eos(ids, session.model.config.eos_id)
 
-def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None = None,
+                 prompt: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Beam search: the device computes each step's log-probs, the host keeps the hypotheses, in float32 sums and
   Hugging Face's order of operations, so that the same log-probs select the same hypotheses as there. The rules that
-  depend on the hypotheses (tfm.generation.rules) apply to the log-probs, as Hugging Face's beam search applies them."""
+  depend on the hypotheses (tfm.generation.rules) apply to the log-probs, as Hugging Face's beam search applies them.
+  A decoder prompt (B, P) fills the caches first; lengths and the length penalty count the generated tokens only."""
   c = session.model.config
   host, rule_at = rules.active(s) or bool(prefixes), rule_arrays(s, c)[0]
   b, k, vocab, max_len = session.rows, s.beam_size, c.vocab_size, s.max_len
@@ -128,18 +146,20 @@ def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[in
   done_scores, done_lengths = np.full((b, k), never, f32), np.zeros((b, k), np.int64)
   is_done = np.zeros((b, k), bool)
   improvable = np.ones(b, bool)  # can a live beam still beat the worst kept hypothesis?
-  tokens, origin = np.full(b * k, s.start_id), np.arange(b * k)
-  steps = None
+  prompt = np.repeat(np.full((b, 1), s.start_id, np.int32) if prompt is None else prompt, k, 0)   # (b * k, P)
+  p = prompt.shape[1]
+  steps = _fill_prompt(session, prompt, "beam")
+  tokens, origin = prompt[:, -1], np.arange(b * k)
   for t in range(max_len):
-    steps = steps_at(session, t, steps)
+    steps = steps_at(session, p - 1 + t, steps)
     upload(session.feed, np.stack([tokens, origin]))
-    steps.beam(t)
+    steps.beam(p - 1 + t)
     # read in place where the device is host memory (CPU): the next step rewrites the buffer, after this one is ranked;
     # a copy where the host's rules change the scores
     lp = view if not host and (view := host_view(session.logprobs)) is not None else download(session.logprobs)
     if host:   # not at a forced step: there the device already left the forced token alone, as Hugging Face's processors do
-      history = np.concatenate([np.full((b * k, 1), s.start_id, np.int32), running[:, :, :t].reshape(b * k, t)], 1)
-      if not forced(rule_at[t]): lp = rules.apply(lp, history, s)
+      history = np.concatenate([prompt, running[:, :, :t].reshape(b * k, t)], 1)
+      if not forced(rule_at[t]): lp = rules.timestamps(rules.apply(lp, history, s), history[:, p:], s, c.eos_id)
       lp = rules.force_prefix(lp, t, prefixes, k)
     top, top_scores = best_continuations(lp, running_scores, cands)
     beam_of, token = top // vocab, top % vocab
@@ -199,6 +219,21 @@ def _prefixes(model: Transformer, target_prefix: Any, rows: int, max_len: int) -
     if bad: raise InputError(f"target_prefix {i} has token id {bad[0]}, out of range for vocab_size={model.config.vocab_size}")
   return prefixes if any(prefixes) else None
 
+def _decoder_prompt(model: Transformer, decoder_prompt: Any, rows: int, max_len: int) -> np.ndarray | None:
+  """Checked decoder prompts (B, P) int32, one per source and all of one length, or None."""
+  if decoder_prompt is None: return None
+  try: prompt = np.array([[int(i) for i in row] for row in decoder_prompt], np.int32)
+  except (TypeError, ValueError): raise InputError("decoder_prompt must be one list of token ids per source, all of one length "
+                                                   "(a (batch, P) array)") from None
+  if prompt.ndim != 2 or prompt.shape[0] != rows or prompt.shape[1] == 0:
+    raise InputError(f"decoder_prompt has shape {prompt.shape} for {rows} sources: give one non-empty row per source, all of one length")
+  bad = prompt[(prompt < 0) | (prompt >= model.config.vocab_size)]
+  if bad.size: raise InputError(f"decoder_prompt has token id {bad[0]}, out of range for vocab_size={model.config.vocab_size}")
+  if prompt.shape[1] - 1 + max_len > model.config.max_len:
+    raise InputError(f"a decoder prompt of {prompt.shape[1]} tokens and max_len={max_len} need {prompt.shape[1] - 1 + max_len} "
+                     f"decoder positions, more than config.max_len={model.config.max_len}: lower max_len or shorten the prompt")
+  return prompt
+
 def _settings(model: Transformer, src: np.ndarray, lengths: np.ndarray, bad_words: Any, target_prefix: Any,
               **given: Any) -> tuple[GenerationSettings, list[list[int]] | None]:
   """The resolved settings (single-token bad words joined to suppress_ids) and the checked target prefixes."""
@@ -212,17 +247,19 @@ def _settings(model: Transformer, src: np.ndarray, lengths: np.ndarray, bad_word
   return s, _prefixes(model, target_prefix, src.shape[0], s.max_len)
 
 def _search(model: Transformer, src_ids: Any, method: str, return_scores: bool, bad_words: Any = None,
-            target_prefix: Any = None, **given: Any):
+            target_prefix: Any = None, decoder_prompt: Any = None, **given: Any):
   """Check the inputs, encode, then decode with `method`: "greedy", "beam", or "auto" (greedy for one beam)."""
   src, lengths = sources(model, src_ids)
   s, prefixes = _settings(model, src, lengths, bad_words, target_prefix, **given)
+  prompt = _decoder_prompt(model, decoder_prompt, src.shape[0], s.max_len)
   greedy = method == "greedy" or (method == "auto" and s.beam_size == 1)
   if greedy: s = dataclasses.replace(s, beam_size=1, num_return=1)
-  session = encoded(model, src, s)
+  session = encoded(model, src, s, 1 if prompt is None else prompt.shape[1])
   if greedy:
-    ids, sums, lengths = _host_greedy(session, s, prefixes) if rules.active(s) or prefixes else _greedy(session, s)
+    if rules.active(s) or prefixes: ids, sums, lengths = _host_greedy(session, s, prefixes, prompt)
+    else: ids, sums, lengths = _greedy(session, s, np.full((len(src), 1), s.start_id, np.int32) if prompt is None else prompt)
     scores = sums / lengths.astype(np.float32) ** s.length_penalty
-  else: ids, scores, lengths = _beam_search(session, s, prefixes)
+  else: ids, scores, lengths = _beam_search(session, s, prefixes, prompt)
   ids = np.ascontiguousarray(ids[:, :int(lengths.max())])
   return (ids, scores.astype(np.float32)) if return_scores else ids
 
@@ -262,7 +299,8 @@ def generate(model: Transformer, src_ids: Any, max_len: int | None = None, beam_
              num_return: int | None = None, return_scores: bool = False, *, repetition_penalty: float | None = None,
              no_repeat_ngram_size: int | None = None, bad_words: Any = None, target_prefix: Any = None,
              sample: bool | None = None, temperature: float | None = None, top_k: int | None = None,
-             top_p: float | None = None, seed: int | None = None, forced_bos_id: int | None = None, start_id: int | None = None):
+             top_p: float | None = None, seed: int | None = None, forced_bos_id: int | None = None, start_id: int | None = None,
+             decoder_prompt: Any = None, timestamps: Timestamps | None = None):
   """Translate a batch of sources (B, S), pad-padded to a common length: ids (B * num_return, T) [and scores].
 
   Arguments left as None take tfm's defaults: beam_size 1 (greedy), max_len = longest source + 50 (at most
@@ -279,8 +317,15 @@ def generate(model: Transformer, src_ids: Any, max_len: int | None = None, beam_
   forced_bos_id: the first output token, forced with log-prob 0 (a multilingual model's target language: NLLB, M2M100,
   mBART-50); start_id: the decoder's first input (mBART's target language). Both default to the generation_config's
   forced_bos_token_id and decoder_start_token_id, else none and config.start_id.
+
+  decoder_prompt: per source, the decoder's first inputs (all rows of one length P; the start token is the first of
+  them, start_id is then unused), fed unscored as transformers' decoder_input_ids are: their positions fill the KV
+  cache and decoding starts after them; returned ids, scores, lengths, max_len, min_len and the rules count only the
+  generated tokens (Whisper's <|startoftranscript|> <|lang|> <|task|>, tfm.generation.whisper). timestamps: Whisper's
+  timestamp rules (settings.Timestamps; rules.timestamps).
   """
-  return _search(model, src_ids, "auto", return_scores, bad_words, target_prefix, forced_bos_id=forced_bos_id, start_id=start_id,
+  return _search(model, src_ids, "auto", return_scores, bad_words, target_prefix, decoder_prompt, timestamps=timestamps,
+                 forced_bos_id=forced_bos_id, start_id=start_id,
                  max_len=max_len, beam_size=beam_size,
                  length_penalty=length_penalty, early_stopping=early_stopping, min_len=min_len, num_return=num_return,
                  repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size, sample=sample,

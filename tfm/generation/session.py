@@ -13,7 +13,7 @@ from tinygrad.nn.state import get_state_dict
 from tfm.nn.attention import KVCache, value_width
 from tfm.runtime.cpu_kernels import log_softmax, logsumexp
 from tfm.errors import InputError
-from tfm.generation.settings import FORCED_BOS, FORCED_EOS, GenerationSettings, rule_arrays
+from tfm.generation.settings import FORCED_BOS, FORCED_EOS, FREE, GenerationSettings, rule_arrays
 from tfm.nn.linear import PACK, pack_layers, packed_products
 from tfm.runtime.memory import filled, upload
 from tfm.nn.transformer import Transformer
@@ -220,8 +220,10 @@ def steps_at(session: Session, pos: int, steps: Steps | None) -> Steps:
   length = next(n for n in cache_lengths(session.model.config) if n > pos)
   return session.steps_for(length, carry=steps)
 
-def encoded(model: Transformer, src: np.ndarray, s: GenerationSettings) -> Session:
-  """The session for this batch's shape, with the batch encoded and the rules of `s` in place."""
+def encoded(model: Transformer, src: np.ndarray, s: GenerationSettings, prompt_len: int = 1) -> Session:
+  """The session for this batch's shape, with the batch encoded and the rules of `s` in place. The rules are per output
+  position and the steps index them by decoder position: after a decoder prompt of prompt_len tokens (the start token
+  alone: 1), output position t is decoder position prompt_len - 1 + t."""
   config = model.config
   if config.n_mels:   # log-mel features, always 2 x source_positions frames
     session = session_for(model, src.shape[0], s.beam_size, config.source_positions)
@@ -233,7 +235,9 @@ def encoded(model: Transformer, src: np.ndarray, s: GenerationSettings) -> Sessi
     padded[:, :src.shape[1]] = src
     upload(session.src, padded)
   session.prefill()
-  for buffer, array in zip((session.rules, session.bias), rule_arrays(s, config)): upload(buffer, array)
+  rules, bias = rule_arrays(s, config)
+  rules = np.concatenate([np.full(prompt_len - 1, FREE, np.int32), rules])[:config.max_len]   # FREE in the prompt
+  for buffer, array in zip((session.rules, session.bias), (rules, bias)): upload(buffer, array)
   return session
 
 

@@ -14,6 +14,17 @@ from tfm.nn.transformer import Transformer
 
 
 @dataclass(frozen=True)
+class Timestamps:
+  """Whisper's timestamp rules (tfm.generation.rules.timestamps): the id of <|notimestamps|>, after which come the
+  timestamp tokens <|0.00|>, <|0.02|>, ...; and how far (in timestamp tokens) the first one may go, None for no limit."""
+  no_timestamps_id: int
+  max_initial_index: int | None = None
+
+  @property
+  def begin(self) -> int: return self.no_timestamps_id + 1   # the id of <|0.00|>
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
   """Every knob of one `generate` call, resolved from its arguments, the model's generation_config and defaults."""
   max_len: int
@@ -27,6 +38,7 @@ class GenerationSettings:
   suppress_ids: tuple[int, ...] = ()
   begin_suppress_ids: tuple[int, ...] = ()   # never the first output token (begin_suppress_tokens: Whisper's)
   start_id: int = 1
+  timestamps: Timestamps | None = None   # Whisper's timestamp rules (host-side: tfm.generation.rules.timestamps)
   # the rules that depend on each hypothesis, and sampling: tfm.generation.rules
   repetition_penalty: float = 1.0
   no_repeat_ngram_size: int = 0
@@ -128,6 +140,13 @@ def check(s: GenerationSettings, config) -> GenerationSettings:
                     ("start_id", [s.start_id])):
     bad = [i for i in ids if not is_int(i) or not 0 <= i < config.vocab_size]
     if bad: raise InputError(f"{name} has token id {bad[0]!r}, out of range for vocab_size={config.vocab_size}")
+  if s.timestamps is not None:
+    t = s.timestamps
+    if not is_int(t.no_timestamps_id) or not 0 <= t.no_timestamps_id < config.vocab_size - 1:
+      raise InputError(f"timestamps: no_timestamps_id={t.no_timestamps_id!r} must be a token id below vocab_size - 1 = "
+                       f"{config.vocab_size - 1}: the timestamp tokens come after it")
+    if t.max_initial_index is not None and (not is_int(t.max_initial_index) or t.max_initial_index < 0):
+      raise InputError(f"timestamps: max_initial_index={t.max_initial_index!r} must be an integer >= 0, or None for no limit")
   for words in s.bad_words:
     if len(words) < 2 or not all(is_int(i) and 0 <= i < config.vocab_size for i in words):
       raise InputError(f"bad_words entry {words!r} must be two or more token ids in [0, {config.vocab_size - 1}] "

@@ -9,10 +9,11 @@ tfm's tokenizer, segments and long-audio windows without transformers.
 - split: hand-made sequences of one window (timestamps paired, single, missing; a window cut inside a segment) and the
   segments and seek step WhisperForConditionalGeneration's long-form generate cuts from them (its _retrieve_segment),
   each segment's text decoded as above;
-- long: a signal longer than the checkpoint's window (32 frames, 0.32 s) through generate(return_timestamps=True,
-  return_segments=True), greedy with the language detected, and beam search with a given language: every segment's
-  start, end and ids, and the text of all ids. The features are the extractor's numpy (float64) path over the whole
-  signal, as the pipeline computes them for long audio.
+- long: signals longer than the checkpoint's window (32 frames, 0.32 s: 45 s is about 140 windows, as 45 minutes would
+  be with a real checkpoint's 30 s) through generate(return_timestamps=True, return_segments=True), greedy, with the
+  language detected and with a given language: every segment's start, end and ids, and the text of all
+  ids. The features are the extractor's numpy (float64) path over the whole signal, as the pipeline computes them
+  for long audio.
 """
 from __future__ import annotations
 
@@ -33,16 +34,12 @@ OUT = os.path.join(HERE, "fixtures", "whisper_transcribe.json")
 VERSIONS = {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
 SPECIALS = ["<|startoftranscript|>", "<|en|>", "<|de|>", "<|fr|>", "<|es|>", "<|translate|>", "<|transcribe|>",
             "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
-LONG_SECONDS, MAX_NEW = 1.0, 12
+MAX_NEW = 12
+# (signal of tests/audio_signals.py, generate's settings): 45 s with the language detected, 1 s translated from German;
+# greedy (beam search decodes each window as tfm.generation.whisper does, checked by tests/test_whisper.py)
+LONG = (("chirp_45s", dict(language=None, task="transcribe", num_beams=1)), ("noise_1s", dict(language="de", task="translate", num_beams=1)))
 sys.path.insert(0, HERE)
-from audio_signals import RATE  # noqa: E402
-
-
-def long_signal() -> np.ndarray:
-  """LONG_SECONDS of a chirp over seeded noise, float32 at 16 kHz (tests/test_transcribe.py makes the same)."""
-  t = np.arange(int(LONG_SECONDS * RATE)) / RATE
-  x = 0.4 * np.sin(2 * np.pi * (200 * t + 3000 * t * t)) + 0.05 * np.random.default_rng(3).standard_normal(len(t))
-  return x.astype(np.float32)
+from audio_signals import signal  # noqa: E402
 
 
 def main() -> None:
@@ -79,18 +76,21 @@ def main() -> None:
   with open(os.path.join(FOLDER, "generation_config.json"), encoding="utf-8") as f:   # from_pretrained drops Whisper's fields
     for key, value in json.load(f).items(): setattr(model.generation_config, key, value)
   extractor = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
-  features = extractor._np_extract_fbank_features(long_signal()[None].astype(np.float64), "cpu").astype(np.float32)
   long = []
-  for settings in (dict(language=None, task="transcribe", num_beams=1), dict(language="de", task="translate", num_beams=2)):
+  for name, settings in LONG:
+    features = extractor._np_extract_fbank_features(signal(name)[None].astype(np.float64), "cpu").astype(np.float32)
     with torch.no_grad():
       out = model.generate(torch.from_numpy(features), return_timestamps=True, return_segments=True, max_new_tokens=MAX_NEW,
                            **settings)
+    with torch.no_grad():   # the language it decoded as: detected on the first window where not given
+      first = model.detect_language(torch.from_numpy(features[:, :, :2 * model.config.max_source_positions]))
+    language = settings["language"] or tok.convert_ids_to_tokens(int(first[0]))[2:-2]
     segments = [segment(tok, s) for s in out["segments"][0]]
     ids = [i for s in segments for i in s["ids"]]
-    long.append({"settings": settings, "segments": segments, "text": tok.decode(ids, skip_special_tokens=True)})
-    print(settings, [(s["start"], s["end"], len(s["ids"])) for s in segments])
+    long.append({"signal": name, "settings": settings, "language": language, "segments": segments, "text": tok.decode(ids, skip_special_tokens=True)})
+    print(name, settings, len(segments), "segments", [(s["start"], s["end"], len(s["ids"])) for s in segments][:8])
   with open(OUT, "w", encoding="utf-8") as f:
-    json.dump({"timestamp_begin": tb, "decode": decoded, "split": split, "long_seconds": LONG_SECONDS, "max_new_tokens": MAX_NEW,
+    json.dump({"timestamp_begin": tb, "decode": decoded, "split": split, "max_new_tokens": MAX_NEW,
                "long": long, "versions": VERSIONS}, f, ensure_ascii=False, indent=1)
 
 

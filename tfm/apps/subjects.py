@@ -183,7 +183,7 @@ def audio_subject(config: TransformerConfig, arrays: dict[str, np.ndarray], name
 def load_subject(model: str | None = None) -> Subject | VisionSubject:
   """The model to compare: "bundled" (tfm/assets), "tiny" (random weights), "vit" (the vit-tiny config, random
   weights), "digits" (the bundled image classifier), a tfm .safetensors file, or a checkpoint folder (Marian,
-  NLLB/M2M100, BART, mBART, Pegasus, T5, ViT).
+  NLLB/M2M100, BART, mBART, Pegasus, T5, ViT, Whisper: its encoder and logits on the log-mel features of synthetic sounds).
 
   None means the bundled model when it is installed, else the tiny one (tfm compare says so on stderr).
   """
@@ -226,7 +226,7 @@ def load_subject(model: str | None = None) -> Subject | VisionSubject:
     name = f"bundled model ({path.name})" if path == BUNDLED else str(path)
   else:
     raise TfmError(f"--model {model!r}: no such file or folder; give 'bundled', 'tiny', 'vit', 'digits', a tfm "
-                   f".safetensors file or a checkpoint folder (Marian, NLLB/M2M100, BART, mBART, Pegasus, T5, ViT)")
+                   f".safetensors file or a checkpoint folder (Marian, NLLB/M2M100, BART, mBART, Pegasus, T5, ViT, Whisper)")
   src, tgt, texts = _inputs(config, tokenizer, seed=0)
   return Subject(name, config, arrays, src, tgt, texts, tokenizer)
 

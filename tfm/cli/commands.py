@@ -64,45 +64,6 @@ def cmd_translate(args) -> int:
   return 0
 
 
-NO_WHISPER = ("tfm bundles no Whisper model: download a checkpoint folder (e.g. `huggingface-cli download "
-              "openai/whisper-tiny --local-dir whisper-tiny`) and pass --model whisper-tiny")
-
-
-def cmd_transcribe(args) -> int:
-  import json
-
-  from tfm.apps import subtitles
-  from tfm.apps.transcriber import Transcriber
-  from tfm.io.audio import read_audio
-  if args.model is None: raise TfmError(f"--model is required: {NO_WHISPER}")
-  if not os.path.isdir(args.model): raise TfmError(f"--model {args.model}: no such folder; {NO_WHISPER}")
-  if args.beam is not None and args.beam < 1: raise TfmError(f"--beam-size must be at least 1 (1 is greedy), got {args.beam}")
-  if args.max_len is not None and args.max_len < 1: raise TfmError(f"--max-len must be at least 1, got {args.max_len}")
-  if args.output and args.output_dir: raise TfmError("give --output FILE (one AUDIO) or --output-dir DIR, not both")
-  if args.output and len(args.audio) > 1:
-    raise TfmError(f"--output writes one transcript, and {len(args.audio)} AUDIO files were given: use --output-dir DIR "
-                   f"(each written as DIR/NAME.{args.format or 'txt'})")
-  fmt = args.format or (subtitles.format_of(args.output) if args.output else "txt")
-  samples = [read_audio(path) for path in args.audio]   # every file checked before the model loads
-  transcriber = Transcriber.load(args.model, args.device, args.dtype)
-  many = len(args.audio) > 1
-  found = []
-  for path, audio in zip(args.audio, samples):
-    transcript = transcriber.transcribe(audio, language=args.language, task=args.task, timestamps=args.timestamps,
-                                        beam_size=args.beam, max_len=args.max_len)
-    if args.output_dir:
-      os.makedirs(args.output_dir, exist_ok=True)
-      out = os.path.join(args.output_dir, f"{os.path.splitext(os.path.basename(path))[0]}.{fmt}")
-      subtitles.write(transcript, out, fmt)
-      print(f"{path} -> {out} ({transcript.duration:.1f} s, language {transcript.language})", file=sys.stderr)
-    elif args.output:
-      subtitles.write(transcript, args.output, fmt)
-    elif fmt == "json" and many: found.append({"audio": path, **subtitles.as_dict(transcript)})
-    else: print((f"==> {path} <==\n" if many else "") + subtitles.render(transcript, fmt), end="", flush=True)
-  if found: print(json.dumps(found, ensure_ascii=False, indent=2))
-  return 0
-
-
 def cmd_compile(args) -> int:
   import time
 

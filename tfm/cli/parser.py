@@ -8,6 +8,7 @@ from tfm.cli import commands
 from tfm.cli.cluster import add_arguments as add_ray_arguments
 from tfm.cli.options import subcommand
 from tfm.cli.serve import add_parser as add_serve   # (the serve options' defaults come from tfm.apps.serve)
+from tfm.cli.transcribe import add_parser as add_transcribe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,7 @@ def add_compare(sub) -> None:
   p.add_argument("--model", default=None, metavar="bundled|tiny|vit|digits|PATH|DIR",
                  help="the bundled model, the tiny config with random weights, the vit-tiny Vision Transformer with random "
                       "weights, the bundled digits classifier, a tfm .safetensors file, or a checkpoint folder (Marian, "
-                      "NLLB/M2M100, BART, mBART, Pegasus, T5, ViT) "
+                      "NLLB/M2M100, BART, mBART, Pegasus, T5, ViT, Whisper) "
                       "(default: bundled when installed, else tiny)")
   p.add_argument("--backends", default="auto", metavar="auto|all|CPU,CL,...",
                  help="auto: every backend but the slow Python emulator; all: every one; or a comma-separated list, "
@@ -114,41 +115,6 @@ def add_translate(sub) -> None:
                  help="progress bar on stderr for --input (default: when stderr is a terminal)")
   add_ray_arguments(p, "workers")
   p.set_defaults(func=commands.cmd_translate)
-
-
-def add_transcribe(sub) -> None:
-  p = subcommand(sub, "transcribe", "turn speech into text with a Whisper checkpoint folder (config.json, model.safetensors, "
-                  "tokenizer.json, as transformers saves it; tfm bundles no Whisper model): WAV files (PCM or float, any "
-                  "rate, resampled to 16 kHz) or .npy arrays of 16 kHz samples; audio longer than 30 s is read window after "
-                  "window; plain text, SubRip or WebVTT subtitles, or JSON",
-                  "tfm transcribe talk.wav --model whisper-tiny/\n"
-                  "  tfm transcribe talk.wav --model whisper-small/ --timestamps --output talk.srt\n"
-                  "  tfm transcribe interview.wav --model whisper-small/ --language de --task translate --beam-size 5\n"
-                  "  tfm transcribe a.wav b.wav --model whisper-tiny/ --format vtt --output-dir subtitles/")
-  p.add_argument("audio", nargs="+", metavar="AUDIO", help="WAV files or .npy arrays (1-D float samples at 16 kHz); "
-                 "MP3, FLAC, Ogg, M4A: convert first with ffmpeg -i IN -ar 16000 -ac 1 OUT.wav")
-  p.add_argument("--model", default=None, metavar="DIR", help="a Whisper checkpoint folder, e.g. openai/whisper-tiny "
-                 "downloaded with `huggingface-cli download openai/whisper-tiny --local-dir whisper-tiny` (required)")
-  p.add_argument("--language", default=None, metavar="CODE", help="the language spoken, as Whisper's codes: en, de, fr, ... "
-                 "(default: detected on the first 30 s)")
-  p.add_argument("--task", default="transcribe", choices=("transcribe", "translate"),
-                 help="transcribe in the language spoken, or translate into English (default: transcribe)")
-  p.add_argument("--timestamps", action="store_true", help="cut the text into timed segments at the model's timestamp "
-                 "tokens (subtitles get one cue per segment; without it, one per 30-s window)")
-  p.add_argument("--beam-size", "--beam", dest="beam", type=int, default=None, metavar="N",
-                 help="beam size; 1 is greedy (default: the model's generation settings, else 1)")
-  p.add_argument("--max-len", type=int, default=None, metavar="N", help="most tokens generated per 30-s window "
-                 "(default: the model's limit)")
-  p.add_argument("--format", default=None, choices=("txt", "srt", "vtt", "json"),
-                 help="txt: one line per segment; srt, vtt: subtitles; json: text, language, segments with start and end "
-                      "in seconds (default: from --output's extension, else txt)")
-  p.add_argument("--output", default=None, metavar="FILE", help="write the transcript here, whole or not at all (one "
-                 "AUDIO only; default: standard output)")
-  p.add_argument("--output-dir", default=None, metavar="DIR", help="write each AUDIO's transcript into DIR as "
-                 "NAME.FORMAT (created when missing)")
-  p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
-  p.add_argument("--dtype", default=None, choices=("float32", "float16"), help="compute dtype (default: float32)")
-  p.set_defaults(func=commands.cmd_transcribe)
 
 
 def add_compile(sub) -> None:

@@ -74,9 +74,9 @@ class WhisperTokenizer:
     return self.pieces.encode([text])[0]
 
   def decode(self, ids: Iterable[int]) -> str:
-    """Generated ids -> text: stops at <|endoftext|>, drops special and timestamp tokens."""
+    """Ids -> text: special tokens (<|endoftext|> too) and timestamps dropped, as transformers' decode(ids,
+    skip_special_tokens=True) drops them."""
     row = self._checked(ids)
-    if self.eot_id in row: row = row[:row.index(self.eot_id)]
     return self.pieces.decode([i for i in row if i not in self.special_ids and i < self.timestamp_begin])
 
   def _checked(self, ids: Iterable[int]) -> list[int]:

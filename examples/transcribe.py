@@ -1,5 +1,5 @@
 """Transcribe speech with a Whisper checkpoint folder you already have (config.json, model.safetensors, tokenizer.json,
-as transformers saves it; e.g. `huggingface-cli download openai/whisper-tiny --local-dir whisper-tiny`).
+as transformers saves it; e.g. `hf download openai/whisper-tiny --local-dir whisper-tiny`).
 
     python examples/transcribe.py whisper-tiny talk.wav                  # text, the language detected
     python examples/transcribe.py whisper-tiny talk.wav --timestamps     # timed segments

@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
   p.add_argument("audio", nargs="+", metavar="AUDIO", help="WAV files or .npy arrays (1-D float samples at 16 kHz); "
                  "MP3, FLAC, Ogg, M4A: convert first with ffmpeg -i IN -ar 16000 -ac 1 OUT.wav")
   p.add_argument("--model", default=None, metavar="DIR", help="a Whisper checkpoint folder, e.g. openai/whisper-tiny "
-                 "downloaded with `huggingface-cli download openai/whisper-tiny --local-dir whisper-tiny` (required)")
+                 "downloaded with `hf download openai/whisper-tiny --local-dir whisper-tiny` (required)")
   p.add_argument("--language", default=None, metavar="CODE", help="the language spoken, as Whisper's codes: en, de, fr, ... "
                  "(default: detected on the first 30 s)")
   p.add_argument("--task", default="transcribe", choices=("transcribe", "translate"),
@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
   p.set_defaults(func=run)
 
 
-NO_WHISPER = ("tfm bundles no Whisper model: download a checkpoint folder (e.g. `huggingface-cli download "
+NO_WHISPER = ("tfm bundles no Whisper model: download a checkpoint folder (e.g. `hf download "
               "openai/whisper-tiny --local-dir whisper-tiny`) and pass --model whisper-tiny")
 
 

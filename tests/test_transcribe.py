@@ -135,6 +135,17 @@ def test_audio_up_to_one_window_is_padded_with_silence(transcriber):
   assert (segment.start, segment.end, list(segment.ids)) == (0.0, 0.18, want.ids.tolist())
 
 
+def test_a_prompt_is_fed_before_every_window(transcriber):
+  x = signal("chirp_1s")[:6000]   # two windows
+  t = transcriber.transcribe(x, language="en", max_len=MAX_LEN, prompt=" the cat")
+  prompt = transcriber.tokenizer.encode(" the cat")
+  assert [309] + prompt == json.loads((FIXTURES / "whisper_tokens.json").read_text())["prompt_ids"]   # transformers' encoding
+  features = log_mel(x, 8, None)
+  windows = [np.pad(features[:, i:i + 32], ((0, 0), (0, 32 - features[:, i:i + 32].shape[1])))[None] for i in (0, 32)]
+  want = [whisper_generate(transcriber.model, w, language="en", max_len=MAX_LEN, prompt_ids=prompt)[0].ids.tolist() for w in windows]
+  assert [list(s.ids) for s in t.segments] == want
+
+
 def test_transcribe_refuses_what_it_cannot_take(transcriber):
   with pytest.raises(InputError, match="Whisper's tasks are transcribe and translate"): transcriber.transcribe(signal("tone_1s"), task="summarize")
   with pytest.raises(InputError, match="1-D mono samples"): transcriber.transcribe(np.zeros((2, 1600), np.float32))

@@ -105,16 +105,19 @@ class Transcriber:
 
   def transcribe(self, audio: Any, language: str | None = None, task: str = "transcribe", timestamps: bool = False,
                  beam_size: int | None = None, max_len: int | None = None, length_penalty: float | None = None,
-                 progress: Callable[[float, float], None] | None = None) -> Transcript:
+                 prompt: str | None = None, progress: Callable[[float, float], None] | None = None) -> Transcript:
     """One recording (a WAV or .npy path, or 1-D float samples at 16 kHz) -> Transcript.
 
     language: its code ("en", "de", ...; None detects it on the first window); task: "transcribe" (in its language)
     or "translate" (into English); timestamps: segments cut at the model's timestamp tokens (else one per window);
-    beam_size, max_len (tokens per window), length_penalty as tfm.generation.whisper.whisper_generate takes them.
-    progress(done, total), where given, is called with seconds of audio after each window."""
+    beam_size, max_len (tokens per window), length_penalty as tfm.generation.whisper.whisper_generate takes them;
+    prompt: text given to every window as the text before it (names, spellings, a style), as transformers' generate
+    feeds prompt_ids. progress(done, total), where given, is called with seconds of audio after each window."""
     if task not in TASKS: raise InputError(f"task={task!r}; Whisper's tasks are {' and '.join(TASKS)}")
     if language is not None and not isinstance(language, str):
       raise InputError(f"language={language!r}; give a language code such as 'en' (None detects it)")
+    if prompt is not None and not isinstance(prompt, str): raise InputError(f"prompt must be a str, got {type(prompt).__name__}")
+    prompt_ids = None if prompt is None else self.tokenizer.encode(prompt)
     samples = self.samples(audio)
     with LOCK:
       features, total = self.features(samples)
@@ -123,7 +126,7 @@ class Transcriber:
       while seek < total:
         frames = min(total - seek, self.window_frames)   # of audio in this window
         (out,) = whisper_generate(self.model, self.window(features, seek), language=language, task=task, timestamps=timestamps,
-                                  beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
+                                  beam_size=beam_size, max_len=max_len, length_penalty=length_penalty, prompt_ids=prompt_ids)
         language = out.language if language is None else language   # detected once, on the first window
         found, covered = self.tokenizer.split(out.ids.tolist(), seek * TIME_PRECISION / FRAMES_PER_POSITION, frames)
         segments += found

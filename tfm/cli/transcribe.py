@@ -32,6 +32,8 @@ def add_parser(sub) -> None:
                  help="beam size; 1 is greedy (default: the model's generation settings, else 1)")
   p.add_argument("--max-len", type=int, default=None, metavar="N", help="most tokens generated per 30-s window "
                  "(default: the model's limit)")
+  p.add_argument("--prompt", default=None, metavar="TEXT", help="text given to every window as what came before it: "
+                 "names and spellings to use, a style (e.g. \"Dr. Nguyen, Kubernetes.\")")
   p.add_argument("--format", default=None, choices=("txt", "srt", "vtt", "json"),
                  help="txt: one line per segment; srt, vtt: subtitles; json: text, language, segments with start and end "
                       "in seconds (default: from --output's extension, else txt)")
@@ -67,7 +69,7 @@ def run(args) -> int:
   found = []
   for path, audio in zip(args.audio, samples):
     transcript = transcriber.transcribe(audio, language=args.language, task=args.task, timestamps=args.timestamps,
-                                        beam_size=args.beam, max_len=args.max_len)
+                                        beam_size=args.beam, max_len=args.max_len, prompt=args.prompt)
     if args.output_dir:
       os.makedirs(args.output_dir, exist_ok=True)
       out = os.path.join(args.output_dir, f"{os.path.splitext(os.path.basename(path))[0]}.{fmt}")

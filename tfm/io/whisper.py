@@ -86,35 +86,39 @@ class WhisperTokenizer:
     return row
 
   def split(self, ids: Sequence[int], offset: float = 0.0, frames: int = 3000) -> tuple[list[Segment], int]:
-    """One window's generated ids (eot stripped) -> its segments, and how many of the window's 10 ms frames they cover:
-    where the next window starts. `offset`: the window's start in seconds; `frames`: the frames of audio it held (3000
-    for a full 30-second window).
-
-      ... <|t0|> text <|t1|><|t1|> text <|t2|>            a single timestamp at the end: no more speech; the whole
-                                                          window is covered
-      ... <|t1|><|t1|> text <|t2|><|t2|> unfinished text   the window ends inside a segment: it is dropped, and the
-                                                          next window starts at t2
-      text without a pair of timestamps                   one segment over the whole window (ending at its last
-                                                          timestamp, where there is one)
-    """
+    """One window's generated ids (eot stripped) -> its segments (text decoded, ids with their timestamps), and how many
+    of the window's 10 ms frames they cover: where the next window starts (see `cut`). `offset`: the window's start in
+    seconds; `frames`: the frames of audio it held (3000 for a full 30-second window)."""
     row = self._checked(ids)
-    stamps = [self.is_timestamp(i) for i in row]
-    single_ending = stamps[-2:] == [False, True]
-    ends = [i + 1 for i in range(len(row) - 1) if stamps[i] and stamps[i + 1]]   # after each pair <|a|><|b|>: b starts the next
-    if not ends:
-      last = next((row[i] for i in reversed(range(len(row))) if stamps[i]), None)
-      end = last - self.timestamp_begin if last is not None and last != self.timestamp_begin else frames // FRAMES_PER_POSITION
-      return [self._segment(row, offset, 0, end)], frames
-    if single_ending: ends.append(len(row))
-    else: ends[-1] += 1   # the last segment keeps its closing pair, which shows it was complete
-    segments, begin = [], 0
-    for n, stop in enumerate(ends):
-      piece = row[begin:stop]
-      close = piece[-2] if n == len(ends) - 1 and not single_ending else piece[-1]
-      segments.append(self._segment(piece, offset, piece[0] - self.timestamp_begin, close - self.timestamp_begin))
-      begin = stop
-    covered = frames if single_ending else (row[begin - 2] - self.timestamp_begin) * FRAMES_PER_POSITION
-    return segments, covered
+    pieces, covered = cut(row, self.timestamp_begin, frames)
+    return [Segment(offset + a * TIME_PRECISION, offset + b * TIME_PRECISION, self.decode(row[lo:hi]), tuple(row[lo:hi]))
+            for a, b, lo, hi in pieces], covered
 
-  def _segment(self, ids: list[int], offset: float, start: int, end: int) -> Segment:
-    return Segment(offset + start * TIME_PRECISION, offset + end * TIME_PRECISION, self.decode(ids), tuple(ids))
+
+def cut(ids: Sequence[int], timestamp_begin: int, frames: int = 3000) -> tuple[list[tuple[int, int, int, int]], int]:
+  """Where one window's generated ids (eot stripped) split into segments, as WhisperForConditionalGeneration.generate
+  splits them when it reads long audio: per segment (start, end) in timestamp steps of 0.02 s from the window's start
+  and the (first, stop) indices of its ids; and the frames of the `frames` the window held that they cover, where the
+  next window starts.
+
+    ... <|t0|> text <|t1|><|t1|> text <|t2|>            a single timestamp at the end: no more speech; the whole
+                                                        window is covered
+    ... <|t1|><|t1|> text <|t2|><|t2|> unfinished text   the window ends inside a segment: it is dropped, and the
+                                                        next window starts at t2
+    text without a pair of timestamps                   one segment over the whole window (ending at its last
+                                                        timestamp, where there is one but <|0.00|>)
+  """
+  stamps = [i >= timestamp_begin for i in ids]
+  single_ending = stamps[-2:] == [False, True]
+  ends = [i + 1 for i in range(len(ids) - 1) if stamps[i] and stamps[i + 1]]   # after each pair <|a|><|b|>: b starts the next
+  if not ends:
+    last = next((ids[i] for i in reversed(range(len(ids))) if stamps[i]), timestamp_begin)
+    return [(0, last - timestamp_begin if last != timestamp_begin else frames // FRAMES_PER_POSITION, 0, len(ids))], frames
+  if single_ending: ends.append(len(ids))
+  else: ends[-1] += 1   # the last segment keeps its closing pair, which shows it was complete
+  pieces, begin = [], 0
+  for n, stop in enumerate(ends):
+    close = ids[stop - 2] if n == len(ends) - 1 and not single_ending else ids[stop - 1]
+    pieces.append((ids[begin] - timestamp_begin, close - timestamp_begin, begin, stop))
+    begin = stop
+  return pieces, frames if single_ending else (ids[begin - 2] - timestamp_begin) * FRAMES_PER_POSITION

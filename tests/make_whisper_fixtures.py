@@ -17,7 +17,8 @@ before max_new_tokens in some rows, and differ between tasks and with and withou
 Each case is one generate() call over the 30 s window (force_unique_generate_call: no seek to a later window) with
 return_dict_in_generate: ids are the generated tokens (the decoder prompt and the eos cut off, padding removed); beam
 scores are sequences_scores; greedy scores are tfm's: the sum of the generated tokens' log-probs (log_softmax of the
-raw logits, eos included) / length ** length_penalty (1.0).
+raw logits, eos included) / length ** length_penalty (1.0). Cases with timestamps also keep the segments generate
+returns for the same decode (return_segments): start, end and tokens per segment.
 """
 from __future__ import annotations
 
@@ -139,7 +140,13 @@ def decode(model, features: np.ndarray, settings: dict, prompt: list[int] | None
       scores.append(sum(logp) / len(gen) ** 1.0)
     ids.append(gen[:-1] if ended else gen)
   if settings["num_beams"] > 1: scores = out.sequences_scores.tolist()
-  return {"settings": settings, "prompt_ids": prompt, "languages": languages, "ids": ids, "scores": scores}
+  case = {"settings": settings, "prompt_ids": prompt, "languages": languages, "ids": ids, "scores": scores}
+  if settings["return_timestamps"]:   # the same decode cut into segments: [start, end, tokens (timestamps included)] per row
+    with torch.no_grad():
+      cut = model.generate(torch.from_numpy(features), max_new_tokens=MAX_NEW, force_unique_generate_call=True, return_segments=True,
+                           prompt_ids=None if prompt is None else torch.tensor(prompt), **settings)
+    case["segments"] = [[[float(x["start"]), float(x["end"]), x["tokens"].tolist()] for x in row] for row in cut["segments"]]
+  return case
 
 
 TIMESTAMP_SCALE, EOS_SCALE = 0.5, 6.0

@@ -30,15 +30,18 @@ Conventions follow Hugging Face `generate` where they apply, so imported Marian 
 - generate_tokens: greedy decoding that yields each step's tokens as they come (streaming).
 
 Modules: settings (the knobs and their checks), session (device buffers, KV caches, compiled steps; `prepare`
-compiles ahead of time), search (greedy and beam search, and the functions below), rules (the host-side rules and
-sampling), batching (id lists padded into batches). The compiled steps are tfm.runtime.replay's; `forget_sessions`
+compiles ahead of time), inputs (sources, prefixes and prompts checked), search (greedy and beam search, and the
+functions below), rules (the host-side rules, Whisper's timestamps, sampling), batching (id lists padded into batches),
+whisper (Whisper's decoding of a 30 s window). The compiled steps are tfm.runtime.replay's; `forget_sessions`
 drops a model's compiled sessions.
 """
 from tfm.generation.search import beam_search, generate, generate_tokens, greedy_search, incremental_logprobs, lengths_to_eos
 from tfm.generation.session import SOURCE_BUCKET, forget_sessions, keep_sessions, prepare, sessions_of
 from tfm.generation.settings import GenerationSettings, Timestamps, resolve_settings
-from tfm.generation.whisper import WhisperOutput, WhisperTokens, detect_language, whisper_generate, whisper_tokens
+from tfm.generation.whisper import (WhisperOutput, WhisperSegment, WhisperTokens, detect_language, whisper_generate, whisper_segments,
+                                    whisper_tokens)
 
-__all__ = ["GenerationSettings", "SOURCE_BUCKET", "Timestamps", "WhisperOutput", "WhisperTokens", "beam_search", "detect_language",
+__all__ = ["GenerationSettings", "SOURCE_BUCKET", "Timestamps", "WhisperOutput", "WhisperSegment", "WhisperTokens", "beam_search", "detect_language",
            "forget_sessions", "generate", "generate_tokens", "greedy_search", "incremental_logprobs", "keep_sessions", "lengths_to_eos",
-           "prepare", "resolve_settings", "sessions_of", "whisper_generate", "whisper_tokens"]
+           "prepare", "resolve_settings", "sessions_of", "whisper_generate", "whisper_segments",
+           "whisper_tokens"]

@@ -21,11 +21,16 @@ from typing import Any
 import numpy as np
 
 from tfm.errors import InputError
-from tfm.generation.search import generate, incremental_logprobs, sources
-from tfm.generation.settings import Timestamps
+from tfm.generation.inputs import sources
+from tfm.generation.search import generate
+from tfm.generation.session import encoded, steps_at
+from tfm.generation.settings import GenerationSettings, Timestamps
+from tfm.runtime.memory import download, upload
 from tfm.nn.transformer import Transformer
 
 TASKS = ("transcribe", "translate")
+SECONDS_PER_TIMESTAMP = 0.02   # <|0.02|> is one step after <|0.00|>
+SECONDS_PER_FRAME = 0.01       # a log-mel frame (tfm.io.audio: hop 160 at 16 kHz)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,15 @@ class WhisperOutput:
   ids: np.ndarray
   language: str | None
   score: float | None = None
+
+
+@dataclass(frozen=True)
+class WhisperSegment:
+  """A stretch of a window's decode between two timestamps: its start and end in seconds and its text ids (int32, the
+  timestamp tokens left out)."""
+  start: float
+  end: float
+  ids: np.ndarray
 
 
 def whisper_tokens(model: Transformer) -> WhisperTokens:
@@ -89,9 +103,13 @@ def detect_language(model: Transformer, features: Any) -> list[tuple[str, float]
   tokens = whisper_tokens(model)
   if not tokens.lang_to_id: raise InputError("this Whisper checkpoint is English-only (no lang_to_id): it has no language to detect")
   features, _ = sources(model, features)
-  logprobs = incremental_logprobs(model, features, np.full((len(features), 1), tokens.sot, np.int32))[:, 0]
+  # the logits step (which greedy decoding with timestamps runs too), at position 0 from <|startoftranscript|>
+  session = encoded(model, features, GenerationSettings(max_len=1, start_id=tokens.sot))
+  steps = steps_at(session, 0, None)
+  upload(session.feed, np.stack([np.full(len(features), tokens.sot), np.arange(len(features))]))
+  steps.logits(0)
   codes, ids = list(tokens.lang_to_id), list(tokens.lang_to_id.values())
-  x = logprobs[:, ids].astype(np.float64)
+  x = download(session.logprobs)[:, ids].astype(np.float64)
   p = np.exp(x - x.max(1, keepdims=True))
   p /= p.sum(1, keepdims=True)
   best = x.argmax(1)   # the first of equals, as torch's argmax over the masked logits
@@ -161,4 +179,32 @@ def whisper_generate(model: Transformer, features: Any, language: Any = None, ta
   for r, row in enumerate(ids):
     row = row[:np.argmax(row == tokens.eot)] if (row == tokens.eot).any() else row
     out.append(WhisperOutput(np.ascontiguousarray(row, np.int32), languages[r], float(scores[r]) if return_scores else None))
+  return out
+
+
+def whisper_segments(ids: Any, tokens: WhisperTokens, frames: int = 3000) -> list[WhisperSegment]:
+  """A decode with timestamps (WhisperOutput.ids) cut into segments as transformers' generate cuts one window's decode
+  (its `segments`, time offset 0): at each pair of timestamps; when the decode ends in text after a pair, that
+  unfinished text is left out (a later window would decode it again); with no pair, one segment to the last timestamp
+  (to the window's end, of `frames` log-mel frames, where there is none but <|0.00|>)."""
+  if tokens.timestamp_begin is None: raise InputError("segments need the checkpoint's no_timestamps_token_id: this one has none")
+  ids = np.asarray(ids, np.int64)
+  begin = tokens.timestamp_begin
+  def segment(start: float, end: float, part: np.ndarray) -> WhisperSegment:
+    return WhisperSegment(start, end, part[part < begin].astype(np.int32))
+  stamp = ids >= begin
+  pairs = [i + 1 for i in range(len(ids) - 1) if stamp[i] and stamp[i + 1]]
+  if not pairs:
+    end = int(frames * SECONDS_PER_FRAME / SECONDS_PER_TIMESTAMP)   # in timestamp steps
+    if stamp.any() and ids[stamp][-1] != begin: end = int(ids[stamp][-1]) - begin
+    return [segment(0.0, end * SECONDS_PER_TIMESTAMP, ids)]
+  single_ending = len(ids) >= 2 and not stamp[-2] and stamp[-1]
+  if single_ending: pairs.append(len(ids))
+  else: pairs[-1] += 1   # the last pair's second timestamp closes the last segment
+  out, last = [], 0
+  for i, cut in enumerate(pairs):
+    part = ids[last:cut]
+    end = part[-1] if i < len(pairs) - 1 or single_ending else part[-2]
+    out.append(segment((int(part[0]) - begin) * SECONDS_PER_TIMESTAMP, (int(end) - begin) * SECONDS_PER_TIMESTAMP, part))
+    last = cut
   return out

@@ -1,6 +1,7 @@
 """The `tfm transcribe` subcommand: its options (add_parser, which tfm.cli calls) and what it does (run)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -41,6 +42,8 @@ def add_parser(sub) -> None:
                  "AUDIO only; default: standard output)")
   p.add_argument("--output-dir", default=None, metavar="DIR", help="write each AUDIO's transcript into DIR as "
                  "NAME.FORMAT (created when missing)")
+  p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                 help="progress bar on stderr, in seconds of audio (default: when stderr is a terminal)")
   p.add_argument("--device", default="auto", help="backend to run on, as `tfm backends` lists them, e.g. CPU or CL (default: auto)")
   p.add_argument("--dtype", default=None, choices=("float32", "float16"), help="compute dtype (default: float32)")
   p.set_defaults(func=run)
@@ -53,7 +56,9 @@ NO_WHISPER = ("tfm bundles no Whisper model: download a checkpoint folder (e.g. 
 def run(args) -> int:
   from tfm.apps import subtitles
   from tfm.apps.transcriber import Transcriber
-  from tfm.io.audio import read_audio
+  from tqdm import tqdm
+
+  from tfm.io.audio import SAMPLE_RATE, read_audio
   if args.model is None: raise TfmError(f"--model is required: {NO_WHISPER}")
   if not os.path.isdir(args.model): raise TfmError(f"--model {args.model}: no such folder; {NO_WHISPER}")
   if args.beam is not None and args.beam < 1: raise TfmError(f"--beam-size must be at least 1 (1 is greedy), got {args.beam}")
@@ -68,8 +73,11 @@ def run(args) -> int:
   many = len(args.audio) > 1
   found = []
   for path, audio in zip(args.audio, samples):
-    transcript = transcriber.transcribe(audio, language=args.language, task=args.task, timestamps=args.timestamps,
-                                        beam_size=args.beam, max_len=args.max_len, prompt=args.prompt)
+    with tqdm(total=round(len(audio) / SAMPLE_RATE, 2), desc=os.path.basename(path), unit="s", leave=False,
+              disable=None if args.progress is None else not args.progress) as bar:
+      transcript = transcriber.transcribe(audio, language=args.language, task=args.task, timestamps=args.timestamps,
+                                          beam_size=args.beam, max_len=args.max_len, prompt=args.prompt,
+                                          progress=lambda done, total: bar.update(round(done - bar.n, 2)))
     if args.output_dir:
       os.makedirs(args.output_dir, exist_ok=True)
       out = os.path.join(args.output_dir, f"{os.path.splitext(os.path.basename(path))[0]}.{fmt}")

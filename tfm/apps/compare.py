@@ -227,12 +227,12 @@ class Report:
     def num(x: float | None, fmt: str) -> str: return "-" if x is None else format(x, fmt)
     timed = run.timings.get(self.subject.timed_step)
     latency = timed.median_s if timed else None
-    tokens = self.subject.units(run.outputs) if run.outputs else 0
+    rate = (self.subject.units(run.outputs) if run.outputs else 0) / latency if latency else None   # a Whisper window: < 1/s
     same = "tie" if run.ties and run.status == PASS else {None: "-", True: "yes", False: "NO"}[run.all_identical]
     vs_ref = "reference" if run.is_reference else num(run.max_vs_reference, ".1e")
     mode = split_mode(self.subject, run.backend)
     return [run.backend.label + (f" ({mode} parallel)" if mode else ""), run.status, num(run.max_error, ".1e"), vs_ref, same, num(run.first_s, ".1f"),
-            num(None if latency is None else latency * 1e3, ".1f"), num(tokens / latency if latency else None, ".0f"), run.note]
+            num(None if latency is None else latency * 1e3, ".1f"), num(rate, ".0f" if (rate or 0) >= 10 else ".2f"), run.note]
 
   def header(self) -> str:
     s = self.subject

@@ -117,6 +117,12 @@ def test_long_audio_is_read_window_after_window_as_transformers_generate_reads_i
   assert t.duration == len(signal(case["signal"])) / 16000
 
 
+def test_the_language_is_detected_on_the_first_window_as_transformers_detects_it(transcriber):
+  case = EXPECTED["long"][0]
+  code, probability = transcriber.detect_language(signal(case["signal"]))
+  assert code == case["language"] and 0.25 < probability <= 1   # the most probable of 4
+
+
 def test_without_timestamps_the_windows_follow_one_another(transcriber):
   x = signal("tone_1s")   # 100 frames: windows of 32 frames at 0, 32, 64 and the last 4 frames at 96
   t = transcriber.transcribe(x, language="en", max_len=MAX_LEN)
@@ -171,6 +177,21 @@ def test_cli_transcribes_to_the_format_its_output_names(transcriber, tmp_path, c
   assert cli.main(argv + ["--format", "srt"]) == 0
   want = Transcript(case["text"], tuple(Segment(s["start"], s["end"], s["text"]) for s in case["segments"]), "de", 1.0)
   assert capsys.readouterr().out == subtitles.render(want, "srt")
+
+
+def test_cli_writes_each_audio_to_its_own_file_or_under_a_header(transcriber, tmp_path, capsys):
+  names = ("tone_1s", "chirp_1s")
+  for name in names: np.save(tmp_path / f"{name}.npy", signal(name))
+  paths = [str(tmp_path / f"{name}.npy") for name in names]
+  common = ["--model", str(FOLDER), "--device", DEVICE, "--language", "en", "--max-len", str(MAX_LEN)]
+  assert cli.main(["transcribe", *paths, *common, "--format", "srt", "--output-dir", str(tmp_path / "subs")]) == 0
+  want = [transcriber.transcribe(signal(name), language="en", max_len=MAX_LEN) for name in names]
+  for name, t in zip(names, want): assert (tmp_path / "subs" / f"{name}.srt").read_text(encoding="utf-8") == subtitles.render(t, "srt")
+  capsys.readouterr()
+  assert cli.main(["transcribe", *paths, *common]) == 0
+  assert capsys.readouterr().out == "".join(f"==> {p} <==\n" + subtitles.render(t, "txt") for p, t in zip(paths, want))
+  assert cli.main(["transcribe", *paths, *common, "--format", "json"]) == 0
+  assert json.loads(capsys.readouterr().out) == [{"audio": p, **subtitles.as_dict(t)} for p, t in zip(paths, want)]
 
 
 @pytest.mark.parametrize("args, message", [

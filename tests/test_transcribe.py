@@ -201,6 +201,7 @@ def test_cli_writes_each_audio_to_its_own_file_or_under_a_header(transcriber, tm
   (["song.mp3", "--model", str(FOLDER)], "is MP3 audio; tfm reads WAV files and .npy arrays only: convert it with `ffmpeg"),
   (["a.wav", "b.wav", "--model", str(FOLDER), "--output", "x.txt"], "use --output-dir DIR"),
   (["a.wav", "--model", str(FOLDER), "--beam-size", "0"], "--beam-size must be at least 1"),
+  (["a.wav", "x/a.npy", "--model", str(FOLDER), "--output-dir", "out"], "two AUDIO files are named a, and --output-dir would"),
 ])
 def test_cli_says_how_to_fix_bad_input(tmp_path, monkeypatch, capsys, args, message):
   monkeypatch.chdir(tmp_path)

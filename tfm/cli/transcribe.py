@@ -11,8 +11,8 @@ from tfm.errors import TfmError
 
 
 def add_parser(sub) -> None:
-  p = subcommand(sub, "transcribe", "turn speech into text with a Whisper checkpoint folder (config.json, model.safetensors, "
-                  "tokenizer.json, as transformers saves it; tfm bundles no Whisper model): WAV files (PCM or float, any "
+  p = subcommand(sub, "transcribe", "turn speech into text with a Whisper checkpoint folder (config.json, generation_config.json, "
+                  "model.safetensors, tokenizer.json, as transformers saves it; tfm bundles no Whisper model): WAV files (PCM or float, any "
                   "rate, resampled to 16 kHz) or .npy arrays of 16 kHz samples; audio longer than 30 s is read window after "
                   "window; plain text, SubRip or WebVTT subtitles, or JSON",
                   "tfm transcribe talk.wav --model whisper-tiny/\n"
@@ -68,11 +68,16 @@ def run(args) -> int:
     raise TfmError(f"--output writes one transcript, and {len(args.audio)} AUDIO files were given: use --output-dir DIR "
                    f"(each written as DIR/NAME.{args.format or 'txt'})")
   fmt = args.format or (subtitles.format_of(args.output) if args.output else "txt")
+  stems = [os.path.splitext(os.path.basename(path))[0] for path in args.audio]
+  if args.output_dir and len(set(stems)) < len(stems):
+    twice = next(stem for stem in stems if stems.count(stem) > 1)
+    raise TfmError(f"two AUDIO files are named {twice}, and --output-dir would write both to {twice}.{fmt}: rename one, "
+                   f"or transcribe them separately")
   samples = [read_audio(path) for path in args.audio]   # every file checked before the model loads
   transcriber = Transcriber.load(args.model, args.device, args.dtype)
   many = len(args.audio) > 1
   found = []
-  for path, audio in zip(args.audio, samples):
+  for path, stem, audio in zip(args.audio, stems, samples):
     with tqdm(total=round(len(audio) / SAMPLE_RATE, 2), desc=os.path.basename(path), unit="s", leave=False,
               disable=None if args.progress is None else not args.progress) as bar:
       transcript = transcriber.transcribe(audio, language=args.language, task=args.task, timestamps=args.timestamps,
@@ -80,7 +85,7 @@ def run(args) -> int:
                                           progress=lambda done, total: bar.update(round(done - bar.n, 2)))
     if args.output_dir:
       os.makedirs(args.output_dir, exist_ok=True)
-      out = os.path.join(args.output_dir, f"{os.path.splitext(os.path.basename(path))[0]}.{fmt}")
+      out = os.path.join(args.output_dir, f"{stem}.{fmt}")
       subtitles.write(transcript, out, fmt)
       print(f"{path} -> {out} ({transcript.duration:.1f} s, language {transcript.language})", file=sys.stderr)
     elif args.output:

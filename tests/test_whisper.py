@@ -140,3 +140,25 @@ def test_a_decode_without_a_pair_of_timestamps_is_one_segment_to_its_last_timest
 def test_decoder_prompts_of_different_lengths_are_refused(model, features):
   with pytest.raises(tfm.InputError, match=r"decoder_prompt must be one list of token ids per source, all of one length"):
     tfm.generate(model, features, max_len=4, decoder_prompt=[[301], [301, 302], [301]])
+
+
+def test_an_english_only_checkpoint_decodes_without_language_or_task_tokens(model, features):
+  kept = model.generation_config
+  try:
+    model.generation_config = {**{k: v for k, v in kept.items() if k not in ("lang_to_id", "task_to_id")}, "is_multilingual": False}
+    assert not whisper_tokens(model).multilingual
+    out = whisper_generate(model, features, max_len=EXPECTED["max_new_tokens"], return_scores=True)
+    with pytest.raises(tfm.InputError, match=r"language='de': this Whisper checkpoint is English-only"):
+      whisper_generate(model, features, language="de", max_len=4)
+  finally:
+    model.generation_config = kept
+  assert [o.ids.tolist() for o in out] == EXPECTED["english_only"]["ids"] and {o.language for o in out} == {"en"}
+  np.testing.assert_allclose([o.score for o in out], EXPECTED["english_only"]["scores"], atol=TOLERANCE)
+
+
+def test_rows_whose_language_is_none_are_detected_and_the_others_decoded_as_given(model, features):
+  cases = {case_id(c): c for c in EXPECTED["cases"]}
+  given, detected = cases["given-transcribe-text-beam1"], cases["detected-transcribe-text-beam1"]
+  out = whisper_generate(model, features, language=["en", None, "<|fr|>"], max_len=EXPECTED["max_new_tokens"])
+  assert [o.language for o in out] == ["en", detected["languages"][1], "fr"]
+  assert [o.ids.tolist() for o in out] == [given["ids"][0], detected["ids"][1], given["ids"][2]]

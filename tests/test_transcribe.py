@@ -18,7 +18,7 @@ from tfm.apps.transcriber import Transcript, Transcriber
 from tfm.errors import InputError, WeightsError
 from tfm.generation.whisper import whisper_generate
 from tfm.io.audio import log_mel
-from tfm.io.whisper import Segment, WhisperTokenizer
+from tfm.io.whisper import Segment, WhisperTokenizer, language_code
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from audio_signals import signal  # noqa: E402
@@ -132,6 +132,13 @@ def test_without_timestamps_the_windows_follow_one_another(transcriber):
   want = [whisper_generate(transcriber.model, w, language="en", max_len=MAX_LEN)[0] for w in windows]
   assert [list(s.ids) for s in t.segments] == [o.ids.tolist() for o in want]
   assert t.text == transcriber.tokenizer.decode(np.concatenate([o.ids for o in want]))
+
+
+def test_a_language_may_be_named_as_people_name_it(transcriber):
+  x = signal("chirp_1s")[:3000]
+  assert [language_code(n) for n in ("German", " haitian creole", "Mandarin", "de", "xx")] == ["de", "ht", "zh", "de", "xx"]
+  named, coded = (transcriber.transcribe(x, language=n, max_len=MAX_LEN) for n in ("German", "de"))
+  assert named == coded and named.language == "de"
 
 
 def test_audio_up_to_one_window_is_padded_with_silence(transcriber):

@@ -26,7 +26,7 @@ import numpy as np
 from tfm.errors import InputError, WeightsError
 from tfm.generation.whisper import detect_language, whisper_generate
 from tfm.io.audio import HOP_LENGTH, SAMPLE_RATE, as_audio, log_mel, read_audio
-from tfm.io.whisper import FRAMES_PER_POSITION, TIME_PRECISION, Segment, WhisperTokenizer
+from tfm.io.whisper import FRAMES_PER_POSITION, TIME_PRECISION, Segment, WhisperTokenizer, language_code
 from tfm.nn.transformer import Transformer
 from tfm.apps.translator import LOCK, moved
 
@@ -108,14 +108,15 @@ class Transcriber:
                  prompt: str | None = None, progress: Callable[[float, float], None] | None = None) -> Transcript:
     """One recording (a WAV or .npy path, or 1-D float samples at 16 kHz) -> Transcript.
 
-    language: its code ("en", "de", ...; None detects it on the first window); task: "transcribe" (in its language)
-    or "translate" (into English); timestamps: segments cut at the model's timestamp tokens (else one per window);
+    language: its code ("en", "de", ...) or English name ("German"; None detects it on the first window); task:
+    "transcribe" (in its language) or "translate" (into English); timestamps: segments cut at the model's timestamp tokens (else one per window);
     beam_size, max_len (tokens per window), length_penalty as tfm.generation.whisper.whisper_generate takes them;
     prompt: text given to every window as the text before it (names, spellings, a style), as transformers' generate
     feeds prompt_ids. progress(done, total), where given, is called with seconds of audio after each window."""
     if task not in TASKS: raise InputError(f"task={task!r}; Whisper's tasks are {' and '.join(TASKS)}")
     if language is not None and not isinstance(language, str):
       raise InputError(f"language={language!r}; give a language code such as 'en' (None detects it)")
+    language = None if language is None else language_code(language)
     if prompt is not None and not isinstance(prompt, str): raise InputError(f"prompt must be a str, got {type(prompt).__name__}")
     prompt_ids = None if prompt is None else self.tokenizer.encode(prompt)
     samples = self.samples(audio)

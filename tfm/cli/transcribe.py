@@ -23,8 +23,8 @@ def add_parser(sub) -> None:
                  "MP3, FLAC, Ogg, M4A: convert first with ffmpeg -i IN -ar 16000 -ac 1 OUT.wav")
   p.add_argument("--model", default=None, metavar="DIR", help="a Whisper checkpoint folder, e.g. openai/whisper-tiny "
                  "downloaded with `hf download openai/whisper-tiny --local-dir whisper-tiny` (required)")
-  p.add_argument("--language", default=None, metavar="CODE", help="the language spoken, as Whisper's codes: en, de, fr, ... "
-                 "(default: detected on the first 30 s)")
+  p.add_argument("--language", default=None, metavar="CODE", help="the language spoken, as Whisper's codes (en, de, fr, ...) or "
+                 "its English name (german) (default: detected on the first 30 s)")
   p.add_argument("--task", default="transcribe", choices=("transcribe", "translate"),
                  help="transcribe in the language spoken, or translate into English (default: transcribe)")
   p.add_argument("--timestamps", action="store_true", help="cut the text into timed segments at the model's timestamp "

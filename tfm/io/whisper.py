@@ -22,6 +22,26 @@ TIME_PRECISION = 0.02   # seconds per timestamp token: one encoder position (two
 FRAMES_PER_POSITION = 2
 EOT, SOT, NO_TIMESTAMPS = "<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>"
 LANGUAGE = re.compile(r"<\|([a-z]{2,3})\|>")
+# Whisper's languages by English name (the names its tokenizer gives them, and their common other names) -> code
+NAMES = dict(pair.split(":") for pair in (
+  "english:en chinese:zh german:de spanish:es russian:ru korean:ko french:fr japanese:ja portuguese:pt turkish:tr polish:pl "
+  "catalan:ca dutch:nl arabic:ar swedish:sv italian:it indonesian:id hindi:hi finnish:fi vietnamese:vi hebrew:he ukrainian:uk "
+  "greek:el malay:ms czech:cs romanian:ro danish:da hungarian:hu tamil:ta norwegian:no thai:th urdu:ur croatian:hr bulgarian:bg "
+  "lithuanian:lt latin:la maori:mi malayalam:ml welsh:cy slovak:sk telugu:te persian:fa latvian:lv bengali:bn serbian:sr "
+  "azerbaijani:az slovenian:sl kannada:kn estonian:et macedonian:mk breton:br basque:eu icelandic:is armenian:hy nepali:ne "
+  "mongolian:mn bosnian:bs kazakh:kk albanian:sq swahili:sw galician:gl marathi:mr punjabi:pa sinhala:si khmer:km shona:sn "
+  "yoruba:yo somali:so afrikaans:af occitan:oc georgian:ka belarusian:be tajik:tg sindhi:sd gujarati:gu amharic:am yiddish:yi "
+  "lao:lo uzbek:uz faroese:fo haitian_creole:ht pashto:ps turkmen:tk nynorsk:nn maltese:mt sanskrit:sa luxembourgish:lb "
+  "myanmar:my tibetan:bo tagalog:tl malagasy:mg assamese:as tatar:tt hawaiian:haw lingala:ln hausa:ha bashkir:ba javanese:jw "
+  "sundanese:su cantonese:yue burmese:my valencian:ca flemish:nl haitian:ht letzeburgesch:lb pushto:ps panjabi:pa "
+  "moldavian:ro moldovan:ro sinhalese:si castilian:es mandarin:zh").split())
+
+
+def language_code(language: str) -> str:
+  """A language as people name it ("German", "haitian creole") or as Whisper codes it ("de") -> its code; any other
+  string as given (lower-cased), for the model to accept or refuse with the codes it knows."""
+  key = language.strip().lower()
+  return NAMES.get(key.replace(" ", "_"), key)
 
 
 @dataclass(frozen=True)

@@ -443,6 +443,7 @@ CLI_CASES = {
   "cache": (["cache", "info", "--dir", "{empty}"], "is a file, not a cache folder"),
   "serve": (["serve", "--max-batch", "0"], "--max-batch must be an integer >= 1, got 0"),
   "classify": (["classify", "{tmp}/none.png", "--device", "CPU"], "none.png does not exist; check the path"),
+  "transcribe": (["transcribe", "{empty}", "--model", "{tmp}"], "empty.safetensors is empty (0 bytes); give a WAV file"),
 }
 
 

@@ -25,12 +25,12 @@ from tfm.generation.inputs import sources
 from tfm.generation.search import generate
 from tfm.generation.session import encoded, steps_at
 from tfm.generation.settings import GenerationSettings, Timestamps
+from tfm.io.whisper import cut
 from tfm.runtime.memory import download, upload
 from tfm.nn.transformer import Transformer
 
 TASKS = ("transcribe", "translate")
 SECONDS_PER_TIMESTAMP = 0.02   # <|0.02|> is one step after <|0.00|>
-SECONDS_PER_FRAME = 0.01       # a log-mel frame (tfm.io.audio: hop 160 at 16 kHz)
 
 
 @dataclass(frozen=True)
@@ -189,23 +189,9 @@ def whisper_segments(ids: Any, tokens: WhisperTokens, frames: int = 3000) -> lis
   unfinished text is left out (a later window would decode it again); with no pair, one segment to the last timestamp
   (to the window's end, of `frames` log-mel frames, where there is none but <|0.00|>)."""
   if tokens.timestamp_begin is None: raise InputError("segments need the checkpoint's no_timestamps_token_id: this one has none")
-  ids = np.asarray(ids, np.int64)
-  begin = tokens.timestamp_begin
-  def segment(start: float, end: float, part: np.ndarray) -> WhisperSegment:
-    return WhisperSegment(start, end, part[part < begin].astype(np.int32))
-  stamp = ids >= begin
-  pairs = [i + 1 for i in range(len(ids) - 1) if stamp[i] and stamp[i + 1]]
-  if not pairs:
-    end = int(frames * SECONDS_PER_FRAME / SECONDS_PER_TIMESTAMP)   # in timestamp steps
-    if stamp.any() and ids[stamp][-1] != begin: end = int(ids[stamp][-1]) - begin
-    return [segment(0.0, end * SECONDS_PER_TIMESTAMP, ids)]
-  single_ending = len(ids) >= 2 and not stamp[-2] and stamp[-1]
-  if single_ending: pairs.append(len(ids))
-  else: pairs[-1] += 1   # the last pair's second timestamp closes the last segment
-  out, last = [], 0
-  for i, cut in enumerate(pairs):
-    part = ids[last:cut]
-    end = part[-1] if i < len(pairs) - 1 or single_ending else part[-2]
-    out.append(segment((int(part[0]) - begin) * SECONDS_PER_TIMESTAMP, (int(end) - begin) * SECONDS_PER_TIMESTAMP, part))
-    last = cut
+  ids, begin = [int(i) for i in np.asarray(ids).reshape(-1)], tokens.timestamp_begin
+  out = []
+  for start, end, first, stop in cut(ids, begin, frames)[0]:   # tfm.io.whisper.cut: the one place windows are cut
+    part = np.asarray(ids[first:stop], np.int64)
+    out.append(WhisperSegment(start * SECONDS_PER_TIMESTAMP, end * SECONDS_PER_TIMESTAMP, part[part < begin].astype(np.int32)))
   return out

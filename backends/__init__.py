@@ -24,7 +24,7 @@ import os
 from backends import kernels, webgpu
 from backends.probe import available, probe
 from backends.registry import BACKENDS, COMPILE_ONLY, NAMES, RUNS, UNAVAILABLE, BackendInfo, SelectionError, format_table, lookup
-from backends.select import AUTO_ORDER, BackendUnavailable, select, use
+from backends.select import BackendUnavailable, select, use
 
 # PoCL (the OpenCL of CPU-only Linux machines) prints "1 warning generated." for many of tinygrad's generated kernels
 # the first time it compiles them: hundreds of lines that no user can act on. -w silences its compiler's warnings
@@ -33,5 +33,5 @@ os.environ.setdefault("POCL_EXTRA_BUILD_FLAGS", "-w")
 # tinygrad finds Dawn only through WEBGPU_PATH (or a system library): point it at dawn-python's, before any device opens
 webgpu.prepare()
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "COMPILE_ONLY", "NAMES", "RUNS", "UNAVAILABLE", "BackendInfo", "BackendUnavailable", "SelectionError",
+__all__ = ["BACKENDS", "COMPILE_ONLY", "NAMES", "RUNS", "UNAVAILABLE", "BackendInfo", "BackendUnavailable", "SelectionError",
            "available", "format_table", "kernels", "lookup", "probe", "select", "use"]

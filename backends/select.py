@@ -3,12 +3,12 @@
 Precedence: an explicit name or list > $TFM_DEVICE (it replaces "auto", and only "auto") > the auto order.
 An explicit name probes only that backend; a list probes its members; auto probes everything, in parallel.
 
-Auto order, fixed (not benchmarked per run): accelerators METAL, CUDA, NV, AMD; then CL, CPU, CPU:LLVM, CPU:X86, PYTHON.
-CL comes first after the accelerators: a GPU OpenCL device is an accelerator, and a CPU one (PoCL) was the fastest
-CPU-class backend measured, since it runs work-groups on every core where tinygrad's CPU runtime uses one
-(docs/BACKENDS.md, "Why auto picks CL"). CPU precedes CPU:LLVM (a tie) because a plain target needs no DEV context
-to keep its renderer. Skipped accelerators are logged; when auto has to skip a
-CPU-class backend (e.g. CL without an OpenCL ICD) it warns.
+Auto order, fixed (not benchmarked per run): accelerators METAL, CUDA, NV, AMD, and CL where its device is a GPU; then
+CPU, CL (OpenCL on the CPU: PoCL), CPU:LLVM, CPU:X86, PYTHON. CPU comes first among the CPU-class backends: tfm's own
+CPU kernels (the GEMM, packed decode products) and its running of every kernel's slices on all cores make it 2 to 5
+times faster than PoCL at every job measured (docs/BACKENDS.md, "Why auto picks CPU"). CPU precedes CPU:LLVM because
+a plain target needs no DEV context to keep its renderer. Skipped accelerators are logged; when auto has to skip a
+CPU-class backend (e.g. CPU without clang) it warns.
 
 Several devices of one backend, for a model sharded over them: "CPU*2" (the first two), "CUDA:0,CUDA:1", or a
 sequence of devices (("CPU:0", "CPU:1"), or tinygrad's own form ("CPU", "CPU:1"), where in a tuple beside indexed names
@@ -27,8 +27,7 @@ from backends.probe import TIMEOUT, available, probe
 from backends.registry import BackendInfo, SelectionError, format_table, lookup
 
 ACCELERATORS = ("METAL", "CUDA", "NV", "AMD")
-CPU_CLASS = ("CL", "CPU", "CPU:LLVM", "CPU:X86", "PYTHON")
-AUTO_ORDER = ACCELERATORS + CPU_CLASS
+CPU_CLASS = ("CPU", "CL", "CPU:LLVM", "CPU:X86", "PYTHON")
 log = logging.getLogger(__name__)
 
 
@@ -136,7 +135,8 @@ def _parse(preference: str | Sequence[str], source: str) -> list[str]:
 
 def _auto(timeout: float) -> BackendInfo:
   infos = {i.name: i for i in available(timeout)}
-  for name in AUTO_ORDER:
+  gpus = ("CL",) if infos["CL"].accelerator else ()   # an OpenCL GPU is an accelerator; PoCL is CPU-class
+  for name in ACCELERATORS + gpus + tuple(n for n in CPU_CLASS if n not in gpus):
     if infos[name].runs:
       skipped = [infos[n] for n in CPU_CLASS[:CPU_CLASS.index(name)]] if name in CPU_CLASS else []
       if skipped: warnings.warn(f"auto: {_why(skipped)}; falling back to {name}", stacklevel=3)

@@ -2,6 +2,10 @@
 backend, and in PyTorch eager, with the tfm/PyTorch time ratio and the largest logit difference between them.
 
     python -m benchmarks forward --backends CPU,CL --config base      # batch 8 x 64 tokens, the paper's base model
+    python -m benchmarks forward --backends CPU --part encoder --length 128   # the encoder alone (memory), 8 x 128
+
+The base model's encoder is opus-mt's (d_model 512, 8 heads, FFN 2048, 6 layers, sinusoidal positions; only the
+vocabulary differs), so `--part encoder --length 128` is the opus-mt-shaped encoder over 8 sources of 128 tokens.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ COLUMNS = ["bench", "config", "shape", "backend", "mode", "first_s", "median_ms"
 
 def add_arguments(parser) -> None:
   add_common(parser, config="base", batch=8, length=64, reps=5)
+  parser.add_argument("--part", default="all", choices=["all", "encoder"],
+                      help="the whole teacher-forced pass (logits), or the encoder alone (its output) (default: all)")
 
 
 def inputs(cfg, batch: int, length: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +64,8 @@ def run(args) -> list[dict]:
   cfg = config(args.config)
   src, tgt = inputs(cfg, args.batch, args.length)
   shape = f"{args.batch}x{args.length}"
-  base = dict(bench="forward", config=args.config, shape=shape)
+  base = dict(bench="forward" if args.part == "all" else "encoder", config=args.config, shape=shape)
+  encoder = args.part == "encoder"
   rows: list[dict] = []
   arrays: dict[str, np.ndarray] | None = None
   torch_logits, torch_ms, torch_cpu_ms = None, None, None
@@ -67,11 +74,12 @@ def run(args) -> list[dict]:
     src_t, tgt_t = model.ids(src, "src"), model.ids(tgt, "tgt")
 
     def eager():
-      out = model(src, tgt)
+      out = model.encode(src) if encoder else model(src, tgt)
       drain(model.device)
       return out
 
-    forward = TinyJit(lambda s, t: model.run_decoder(t, model.run_encoder(s), model.padding_mask(s)).realize())
+    forward = TinyJit(lambda s, t: (model.run_encoder(s) if encoder else
+                                    model.run_decoder(t, model.run_encoder(s), model.padding_mask(s))).realize())
 
     def jitted():
       with model.on_device(): out = forward(src_t, tgt_t)
@@ -79,7 +87,7 @@ def run(args) -> list[dict]:
       return out
 
     if torch_logits is None and (torch := torch_or_none(args)) is not None:
-      torch_rows = [torch_row(torch, model, src, tgt, args, base, n) for n in torch_thread_counts(torch)]
+      torch_rows = [torch_row(torch, model, src, tgt, args, base, n, encoder) for n in torch_thread_counts(torch)]
       torch_logits, torch_ms = torch_rows[0].pop("logits"), min(r["median_ms"] for r in torch_rows)
       torch_cpu_ms = min(r["cpu_ms"] for r in torch_rows)
       for r in torch_rows: r.pop("logits", None)
@@ -105,12 +113,14 @@ def run(args) -> list[dict]:
   return rows
 
 
-def torch_row(torch, model: Transformer, src: np.ndarray, tgt: np.ndarray, args, base: dict, threads: int) -> dict:
-  """PyTorch eager on the same weights with `threads` intra-op threads (the cores it kept busy are in `cores`)."""
+def torch_row(torch, model: Transformer, src: np.ndarray, tgt: np.ndarray, args, base: dict, threads: int,
+              encoder: bool = False) -> dict:
+  """PyTorch eager on the same weights with `threads` intra-op threads (the cores it kept busy are in `cores`); the
+  encoder's output alone where `encoder`."""
   from benchmarks.torch_reference import TorchTransformer
   ref = TorchTransformer.from_tfm(model)
   s, t = torch.from_numpy(src), torch.from_numpy(tgt)
 
   def forward():
-    with torch.inference_mode(): return ref(s, t)
+    with torch.inference_mode(): return ref.encode(s) if encoder else ref(s, t)
   return timed_torch(torch, forward, threads, args.reps, base)

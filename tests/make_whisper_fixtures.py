@@ -17,10 +17,13 @@ before max_new_tokens in some rows, and differ between tasks and with and withou
 Each case is one generate() call over the 30 s window (force_unique_generate_call: no seek to a later window) with
 return_dict_in_generate: ids are the generated tokens (the decoder prompt and the eos cut off, padding removed); beam
 scores are sequences_scores; greedy scores are tfm's: the sum of the generated tokens' log-probs (log_softmax of the
-raw logits, eos included) / length ** length_penalty (1.0).
+raw logits, eos included) / length ** length_penalty (1.0). Cases with timestamps also keep the segments generate
+returns for the same decode (return_segments): start, end and tokens per segment. english_only: the greedy decode of the
+same checkpoint told it is English-only (no language or task tokens).
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -106,12 +109,14 @@ def main() -> None:
                                                     length_penalty=penalty)))
   cases.append(decode(model, features, dict(language="en", task="transcribe", return_timestamps=False, num_beams=1,
                                             length_penalty=1.0), prompt))
+  english_only = english_only_decode(model, features)
   with torch.no_grad():
     logits = model(input_features=torch.from_numpy(features), decoder_input_ids=torch.full((3, 1), sot)).logits[:, -1]
   languages = list(g.lang_to_id.values())
   lang_logp = torch.log_softmax(logits[:, languages], -1)
   detected = [(LANGUAGES[int(i)], float(lang_logp[r, i].exp())) for r, i in enumerate(lang_logp.argmax(-1))]
   out = {"features": features.tolist(), "max_new_tokens": MAX_NEW, "prompt_ids": prompt, "detected": detected, "cases": cases,
+         "english_only": english_only,
          "versions": VERSIONS}
   with open(os.path.join(HERE, "whisper_tokens.json"), "w", encoding="utf-8") as f: json.dump(out, f)
   for c in cases: print(c["settings"], c.get("prompt_ids") is not None, c["languages"], [len(i) for i in c["ids"]], c["ids"][0][:12])
@@ -139,7 +144,34 @@ def decode(model, features: np.ndarray, settings: dict, prompt: list[int] | None
       scores.append(sum(logp) / len(gen) ** 1.0)
     ids.append(gen[:-1] if ended else gen)
   if settings["num_beams"] > 1: scores = out.sequences_scores.tolist()
-  return {"settings": settings, "prompt_ids": prompt, "languages": languages, "ids": ids, "scores": scores}
+  case = {"settings": settings, "prompt_ids": prompt, "languages": languages, "ids": ids, "scores": scores}
+  if settings["return_timestamps"]:   # the same decode cut into segments: [start, end, tokens (timestamps included)] per row
+    with torch.no_grad():
+      cut = model.generate(torch.from_numpy(features), max_new_tokens=MAX_NEW, force_unique_generate_call=True, return_segments=True,
+                           prompt_ids=None if prompt is None else torch.tensor(prompt), **settings)
+    case["segments"] = [[[float(x["start"]), float(x["end"]), x["tokens"].tolist()] for x in row] for row in cut["segments"]]
+  return case
+
+
+def english_only_decode(model, features: np.ndarray) -> dict:
+  """Greedy generate() as an English-only checkpoint decodes (is_multilingual false, no lang_to_id nor task_to_id): the
+  prompt is <|startoftranscript|> <|notimestamps|>."""
+  english = copy.deepcopy(model.generation_config)
+  del english.lang_to_id, english.task_to_id
+  english.is_multilingual = False
+  kept, model.generation_config = model.generation_config, english   # generate fills what a given config lacks from this one
+  with torch.no_grad():
+    out = model.generate(torch.from_numpy(features), max_new_tokens=MAX_NEW, return_dict_in_generate=True, output_logits=True,
+                         force_unique_generate_call=True)
+  model.generation_config = kept
+  eot, ids, scores = english.eos_token_id, [], []
+  for r, row in enumerate(out.sequences.numpy()):
+    assert row[:2].tolist() == [english.decoder_start_token_id, english.no_timestamps_token_id], row[:4]
+    gen = [int(t) for t in row[2:]]
+    gen = gen[:gen.index(eot) + 1] if eot in gen else gen
+    scores.append(sum(float(torch.log_softmax(step[r].double(), -1)[t]) for step, t in zip(out.logits, gen)) / len(gen))
+    ids.append(gen[:-1] if gen[-1] == eot else gen)
+  return {"ids": ids, "scores": scores}
 
 
 TIMESTAMP_SCALE, EOS_SCALE = 0.5, 6.0

@@ -5,6 +5,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ import tfm
 from tfm.apps import compare, oracle_decode
 from tfm.apps import subjects
 from tfm.cli import main
+from tfm.io.audio import log_mel
 
 X = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
 
@@ -206,6 +208,20 @@ def test_compare_runs_each_check_and_writes_json(tmp_path, capsys, probed):
   assert max(cpu["max_abs_error"].values()) <= 1e-4
   assert [r["status"] for r in report["runs"][1:]] == ["unavailable", probed["CUDA"].status == backends.COMPILE_ONLY and
                                                        nvrtc_path() and "compile-checked" or "unavailable"]
+
+
+def test_compare_runs_a_whisper_folder_on_log_mel_features_against_the_oracle(capsys, probed):
+  cpu_and(probed)
+  folder = Path(__file__).resolve().parent / "fixtures" / "whisper_tiny"
+  subject = subjects.load_subject(str(folder))
+  assert isinstance(subject, subjects.AudioSubject) and subject.src.shape == (2, 8, 32) and subject.src.dtype == np.float32
+  np.testing.assert_array_equal(subject.src[1], log_mel(subjects.sounds(0.32)[1], 8, 32 * 160))
+  assert main(["compare", "--model", str(folder), "--backends", "CPU", "--repeat", "1"]) == 0
+  out = capsys.readouterr().out
+  cpu = next(line.split("|") for line in out.splitlines() if line.startswith("CPU "))
+  assert cpu[1].strip() == "pass" and float(cpu[2]) <= 1e-4 and "windows/s" in out
+  assert "2 synthetic sounds (tone 440 Hz, chirp 100 Hz-7.9 kHz) as log-mel features (8 x 32)" in out
+  assert out.rstrip().endswith("ok: ran on CPU: within tolerance")
 
 
 def test_compare_exits_1_when_a_backend_is_out_of_tolerance(capsys, monkeypatch, probed):

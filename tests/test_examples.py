@@ -160,6 +160,16 @@ def test_marian_translate_example_prints_what_the_translator_gives():
   assert result.stdout.splitlines() == [f"{t}\t{o}" for t, o in zip(texts, expected)]
 
 
+def test_transcribe_example_prints_the_segments_the_transcriber_gives():
+  folder = MARIAN.parent / "whisper_tokens"
+  result = run_example("transcribe.py", str(folder), "--language", "en", "--max-len", "12", "--device", "CPU")
+  assert result.returncode == 0, result.stderr
+  tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)).astype(np.float32)
+  transcript = tfm.Transcriber.load(folder, device="CPU").transcribe(tone, language="en", max_len=12)
+  assert result.stdout.splitlines() == ["language: en"] + [f"[{s.start:7.2f} -> {s.end:7.2f}] {s.text.strip()!r}" for s in transcript.segments]
+  assert len(transcript.segments) == 7   # 2 s in windows of 0.32 s
+
+
 def test_train_toy_example_lowers_the_loss_and_decodes_held_out_strings():
   result = run_example("train_toy.py", "--steps", "30", "--device", "CPU")
   assert result.returncode == 0, result.stderr

@@ -7,7 +7,8 @@ import pytest
 from tinygrad import Context, Tensor, dtypes
 
 from tfm.nn.linear import product
-from tfm.runtime.gemm import ATTENTION_ROWS, GEMM_MIN, GEMM_ROWS, TILE, gemm, gemm_attends, gemm_blocks, gemm_layout, gemm_nn, gemm_nt, gemm_renders
+from tfm.runtime.gemm import (ATTENTION_ROWS, GEMM_MIN, GEMM_ROWS, TILE, column_sums, gemm, gemm_attends, gemm_blocks, gemm_layout,
+                              gemm_nn, gemm_nt, gemm_renders)
 from tfm.runtime.machine import cores, vector_floats
 
 RNG = np.random.default_rng(0)
@@ -108,6 +109,44 @@ def test_attention_over_many_queries_on_cpu_uses_the_gemm_and_equals_the_plain_e
   q, k, v = (Tensor(RNG.standard_normal((2, 2, ATTENTION_ROWS + 3, 16)).astype(np.float32), device="CPU") for _ in range(3))
   mask = Tensor(np.tril(np.ones((ATTENTION_ROWS + 3,) * 2, bool)), device="CPU").reshape(1, 1, ATTENTION_ROWS + 3, ATTENTION_ROWS + 3)
   assert gemm_attends(q, k) and not gemm_attends(q[:, :, :1], k)   # a decode step's one query keeps tinygrad's product
-  with Context(TRAINING=1): assert not gemm_attends(q, k)
   plain = (q @ k.transpose(-2, -1) / 4).float().masked_fill(~mask, -float("inf")).softmax(-1) @ v
   np.testing.assert_allclose(scaled_dot_product_attention(q, k, v, mask).numpy(), plain.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_gradients_through_the_gemm_equal_the_plain_expressions():
+  """Under training attention's products are GEMMs too, their gradients (dQ, dK, dV) GEMMs per head: equal to the plain
+  expression's, with rows past a tile and keys past a vector."""
+  from tfm.nn.attention import scaled_dot_product_attention
+  n = ATTENTION_ROWS + 3
+  arrays = [RNG.standard_normal((2, 2, n, 16)).astype(np.float32) for _ in range(3)]
+  g = Tensor(RNG.standard_normal((2, 2, n, 16)).astype(np.float32), device="CPU")
+  mask = Tensor(np.tril(np.ones((n, n), bool)), device="CPU").reshape(1, 1, n, n)
+  grads = []
+  def plain(q, k, v, m): return (q @ k.transpose(-2, -1) / 4).masked_fill(~m, -float("inf")).softmax(-1) @ v
+  for attention in (scaled_dot_product_attention, plain):
+    q, k, v = (Tensor(a, device="CPU") for a in arrays)
+    with Context(TRAINING=1):
+      (attention(q, k, v, mask) * g).sum().backward()
+    grads.append([t.grad.numpy() for t in (q, k, v)])
+  assert gemm_attends(q, k)
+  for ours, plain in zip(*grads): np.testing.assert_allclose(ours, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_bias_and_norm_gradients_are_column_sums_equal_to_numpys():
+  """Under training on CPU a Linear's bias and a LayerNorm's gain and shift get their gradients from column_sums: the
+  same numbers as numpy's, over widths that are not whole vectors."""
+  from tfm.nn.layers import LayerNorm
+  from tfm.nn.linear import Linear
+  x, g = RNG.standard_normal((70, 37)).astype(np.float32), RNG.standard_normal((70, 37)).astype(np.float32)
+  np.testing.assert_allclose(column_sums(Tensor(g, device="CPU")).numpy(), g.astype(np.float64).sum(0), rtol=1e-5, atol=1e-4)
+  layer, norm = Linear(37, 37), LayerNorm(37)
+  for t in (layer.weight, layer.bias, norm.weight, norm.bias): t.replace(Tensor(RNG.standard_normal(t.shape).astype(np.float32), device="CPU"))
+  with Context(TRAINING=1):
+    (norm(layer(Tensor(x, device="CPU"))) * Tensor(g, device="CPU")).sum().backward()
+  h = x.astype(np.float64) @ layer.weight.numpy().T + layer.bias.numpy()
+  xhat = (h - h.mean(1, keepdims=True)) / np.sqrt(h.var(1, keepdims=True) + 1e-5)
+  np.testing.assert_allclose(norm.bias.grad.numpy(), g.sum(0), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(norm.weight.grad.numpy(), (g * xhat).sum(0), rtol=1e-4, atol=1e-4)
+  dxhat = g * norm.weight.numpy()
+  dh = (dxhat - dxhat.mean(1, keepdims=True) - xhat * (dxhat * xhat).mean(1, keepdims=True)) / np.sqrt(h.var(1, keepdims=True) + 1e-5)
+  np.testing.assert_allclose(layer.bias.grad.numpy(), dh.sum(0), rtol=1e-4, atol=1e-4)

@@ -16,7 +16,8 @@ from tfm import cli
 from tfm.config import PRESETS
 from tfm.files import BUNDLED_MODEL
 from tfm.errors import ConfigError, InputError, WeightsError
-from tfm.nn.linear import Linear, _matmul_wt_gradient
+from tfm.nn.gradients import _matmul_wt_gradient
+from tfm.nn.linear import Linear
 from tfm.training.tasks import get_task
 from tfm.io.tokenizer import CharTokenizer
 from tfm.training.trainer import Trainer, TrainOptions, encode_batch, evaluate, loss, noam_lr, resolve_config

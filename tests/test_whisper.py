@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import tfm
-from tfm.generation import Timestamps, detect_language, whisper_generate, whisper_tokens
+from tfm.generation import Timestamps, detect_language, whisper_generate, whisper_segments, whisper_tokens
 from tfm.generation.rules import timestamps as timestamp_rules
 from tfm.generation.settings import GenerationSettings
 from tests.conftest import DEVICE
@@ -118,3 +118,47 @@ def test_checkpoints_without_what_whisper_decoding_needs_are_refused(model, feat
     model.generation_config = kept
   with pytest.raises(tfm.InputError, match=r"whisper decoding needs a Whisper model"):
     whisper_tokens("openai/whisper-tiny")
+
+
+@pytest.mark.parametrize("case", [c for c in EXPECTED["cases"] if "segments" in c], ids=case_id)
+def test_segments_cut_as_transformers_cuts_them(model, case):
+  tokens = whisper_tokens(model)
+  for row, expected in zip(case["ids"], case["segments"]):
+    got = whisper_segments(row, tokens, frames=32)
+    np.testing.assert_allclose([(s.start, s.end) for s in got], [(start, end) for start, end, _ in expected], atol=1e-9)
+    assert [s.ids.tolist() for s in got] == [[t for t in ids if t < tokens.timestamp_begin] for _, _, ids in expected]
+
+
+def test_a_decode_without_a_pair_of_timestamps_is_one_segment_to_its_last_timestamp(model):
+  tokens = whisper_tokens(model)
+  [one] = whisper_segments([312 + 5, 40, 41, 312 + 9], tokens)
+  assert (one.start, one.end, one.ids.tolist()) == (0.0, pytest.approx(0.18), [40, 41])
+  [whole] = whisper_segments([312, 40], tokens)
+  assert whole.end == pytest.approx(30.0)   # only <|0.00|>: to the window's end
+
+
+def test_decoder_prompts_of_different_lengths_are_refused(model, features):
+  with pytest.raises(tfm.InputError, match=r"decoder_prompt must be one list of token ids per source, all of one length"):
+    tfm.generate(model, features, max_len=4, decoder_prompt=[[301], [301, 302], [301]])
+
+
+def test_an_english_only_checkpoint_decodes_without_language_or_task_tokens(model, features):
+  kept = model.generation_config
+  try:
+    model.generation_config = {**{k: v for k, v in kept.items() if k not in ("lang_to_id", "task_to_id")}, "is_multilingual": False}
+    assert not whisper_tokens(model).multilingual
+    out = whisper_generate(model, features, max_len=EXPECTED["max_new_tokens"], return_scores=True)
+    with pytest.raises(tfm.InputError, match=r"language='de': this Whisper checkpoint is English-only"):
+      whisper_generate(model, features, language="de", max_len=4)
+  finally:
+    model.generation_config = kept
+  assert [o.ids.tolist() for o in out] == EXPECTED["english_only"]["ids"] and {o.language for o in out} == {"en"}
+  np.testing.assert_allclose([o.score for o in out], EXPECTED["english_only"]["scores"], atol=TOLERANCE)
+
+
+def test_rows_whose_language_is_none_are_detected_and_the_others_decoded_as_given(model, features):
+  cases = {case_id(c): c for c in EXPECTED["cases"]}
+  given, detected = cases["given-transcribe-text-beam1"], cases["detected-transcribe-text-beam1"]
+  out = whisper_generate(model, features, language=["en", None, "<|fr|>"], max_len=EXPECTED["max_new_tokens"])
+  assert [o.language for o in out] == ["en", detected["languages"][1], "fr"]
+  assert [o.ids.tolist() for o in out] == [given["ids"][0], detected["ids"][1], given["ids"][2]]

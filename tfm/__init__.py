@@ -11,11 +11,12 @@ from tfm.interop import from_pretrained
 from tfm.generation import generate, generate_tokens
 from tfm.apps.translator import Translator
 from tfm.apps.classifier import Classifier
+from tfm.apps.transcriber import Transcriber
 from tfm.training.tasks import get_task
 from tfm.io.tokenizer import CharTokenizer
 from tfm.training.trainer import Trainer, TrainOptions
 
 __all__ = ["TransformerConfig", "Transformer", "TfmError", "ConfigError", "InputError", "WeightsError", "BackendError",
            "save", "load", "from_pretrained", "generate", "generate_tokens", "Translator", "get_task", "CharTokenizer", "Trainer", "TrainOptions",
-           "VisionConfig", "VisionTransformer", "Classifier"]
+           "VisionConfig", "VisionTransformer", "Classifier", "Transcriber"]
 __version__ = "0.1.0"

@@ -46,7 +46,7 @@ from tfm.io.weights import int8_twin
 from tfm.nn.transformer import Transformer
 from tfm.reference import Reference, VisionReference
 from tfm.apps import oracle_decode
-from tfm.apps.subjects import BEAM_SIZE, Subject, VisionSubject
+from tfm.apps.subjects import BEAM_SIZE, AudioSubject, Subject, VisionSubject
 from tfm.nn.vit import VisionTransformer
 
 # max abs error vs the float64 oracle that a running backend may show: the numerical contract (docs/BACKENDS.md)
@@ -92,6 +92,7 @@ def decoded(subject: Subject | VisionSubject, dtype: str, expected: dict[str, np
   """The ids every backend's must equal (the oracle's greedy and beam decoding, a ViT's top class by the oracle's
   logits), and the judge of a difference: a near tie of the oracle's own choices, or a failure (oracle_decode)."""
   tolerance = TOLERANCE[dtype]
+  if isinstance(subject, AudioSubject): return {}, lambda key, got: None   # logits only: Whisper decodes by its own rules
   if isinstance(subject, Subject):
     return oracle_decode.decodings(oracle_model(subject, dtype), subject.config, subject.src, subject.max_len, BEAM_SIZE, tolerance)
   if "logits" not in expected: return {}, lambda key, got: None
@@ -139,12 +140,11 @@ def steps(subject: Subject | VisionSubject, dtype: str) -> Callable[[BackendInfo
   def build(info: BackendInfo):
     model = model_on(subject, info.label, dtype)
     src, tgt, max_len = subject.src, subject.tgt, subject.max_len
-    return {
-      "encoder": lambda: {"encoder": model.encode(src).numpy().astype(np.float32)},
-      "logits": lambda: {"logits": model(src, tgt).numpy().astype(np.float32)},
-      "greedy": lambda: {"greedy": generate(model, src, beam_size=1, max_len=max_len)},
-      "beam": lambda: {"beam": generate(model, src, beam_size=BEAM_SIZE, max_len=max_len)},
-    }
+    checks = {"encoder": lambda: {"encoder": model.encode(src).numpy().astype(np.float32)},
+              "logits": lambda: {"logits": model(src, tgt).numpy().astype(np.float32)}}
+    if isinstance(subject, AudioSubject): return checks   # Whisper decodes by its own rules (tfm transcribe)
+    return {**checks, "greedy": lambda: {"greedy": generate(model, src, beam_size=1, max_len=max_len)},
+            "beam": lambda: {"beam": generate(model, src, beam_size=BEAM_SIZE, max_len=max_len)}}
   return build
 
 
@@ -171,6 +171,7 @@ def kernel_graph(config: TransformerConfig | VisionConfig, dtype: str = "float32
   config = config.replace(n_encoder_layers=1, n_decoder_layers=1)
   token, half = min(5, config.vocab_size - 1), dtype == "float16"
   src, tgt = np.full((1, src_len), token), np.full((1, tgt_len), token)
+  if config.n_mels: src = np.zeros((1, config.n_mels, 2 * config.max_source_len), np.float32)   # Whisper's log-mel window
 
   def forward() -> Tensor:
     model = Transformer(config, device=None, initialise=False)   # on NULL nothing runs and nothing is allocated
@@ -179,8 +180,8 @@ def kernel_graph(config: TransformerConfig | VisionConfig, dtype: str = "float32
       for layer in linear_layers(model):
         layer.weight, layer.scale = Tensor.empty(*layer.weight.shape, dtype=dtypes.int8), Tensor.empty(layer.weight.shape[0])
     if devices > 1: model.lay_out(tuple("NULL" if i == 0 else f"NULL:{i}" for i in range(devices)), "tensor")
-    source = model.ids(src, "src")
-    return model.run_decoder(model.ids(tgt, "tgt"), model.run_encoder(source), model.padding_mask(source))
+    source = model.placed(model.check_source(src, "src"))
+    return model.run_decoder(model.ids(tgt, "tgt"), model.run_encoder(source), model.source_mask(source))
   return forward
 
 
@@ -226,12 +227,12 @@ class Report:
     def num(x: float | None, fmt: str) -> str: return "-" if x is None else format(x, fmt)
     timed = run.timings.get(self.subject.timed_step)
     latency = timed.median_s if timed else None
-    tokens = self.subject.units(run.outputs) if run.outputs else 0
+    rate = (self.subject.units(run.outputs) if run.outputs else 0) / latency if latency else None   # a Whisper window: < 1/s
     same = "tie" if run.ties and run.status == PASS else {None: "-", True: "yes", False: "NO"}[run.all_identical]
     vs_ref = "reference" if run.is_reference else num(run.max_vs_reference, ".1e")
     mode = split_mode(self.subject, run.backend)
     return [run.backend.label + (f" ({mode} parallel)" if mode else ""), run.status, num(run.max_error, ".1e"), vs_ref, same, num(run.first_s, ".1f"),
-            num(None if latency is None else latency * 1e3, ".1f"), num(tokens / latency if latency else None, ".0f"), run.note]
+            num(None if latency is None else latency * 1e3, ".1f"), num(rate, ".0f" if (rate or 0) >= 10 else ".2f"), run.note]
 
   def header(self) -> str:
     s = self.subject
@@ -247,7 +248,7 @@ class Report:
     if not ran: return "no backend ran: nothing was compared (see the notes)"
     tied = [r.backend.label for r in self.runs if r.status == PASS and r.ties]
     ids = f"the oracle's ids, but near ties on {', '.join(tied)} (see the notes)" if tied else "the oracle's ids"
-    return f"ok: ran on {', '.join(ran)}: within tolerance, with {ids}"
+    return f"ok: ran on {', '.join(ran)}: within tolerance" + ("" if isinstance(self.subject, AudioSubject) else f", with {ids}")
 
   def table(self) -> str:
     """Aligned plain text, one backend a line."""

@@ -12,6 +12,7 @@ import numpy as np
 from tinygrad import Context
 
 from tfm.io import weights
+from tfm.io.audio import HOP_LENGTH, SAMPLE_RATE, log_mel
 from tfm.config import TransformerConfig, VisionConfig
 from tfm.errors import InputError, TfmError
 from tfm.files import BUNDLED_CLASSIFIER, BUNDLED_MODEL
@@ -26,6 +27,7 @@ BEAM_SIZE = 4
 NEW_TOKENS = 16   # decoding budget beyond the source length (the bundled model's outputs are shorter than its inputs)
 BUNDLED, DIGITS = Path(BUNDLED_MODEL), Path(BUNDLED_CLASSIFIER)
 IMAGES = 3   # images in a ViT subject's batch
+SOUNDS = ("tone 440 Hz", "chirp 100 Hz-7.9 kHz")   # an audio subject's batch, one window each
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,27 @@ class Subject:
   def inputs_dict(self) -> dict[str, Any]:
     return {"texts": list(self.texts), "src": self.src.tolist(), "tgt": self.tgt.tolist(), "max_len": self.max_len,
             "beam_size": BEAM_SIZE}
+
+
+@dataclass(frozen=True)
+class AudioSubject(Subject):
+  """A Whisper model under comparison: `src` holds the log-mel features (B, n_mels, frames) of seeded synthetic sounds;
+  the encoder output and teacher-forced logits are compared (decoding Whisper needs its own rules: tfm transcribe)."""
+  timed_step, rate_name = "logits", "windows/s"
+  legend = ("- audio models (Whisper): the encoder output and teacher-forced logits for the log-mel features of "
+            "synthetic sounds (a tone, a chirp) against the oracle; median latency: the logits of the batch; windows/s: "
+            "windows of audio per second.")
+
+  @property
+  def max_len(self) -> int: return min(self.config.max_len, self.tgt.shape[1] + NEW_TOKENS)
+
+  def describe_inputs(self) -> str:
+    b, n_mels, frames = self.src.shape
+    return f"{b} synthetic sounds ({', '.join(SOUNDS)}) as log-mel features ({n_mels} x {frames}), {self.tgt.shape[1]} target tokens"
+
+  def units(self, outputs: dict[str, np.ndarray]) -> int: return self.src.shape[0]
+
+  def inputs_dict(self) -> dict[str, Any]: return {"sounds": list(SOUNDS), "tgt": self.tgt.tolist()}
 
 
 @dataclass(frozen=True)
@@ -138,10 +161,29 @@ def tiny_vision_subject(seed: int = 0, **overrides: Any) -> VisionSubject:
   return vision_subject(config, random_arrays(config, seed), f"vit-tiny config, random weights (seed {seed})", seed)
 
 
+def sounds(seconds: float) -> np.ndarray:
+  """SOUNDS as 16 kHz samples (len(SOUNDS), seconds x 16000), amplitude 0.5, with a little seeded noise."""
+  t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+  tone, chirp = np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * (100 * t + (7900 - 100) / (2 * seconds) * t * t))
+  noise = 0.01 * np.random.default_rng(0).standard_normal((2, len(t)))
+  return (0.5 * np.stack([tone, chirp]) + noise).astype(np.float32)
+
+
+def audio_subject(config: TransformerConfig, arrays: dict[str, np.ndarray], name: str, seed: int = 0) -> AudioSubject:
+  """A Whisper model with these weights on the log-mel features of SOUNDS, one window (2 x max_source_len frames) each,
+  and seeded random targets after the decoder's start token."""
+  frames = 2 * config.max_source_len
+  src = np.stack([log_mel(x, config.n_mels, frames * HOP_LENGTH) for x in sounds(frames * HOP_LENGTH / SAMPLE_RATE)])
+  rng = np.random.default_rng(seed)
+  tgt = rng.integers(0, config.vocab_size, (len(src), min(6, config.max_len))).astype(np.int32)
+  tgt[:, 0] = config.start_id
+  return AudioSubject(name, config, arrays, src, tgt)
+
+
 def load_subject(model: str | None = None) -> Subject | VisionSubject:
   """The model to compare: "bundled" (tfm/assets), "tiny" (random weights), "vit" (the vit-tiny config, random
   weights), "digits" (the bundled image classifier), a tfm .safetensors file, or a checkpoint folder (Marian,
-  NLLB/M2M100, BART, mBART, Pegasus, T5, ViT).
+  NLLB/M2M100, BART, mBART, Pegasus, T5, ViT, Whisper: its encoder and logits on the log-mel features of synthetic sounds).
 
   None means the bundled model when it is installed, else the tiny one (tfm compare says so on stderr).
   """
@@ -164,9 +206,7 @@ def load_subject(model: str | None = None) -> Subject | VisionSubject:
     from tfm.interop.folders import convert_folder, model_type
     conv = convert_folder(path)
     if conv.kind == "vit": return vision_subject(conv.config, conv.arrays, f"ViT checkpoint {path}")
-    if conv.config.n_mels:
-      raise TfmError(f"{path} is a Whisper model: tfm compare does not run audio models yet (tests/test_families.py checks "
-                     f"their logits and decoding against the float64 oracle and transformers)")
+    if conv.config.n_mels: return audio_subject(conv.config, conv.arrays, f"whisper checkpoint {path}")
     tokenizer = MarianTokenizer.from_dir(path) if (path / "source.spm").exists() else None
     config, arrays, name = conv.config, conv.arrays, f"{model_type(path) or 'marian'} checkpoint {path}"
   elif path.is_file():
@@ -179,13 +219,14 @@ def load_subject(model: str | None = None) -> Subject | VisionSubject:
     if wf.kind != "transformer":
       raise TfmError(f"{path} holds {wf.kind} (encoder and decoder stacks without embeddings), not a Transformer: "
                      f"tfm compare needs a whole model (token ids in, logits out)")
+    if wf.config.n_mels: return audio_subject(wf.config, dict(wf.arrays), str(path))
     vocab = next((v for v in (path.with_suffix(".vocab.json"), path.parent / "vocab.json") if v.exists()), None)
     tokenizer = CharTokenizer.load(vocab) if vocab is not None else None
     config, arrays = wf.config, dict(wf.arrays)   # held: every backend and the oracle take the same numbers
     name = f"bundled model ({path.name})" if path == BUNDLED else str(path)
   else:
     raise TfmError(f"--model {model!r}: no such file or folder; give 'bundled', 'tiny', 'vit', 'digits', a tfm "
-                   f".safetensors file or a checkpoint folder (Marian, NLLB/M2M100, BART, mBART, Pegasus, T5, ViT)")
+                   f".safetensors file or a checkpoint folder (Marian, NLLB/M2M100, BART, mBART, Pegasus, T5, ViT, Whisper)")
   src, tgt, texts = _inputs(config, tokenizer, seed=0)
   return Subject(name, config, arrays, src, tgt, texts, tokenizer)
 

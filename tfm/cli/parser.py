@@ -8,6 +8,7 @@ from tfm.cli import commands
 from tfm.cli.cluster import add_arguments as add_ray_arguments
 from tfm.cli.options import subcommand
 from tfm.cli.serve import add_parser as add_serve   # (the serve options' defaults come from tfm.apps.serve)
+from tfm.cli.transcribe import add_parser as add_transcribe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     epilog="examples:\n  tfm backends\n  tfm translate \"3rd of March, 2021\"\n  tfm compare --backends all")
   parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-  for add in (add_backends, add_compare, add_translate, add_compile, add_cache, add_kernels, add_convert, add_tune, add_train,
+  for add in (add_backends, add_compare, add_translate, add_transcribe, add_compile, add_cache, add_kernels, add_convert, add_tune, add_train,
               add_attention, add_classify, add_serve):
     add(sub)
   return parser
@@ -42,7 +43,7 @@ def add_compare(sub) -> None:
   p.add_argument("--model", default=None, metavar="bundled|tiny|vit|digits|PATH|DIR",
                  help="the bundled model, the tiny config with random weights, the vit-tiny Vision Transformer with random "
                       "weights, the bundled digits classifier, a tfm .safetensors file, or a checkpoint folder (Marian, "
-                      "NLLB/M2M100, BART, mBART, Pegasus, T5, ViT) "
+                      "NLLB/M2M100, BART, mBART, Pegasus, T5, ViT, Whisper) "
                       "(default: bundled when installed, else tiny)")
   p.add_argument("--backends", default="auto", metavar="auto|all|CPU,CL,...",
                  help="auto: every backend but the slow Python emulator; all: every one; or a comma-separated list, "

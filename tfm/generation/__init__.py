@@ -38,8 +38,10 @@ drops a model's compiled sessions.
 from tfm.generation.search import beam_search, generate, generate_tokens, greedy_search, incremental_logprobs, lengths_to_eos
 from tfm.generation.session import SOURCE_BUCKET, forget_sessions, keep_sessions, prepare, sessions_of
 from tfm.generation.settings import GenerationSettings, Timestamps, resolve_settings
-from tfm.generation.whisper import WhisperOutput, WhisperTokens, detect_language, whisper_generate, whisper_tokens
+from tfm.generation.whisper import (WhisperOutput, WhisperSegment, WhisperTokens, detect_language, whisper_generate, whisper_segments,
+                                    whisper_tokens)
 
-__all__ = ["GenerationSettings", "SOURCE_BUCKET", "Timestamps", "WhisperOutput", "WhisperTokens", "beam_search", "detect_language",
+__all__ = ["GenerationSettings", "SOURCE_BUCKET", "Timestamps", "WhisperOutput", "WhisperSegment", "WhisperTokens", "beam_search", "detect_language",
            "forget_sessions", "generate", "generate_tokens", "greedy_search", "incremental_logprobs", "keep_sessions", "lengths_to_eos",
-           "prepare", "resolve_settings", "sessions_of", "whisper_generate", "whisper_tokens"]
+           "prepare", "resolve_settings", "sessions_of", "whisper_generate", "whisper_segments",
+           "whisper_tokens"]

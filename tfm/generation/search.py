@@ -67,9 +67,9 @@ def _greedy_tokens(session: Session, s: GenerationSettings):
   """Greedy decoding as _greedy runs it, reading each step's tokens back as it goes: yields (B,) int32 ids per step,
   pad for rows that have already ended, until every row has ended or max_len is reached."""
   eos, pad = session.model.config.eos_id, session.model.config.pad_id
-  steps, ended = None, np.zeros(session.rows, bool)
+  steps, ended, start = None, np.zeros(session.rows, bool), np.full((session.rows, 1), s.start_id, np.int32)
   for pos in range(s.max_len):
-    steps = _greedy_steps(session, pos, steps, np.full((session.rows, 1), s.start_id, np.int32))
+    steps = _greedy_steps(session, pos, steps, start)
     steps.greedy(pos)
     view = host_view(steps.trace)
     ids = (view[0, :, pos + 1] if view is not None else download(steps.trace)[0, :, pos + 1]).astype(np.int32)

@@ -25,10 +25,12 @@ from tfm.generation.inputs import sources
 from tfm.generation.search import generate
 from tfm.generation.session import encoded, steps_at
 from tfm.generation.settings import GenerationSettings, Timestamps
+from tfm.io.whisper import cut
 from tfm.runtime.memory import download, upload
 from tfm.nn.transformer import Transformer
 
 TASKS = ("transcribe", "translate")
+SECONDS_PER_TIMESTAMP = 0.02   # <|0.02|> is one step after <|0.00|>
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,17 @@ class WhisperOutput:
   """One row's decode: the generated ids (int32; no prompt, no eos; timestamps included where asked), the language
   code it was decoded as, and its score (sum of log-probs / length ** length_penalty, eos counted) when asked."""
   ids: np.ndarray
-  language: str | None
+  language: str
   score: float | None = None
+
+
+@dataclass(frozen=True)
+class WhisperSegment:
+  """A stretch of a window's decode between two timestamps: its start and end in seconds and its text ids (int32, the
+  timestamp tokens left out)."""
+  start: float
+  end: float
+  ids: np.ndarray
 
 
 def whisper_tokens(model: Transformer) -> WhisperTokens:
@@ -97,30 +108,30 @@ def detect_language(model: Transformer, features: Any) -> list[tuple[str, float]
   steps = steps_at(session, 0, None)
   upload(session.feed, np.stack([np.full(len(features), tokens.sot), np.arange(len(features))]))
   steps.logits(0)
-  codes, ids = list(tokens.lang_to_id), list(tokens.lang_to_id.values())
-  x = download(session.logprobs)[:, ids].astype(np.float64)
+  codes, ids = zip(*sorted(tokens.lang_to_id.items(), key=lambda item: item[1]))   # by id: ties go to the lowest, as there
+  x = download(session.logprobs)[:, list(ids)].astype(np.float64)
   p = np.exp(x - x.max(1, keepdims=True))
   p /= p.sum(1, keepdims=True)
-  best = x.argmax(1)   # the first of equals, as torch's argmax over the masked logits
+  best = x.argmax(1)
   return [(codes[i], float(p[r, i])) for r, i in enumerate(best)]
 
 
-def _languages(tokens: WhisperTokens, model: Transformer, features: np.ndarray, language: Any) -> list[str | None]:
-  """Per row: the language code to decode as (detected where None), None for an English-only checkpoint."""
+def _languages(tokens: WhisperTokens, model: Transformer, features: np.ndarray, language: Any) -> list[str]:
+  """Per row: the language code to decode as (detected where None; "en" for an English-only checkpoint)."""
   rows = len(features)
   if not tokens.multilingual:
     if language not in (None, "en") and not (isinstance(language, (list, tuple)) and set(language) <= {"en"}):
       raise InputError(f"language={language!r}: this Whisper checkpoint is English-only; leave language out (or 'en')")
     return ["en"] * rows
-  if language is None: return [code for code, _ in detect_language(model, features)]
-  given = [language] * rows if isinstance(language, str) else list(language)
+  given = [language] * rows if language is None or isinstance(language, str) else list(language)
   if len(given) != rows: raise InputError(f"language has {len(given)} entries for {rows} rows of features: give one per row, or one string")
-  out = []
-  for code in given:
-    code = code.lower().strip("<|>") if isinstance(code, str) else code
-    if code not in tokens.lang_to_id:
+  out = [code.lower().strip("<|>") if isinstance(code, str) else code for code in given]
+  for code in out:
+    if code is not None and code not in tokens.lang_to_id:
       raise InputError(f"unknown language {code!r} for this Whisper checkpoint; it knows {', '.join(sorted(tokens.lang_to_id))}")
-    out.append(code)
+  if None in out:
+    detected = detect_language(model, features)
+    out = [detected[r][0] if code is None else code for r, code in enumerate(out)]
   return out
 
 
@@ -129,11 +140,12 @@ def whisper_generate(model: Transformer, features: Any, language: Any = None, ta
                      prompt_ids: Any = None, return_scores: bool = False) -> list[WhisperOutput]:
   """Decode log-mel features (B, n_mels, frames) of one 30 s window each, as transformers' generate decodes short-form audio.
 
-  language: a code ("en"), one per row, or None to detect each row's; task: "transcribe" or "translate"; timestamps:
-  generate timestamp tokens (<|0.00|>...) under the timestamp rules; beam_size, length_penalty: as tfm.generate (defaults
-  from the generation_config: greedy, 1.0); max_len: generated tokens at most (default: the generation_config's
-  max_length less the prompt, at most the decoder's positions less the prompt, as there); prompt_ids: previous text's
-  token ids, fed after <|startofprev|> (added when the ids do not start with it) before <|startoftranscript|>.
+  language: a code ("en"), a list of one per row (None: detect that row's), or None to detect each row's; task:
+  "transcribe" or "translate"; timestamps: generate timestamp tokens (<|0.00|>...) under the timestamp rules (cut them
+  into segments with whisper_segments); beam_size, length_penalty: as tfm.generate (defaults from the
+  generation_config: greedy, 1.0); max_len: generated tokens at most (default: the generation_config's max_length less
+  the prompt, at most the decoder's positions less the prompt, as there); prompt_ids: previous text's token ids, fed
+  after <|startofprev|> (added when the ids do not start with it) before <|startoftranscript|>.
   """
   tokens = whisper_tokens(model)
   features, _ = sources(model, features)
@@ -168,4 +180,18 @@ def whisper_generate(model: Transformer, features: Any, language: Any = None, ta
   for r, row in enumerate(ids):
     row = row[:np.argmax(row == tokens.eot)] if (row == tokens.eot).any() else row
     out.append(WhisperOutput(np.ascontiguousarray(row, np.int32), languages[r], float(scores[r]) if return_scores else None))
+  return out
+
+
+def whisper_segments(ids: Any, tokens: WhisperTokens, frames: int = 3000) -> list[WhisperSegment]:
+  """A decode with timestamps (WhisperOutput.ids) cut into segments as transformers' generate cuts one window's decode
+  (its `segments`, time offset 0): at each pair of timestamps; when the decode ends in text after a pair, that
+  unfinished text is left out (a later window would decode it again); with no pair, one segment to the last timestamp
+  (to the window's end, of `frames` log-mel frames, where there is none but <|0.00|>)."""
+  if tokens.timestamp_begin is None: raise InputError("segments need the checkpoint's no_timestamps_token_id: this one has none")
+  ids, begin = [int(i) for i in np.asarray(ids).reshape(-1)], tokens.timestamp_begin
+  out = []
+  for start, end, first, stop in cut(ids, begin, frames)[0]:   # tfm.io.whisper.cut: the one place windows are cut
+    part = np.asarray(ids[first:stop], np.int64)
+    out.append(WhisperSegment(start * SECONDS_PER_TIMESTAMP, end * SECONDS_PER_TIMESTAMP, part[part < begin].astype(np.int32)))
   return out

@@ -8,11 +8,14 @@ from typing import Callable
 
 import numpy as np
 from tinygrad import Tensor, nn
+from tinygrad.helpers import TRAINING
 
 from tfm.nn.attention import KVCache, MultiHeadAttention
 from tfm.config import TransformerConfig, VisionConfig
 from tfm.runtime.cpu_kernels import activated
+from tfm.nn.gradients import affine
 from tfm.nn.linear import Linear
+from tfm.runtime.gemm import sums_fit
 from tfm.runtime.memory import to_device
 
 
@@ -94,7 +97,10 @@ class LayerNorm(nn.LayerNorm):
   back: in float16 a mean, a variance and the affine step in half precision lose more than the tolerance, which is
   why mixed-precision frameworks keep normalisation in float32 too. For a float32 model nothing changes."""
 
-  def __call__(self, x: Tensor) -> Tensor: return super().__call__(x.float()).cast(x.dtype)
+  def __call__(self, x: Tensor) -> Tensor:
+    if TRAINING and self.weight is not None and self.axis == (-1,) and sums_fit(x.float()):   # its gain and shift gradients by tfm's column sums
+      return affine(x.float().layernorm(eps=self.eps, axis=self.axis), self.weight, self.bias).cast(x.dtype)
+    return super().__call__(x.float()).cast(x.dtype)
 
 
 class RMSNorm(nn.RMSNorm):

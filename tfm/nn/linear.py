@@ -5,10 +5,12 @@ y = x W^T + b. The weight's gradient is G^T X, a reduction over the tokens: auto
 axis of G and X as they are stored, and tinygrad 0.14 compiles that reduction, whose operands are strided along the
 reduced axis, at about a third of the speed of a matmul whose operands are contiguous along it (measured in
 docs/PERFORMANCE.md, "Where the time goes"). So under training the product is a tinygrad `function` with its own
-gradient: dX = G W as autograd computes it, dW = G^T (X^T)^T with G^T and X^T made contiguous.
+gradient (tfm.nn.gradients.matmul_wt), and on CPU tfm's GEMM with GEMM gradients (tfm.runtime.gemm); the bias's
+gradient on CPU is tfm's column sums (tfm.nn.gradients.add_bias).
 
-Decoding on CPU computes large layers from packed copies of their weights (Linear.pack, packed_product): eight
-output features interleaved along the input axis, so that one vector load feeds eight outputs.
+Decoding on CPU computes large layers from packed copies of their weights (Linear.pack, packed_product): as many
+output features as the machine's float32 vector holds, interleaved along the input axis, so that one vector load
+feeds them all.
 
 Both classes here are built with unset (empty) weights, which the model initialises or a loader fills.
 """
@@ -24,32 +26,16 @@ import numpy as np
 from tinygrad import Tensor, dtypes, nn
 from tinygrad.codegen.opt import Opt, OptOps
 from tinygrad.dtype import least_upper_dtype, sum_acc_dtype
-from tinygrad.function import function
-from tinygrad.helpers import TRAINING, prod
+from tinygrad.helpers import TRAINING, Context, prod
 from tinygrad.uop.ops import AxisType, KernelInfo, Ops, UOp
 
 from backends import switches
 from tfm.errors import InputError
-from tfm.runtime.cpu_kernels import WIDE, compiled_as_scalars, serial_reductions, thread_opts
-from tfm.runtime.gemm import gemm, gemm_fits
+from tfm.runtime.cpu_kernels import WIDE, compiled_as_scalars, scatter_adds, serial_reductions, thread_opts
+from tfm.nn.gradients import add_bias, matmul_wt
+from tfm.runtime.gemm import gemm, gemm_fits, sums_fit
 from tfm.runtime.machine import vector_floats
 from tfm.runtime.memory import download, like, to_device
-
-
-def _matmul_wt_gradient(grad: UOp, call: UOp) -> tuple[UOp, UOp]:
-  x, w = (Tensor(u) for u in call.src[1:])  # tinygrad-0.14: a function's CALL uop holds its arguments at src[1:]
-  g = Tensor(grad)
-  g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # (tokens, out), (tokens, in)
-  dx = (g2 @ w).reshape(x.shape)
-  dw = g2.T.contiguous() @ x2.T.contiguous().T  # (out, tokens) @ (tokens, in), both read along the tokens
-  return dx.uop, dw.uop
-
-
-# tinygrad-0.14: autograd's dW reduces over a strided axis, ~3x slower than a contiguous matmul
-@function(grad_fxn=_matmul_wt_gradient)
-def matmul_wt(x: Tensor, w: Tensor) -> Tensor:
-  """x @ w.T, differentiated by `_matmul_wt_gradient`."""
-  return x @ w.T
 
 
 LANES = 16      # partial sums per output where a product's reduction is split (one AVX-512 vector of float32)
@@ -189,7 +175,8 @@ class Linear(nn.Linear):
     # the outputs, one multiply per output instead of one per weight
     elif self.scale is not None: y = product(x, self.weight) * self.scale.cast(x.dtype)
     else: y = product(x, self.weight)
-    return y if self.bias is None else y + self.bias
+    if self.bias is None: return y
+    return add_bias(y, self.bias) if TRAINING and sums_fit(y) else y + self.bias
 
   @property
   def packed(self) -> Tensor | None:
@@ -291,7 +278,16 @@ def pack_layers(obj: Any) -> list[Linear]:
 
 
 class Embedding(nn.Embedding):
-  """tinygrad's Embedding (same weight name, same lookup) built with an unset table, as Linear is."""
+  """tinygrad's Embedding (same weight name, same lookup) built with an unset table, as Linear is.
+
+  Under training on a CPU device compiled through C, the table's gradient is tinygrad's scatter-add kernel (one atomic
+  add per token and feature) instead of autograd's reduction, which computes every row of the table from every token
+  (vocab x tokens x d): the medium train step's embedding gradient 112 -> 2 ms (docs/PERFORMANCE.md, "Training")."""
 
   def __init__(self, vocab_size: int, embed_size: int):
     self.weight = Tensor.empty(vocab_size, embed_size)   # tinygrad-0.14: nn.Embedding's lazy init is slow (as Linear's)
+
+  def __call__(self, idx: Tensor) -> Tensor:
+    if not (TRAINING and scatter_adds(self.weight.device)): return super().__call__(idx)
+    # tinygrad-0.14: USE_ATOMICS picks nn.Embedding's scatter-add gradient (its kernel is C: clang's renderer only)
+    with Context(USE_ATOMICS=1): return super().__call__(idx)

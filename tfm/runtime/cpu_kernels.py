@@ -19,6 +19,7 @@ from tinygrad import Device, Tensor, dtypes
 from tinygrad.codegen import to_program
 from tinygrad.codegen.opt import Opt, OptOps
 from tinygrad.helpers import TRAINING
+from tinygrad.renderer.cstyle import ClangRenderer
 from tinygrad.uop.ops import KernelInfo, UOp
 
 from tfm.runtime.machine import cores
@@ -33,6 +34,12 @@ def serial_reductions(device: Any) -> bool:
   renderer without local memory (CPU) has no GROUP option to split it, and C may not reorder float additions."""
   # tinygrad-0.14: renderer.has_local False: no GROUP option, so each reduction is one serial accumulator
   return isinstance(device, str) and not Device[device].renderer.has_local
+
+
+def scatter_adds(device: Any) -> bool:
+  """Whether tinygrad's scatter-add kernels (C atomics: nn.Embedding's gradient under USE_ATOMICS) compile for this
+  device: one CPU device whose renderer is clang's C (not CPU:LLVM or CPU:X86)."""
+  return isinstance(device, str) and device.split(":")[0] == "CPU" and isinstance(Device[device].renderer, ClangRenderer)
 
 
 def thread_opts(items: int, device: str) -> tuple[Opt, ...]:

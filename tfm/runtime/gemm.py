@@ -16,6 +16,7 @@ import math
 
 from tinygrad import Device, Tensor, dtypes
 from tinygrad.codegen import to_program
+from tinygrad.helpers import TRAINING
 from tinygrad.codegen.opt import Opt, OptOps
 from tinygrad.renderer.cstyle import ClangRenderer
 from tinygrad.renderer.llvmir import LLVMRenderer
@@ -23,7 +24,7 @@ from tinygrad.runtime.support.compiler_cpu import ClangCompiler
 from tinygrad.uop.ops import AxisType, KernelInfo, Ops, UOp
 
 from tfm.runtime.cpu_kernels import serial_reductions
-from tfm.runtime.machine import cores, vector_floats
+from tfm.runtime.machine import cores, l1_data_bytes, vector_floats
 
 TILE = 12   # rows per register tile: 12 accumulators, a weight vector and a broadcast fit AVX2's 16 vector registers
 
@@ -57,25 +58,36 @@ def _renderer(device: str, lanes: int):
   return renderer
 
 
+def k_block(lanes: int) -> int:
+  """Inputs per part of a long reduction at inference: a part's slice of a weight block (k_block x lanes floats) fills
+  the core's L1 data cache (512 on a 32 KiB L1 with 16 lanes), a power of two, at least 128. Measured on the AMD EPYC
+  VM at 1024 x 2048 x 512 (opus-mt's fc2): 64 GFLOP/s in one part, 115 in parts of 512 (docs/PERFORMANCE.md)."""
+  return max(128, 1 << ((l1_data_bytes() // (4 * lanes)).bit_length() - 1))
+
+
 @functools.cache
-def gemm_kernel(rows: int, k: int, blocks: int, lanes: int, threads: int, device: str, groups: int = 1, transposed: bool = False):
+def gemm_kernel(rows: int, k: int, blocks: int, lanes: int, threads: int, device: str, groups: int = 1, transposed: bool = False,
+                part: tuple[int, int] | None = None):
   """The custom kernel y[g, r, b*lanes + j] = sum_i w[g, b, i, j] x[g, min(r, rows-1), i] over rows rounded up to
   TILE, compiled for the device (a PROGRAM); without groups (1) the g axis is left out. The cores split the groups
   where they divide them, else the blocks. `transposed`: x is stored (k, rows), read as x[i, r] (a tile's rows are
-  then neighbours in memory)."""
+  then neighbours in memory). `part` (k0, kc): the sum over inputs k0 .. k0+kc-1 only, plus, after the first part, the
+  previous part's sums (an input more): the reduction in parts whose slice of the weight stays in L1 (k_block)."""
   tiles, grouped = -(-rows // TILE), groups > 1
-  def kernel(y: UOp, w: UOp, x: UOp) -> UOp:
+  k0, kc = part or (0, k)
+  def kernel(y: UOp, w: UOp, x: UOp, *previous: UOp) -> UOp:
     g = (UOp.range(groups, 0),) if grouped else ()
     b, t = UOp.range(blocks, len(g)), UOp.range(tiles, len(g) + 1)
     # the tile's rows and lanes are unrolled (UPCAST) ranges of their own: TILE x lanes sums held in registers
     tr, j = UOp.range(TILE, len(g) + 2, AxisType.UPCAST), UOp.range(lanes, len(g) + 3, AxisType.UPCAST)
-    i = UOp.range(k, len(g) + 4, AxisType.REDUCE)
-    r = t * TILE + tr
-    xi = (*g, i, r.minimum(rows - 1)) if transposed else (*g, r.minimum(rows - 1), i)
-    acc = (w[(*g, b, i, j)] * x[xi]).reduce(i, arg=Ops.ADD)
+    i = UOp.range(kc, len(g) + 4, AxisType.REDUCE)
+    r, at = t * TILE + tr, i + k0 if k0 else i
+    xi = (*g, at, r.minimum(rows - 1)) if transposed else (*g, r.minimum(rows - 1), at)
+    acc = (w[(*g, b, at, j)] * x[xi]).reduce(i, arg=Ops.ADD)
+    if previous: acc = acc + previous[0][(*g, r, b * lanes + j)]
     split = 0 if grouped and groups % threads == 0 else len(g) if blocks % threads == 0 else None
     opts = (Opt(OptOps.THREAD, split, threads),) if threads > 1 and split is not None else ()
-    name = f"gemm{'t' if transposed else ''}_{f'{groups}x' if grouped else ''}{rows}_{blocks * lanes}_{k}"
+    name = f"gemm{'t' if transposed else ''}_{f'{groups}x' if grouped else ''}{rows}_{blocks * lanes}_{k}{f'_{k0}' if part else ''}"
     info = KernelInfo(name=name, opts_to_apply=opts)
     return to_program(y[(*g, r, b * lanes + j)].store(acc).end(*g, b, t, tr, j).sink(arg=info), _renderer(device, lanes))
   return kernel
@@ -118,10 +130,19 @@ def gemm(x: Tensor, w: Tensor, packed: Tensor | None = None) -> Tensor:
   (rows, k), out, device = x.shape, w.shape[0], x.device
   lanes, threads = vector_floats(), cores(device)
   if packed is None: packed = gemm_layout(w, lanes, gemm_blocks(out, lanes, threads)).contiguous()
-  blocks = packed.shape[0]
+  # rows whose length is a multiple of 1 KiB map a tile's rows to the same few L1 sets (8 KiB apart at 2048 inputs: all
+  # 12 in one set of 8 ways): padded by one vector, they fall in different sets
+  x = (x.pad(((0, 0), (0, lanes))) if k % 256 == 0 else x).contiguous()
+  blocks, shape = packed.shape[0], (-(-rows // TILE) * TILE, packed.shape[0] * lanes)
+  if not TRAINING and k > (kc := k_block(lanes)):   # at inference, the reduction in parts (k_block)
+    y = None
+    for k0 in range(0, k, kc):
+      fxn = gemm_kernel(rows, k, blocks, lanes, threads, device, part=(k0, min(kc, k - k0)))
+      y = Tensor.empty(*shape, dtype=x.dtype, device=device).custom_kernel(packed, x, *([] if y is None else [y]), fxn=fxn)[0]
+    return y[:rows, :out]
   fxn = gemm_kernel(rows, k, blocks, lanes, threads, device)
-  y = Tensor.empty(-(-rows // TILE) * TILE, blocks * lanes, dtype=x.dtype, device=device)
-  return y.custom_kernel(packed, x.contiguous(), fxn=fxn, grad_fxn=_gemm_gradient)[0][:rows, :out]
+  y = Tensor.empty(*shape, dtype=x.dtype, device=device)
+  return y.custom_kernel(packed, x, fxn=fxn, grad_fxn=_gemm_gradient)[0][:rows, :out]
 
 
 def gemm_tn(a: Tensor, b: Tensor) -> Tensor:
@@ -144,7 +165,8 @@ def _gemm_gradient(grad: UOp, call: UOp) -> tuple[UOp | None, ...]:
   blocks, k, lanes = packed.shape
   g = Tensor(grad)[:x.shape[0]]   # the rows past x's re-read its last row: their outputs were sliced off, their grads are 0
   dx = gemm(g, packed.permute(1, 0, 2).reshape(k, blocks * lanes))                     # G (rows, out) @ W (out, in)
-  dw = gemm_tn(g, x).reshape(blocks, lanes, k).permute(0, 2, 1)                       # G^T X, as (blocks, in, lanes)
+  dx = dx.pad(((0, 0), (0, x.shape[1] - k)))   # x as the kernel read it: its rows maybe padded (gemm)
+  dw = gemm_tn(g, x[:, :k]).reshape(blocks, lanes, k).permute(0, 2, 1)                # G^T X, as (blocks, in, lanes)
   return (None, dw.uop, dx.uop)
 
 

@@ -138,7 +138,7 @@ def _auto(timeout: float) -> BackendInfo:
   gpus = ("CL",) if infos["CL"].accelerator else ()   # an OpenCL GPU is an accelerator; PoCL is CPU-class
   for name in ACCELERATORS + gpus + tuple(n for n in CPU_CLASS if n not in gpus):
     if infos[name].runs:
-      skipped = [infos[n] for n in CPU_CLASS[:CPU_CLASS.index(name)]] if name in CPU_CLASS else []
+      skipped = [infos[n] for n in CPU_CLASS[:CPU_CLASS.index(name)]] if name in CPU_CLASS and name not in gpus else []
       if skipped: warnings.warn(f"auto: {_why(skipped)}; falling back to {name}", stacklevel=3)
       return infos[name]
     log.info("auto: skipping %s (%s: %s)", name, infos[name].status, infos[name].reason)

@@ -111,7 +111,9 @@ def test_auto_picks_cpu_before_opencl_on_the_cpu_and_an_opencl_gpu_first(fake, m
     assert backends.select().name == "CPU"   # PoCL is CPU-class: tfm's CPU kernels are the faster
   table = {n: info(n, RUNS if n in ("CL", "CPU") else UNAVAILABLE, accelerator=n == "CL") for n in backends.NAMES}
   monkeypatch.setattr(select_mod, "available", lambda timeout=None: list(table.values()))
-  assert backends.select().name == "CL"   # an OpenCL GPU is an accelerator
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert backends.select().name == "CL"   # an OpenCL GPU is an accelerator (and nothing was skipped)
 
 
 def test_auto_falls_back_and_says_so(fake):

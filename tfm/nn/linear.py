@@ -282,7 +282,7 @@ class Embedding(nn.Embedding):
 
   Under training on a CPU device compiled through C, the table's gradient is tinygrad's scatter-add kernel (one atomic
   add per token and feature) instead of autograd's reduction, which computes every row of the table from every token
-  (vocab x tokens x d): the medium train step's embedding gradient 112 -> 2 ms (docs/PERFORMANCE.md, "Training")."""
+  (vocab x tokens x d): the medium train step's embedding gradient 112 -> 2 ms (docs/PERFORMANCE.md, "Training on CPU")."""
 
   def __init__(self, vocab_size: int, embed_size: int):
     self.weight = Tensor.empty(vocab_size, embed_size)   # tinygrad-0.14: nn.Embedding's lazy init is slow (as Linear's)

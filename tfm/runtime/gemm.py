@@ -7,6 +7,11 @@ vector load of the packed weight and TILE broadcasts of x, TILE multiply-adds in
 builds it from full-width FMAs (`vfmadd231ps zmm, zmm, mem{1to16}` on AVX-512). The blocks of L outputs are split over
 the cores (THREAD). Rows that do not fill the last tile read the last row again; their outputs are sliced off. Measured
 in docs/PERFORMANCE.md, "Many rows on CPU".
+
+The same kernel serves attention's products per head (gemm_nt, gemm_nn: an axis of groups), training's gradients (GEMMs
+again; G^T X reads G transposed as stored: gemm_tn) and, at inference, a reduction longer than L1 holds in parts
+(k_block); column_sums sums the rows of a gradient for a bias or a norm. Measured in docs/PERFORMANCE.md, "Training on
+CPU, the encoder's long products, and `auto`".
 """
 from __future__ import annotations
 

@@ -37,9 +37,10 @@ def target_prefixes(model: Transformer, target_prefix: Any, rows: int, max_len: 
     if bad: raise InputError(f"target_prefix {i} has token id {bad[0]}, out of range for vocab_size={model.config.vocab_size}")
   return prefixes if any(prefixes) else None
 
-def decoder_prompts(model: Transformer, decoder_prompt: Any, rows: int, max_len: int) -> np.ndarray | None:
-  """Checked decoder prompts (B, P) int32, one per source and all of one length, or None."""
-  if decoder_prompt is None: return None
+def decoder_prompts(model: Transformer, decoder_prompt: Any, rows: int, max_len: int, start_id: int) -> np.ndarray:
+  """Checked decoder prompts (B, P) int32, one per source and all of one length; without one, each row's start token
+  (B, 1)."""
+  if decoder_prompt is None: return np.full((rows, 1), start_id, np.int32)
   try: prompt = np.array([[int(i) for i in row] for row in decoder_prompt], np.int32)
   except (TypeError, ValueError): raise InputError("decoder_prompt must be one list of token ids per source, all of one length "
                                                    "(a (batch, P) array)") from None

@@ -63,13 +63,14 @@ def _greedy(session: Session, s: GenerationSettings, prompt: np.ndarray) -> tupl
   ids[after] = pad
   return ids, np.where(after, np.float32(0), logprobs).sum(1, dtype=np.float32), lengths
 
-def _greedy_tokens(session: Session, s: GenerationSettings):
-  """Greedy decoding as _greedy runs it, reading each step's tokens back as it goes: yields (B,) int32 ids per step,
-  pad for rows that have already ended, until every row has ended or max_len is reached."""
+def _greedy_tokens(session: Session, s: GenerationSettings, prompt: np.ndarray):
+  """Greedy decoding as _greedy runs it from a one-token prompt (the start token), reading each step's tokens back as
+  it goes: yields (B,) int32 ids per step, pad for rows that have already ended, until every row has ended or max_len
+  is reached."""
   eos, pad = session.model.config.eos_id, session.model.config.pad_id
-  steps, ended, start = None, np.zeros(session.rows, bool), np.full((session.rows, 1), s.start_id, np.int32)
+  steps, ended = None, np.zeros(session.rows, bool)
   for pos in range(s.max_len):
-    steps = _greedy_steps(session, pos, steps, start)
+    steps = _greedy_steps(session, pos, steps, prompt)
     steps.greedy(pos)
     view = host_view(steps.trace)
     ids = (view[0, :, pos + 1] if view is not None else download(steps.trace)[0, :, pos + 1]).astype(np.int32)
@@ -87,7 +88,7 @@ def _fill_prompt(session: Session, prompt: np.ndarray, step: str) -> Steps | Non
     getattr(steps, step)(pos)
   return steps
 
-def _host_steps(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None, prompt: np.ndarray | None = None):
+def _host_steps(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None, prompt: np.ndarray):
   """Greedy decoding or sampling with rules that depend on each row's tokens: the device computes the logits, the
   host applies the rules to them (then the device's own rules, in Hugging Face's order) and picks or draws the token.
   Yields each step's (tokens (B,), their log-probs (B,)), pad and 0 for rows that have ended, until all have. A
@@ -96,7 +97,7 @@ def _host_steps(session: Session, s: GenerationSettings, prefixes: list[list[int
   n, eos, pad = session.rows, c.eos_id, c.pad_id
   rule_at, bias = rule_arrays(s, c)
   rng = np.random.default_rng(s.seed)
-  history = np.full((n, 1), s.start_id, np.int32) if prompt is None else prompt.copy()
+  history = prompt.copy()
   p = history.shape[1]
   ended, steps = np.zeros(n, bool), _fill_prompt(session, history, "logits")
   for t in range(s.max_len):
@@ -122,14 +123,14 @@ def _host_steps(session: Session, s: GenerationSettings, prefixes: list[list[int
     if ended.all(): return
 
 def _host_greedy(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None,
-                 prompt: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 prompt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """_host_steps' tokens as greedy_search returns them: ids, summed log-probs, lengths."""
   tokens, logprobs = zip(*_host_steps(session, s, prefixes, prompt))
   ids = np.stack(tokens, 1)
   return ids, np.stack(logprobs, 1).sum(1, dtype=np.float32), lengths_to_eos(ids, session.model.config.eos_id)
 
-def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None = None,
-                 prompt: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[int]] | None,
+                 prompt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Beam search: the device computes each step's log-probs, the host keeps the hypotheses, in float32 sums and
   Hugging Face's order of operations, so that the same log-probs select the same hypotheses as there. The rules that
   depend on the hypotheses (tfm.generation.rules) apply to the log-probs, as Hugging Face's beam search applies them.
@@ -147,7 +148,7 @@ def _beam_search(session: Session, s: GenerationSettings, prefixes: list[list[in
   done_scores, done_lengths = np.full((b, k), never, f32), np.zeros((b, k), np.int64)
   is_done = np.zeros((b, k), bool)
   improvable = np.ones(b, bool)  # can a live beam still beat the worst kept hypothesis?
-  prompt = np.repeat(np.full((b, 1), s.start_id, np.int32) if prompt is None else prompt, k, 0)   # (b * k, P)
+  prompt = np.repeat(prompt, k, 0)   # (b * k, P)
   p = prompt.shape[1]
   steps = _fill_prompt(session, prompt, "beam")
   tokens, origin = prompt[:, -1], np.arange(b * k)
@@ -200,13 +201,13 @@ def _search(model: Transformer, src_ids: Any, method: str, return_scores: bool, 
   """Check the inputs, encode, then decode with `method`: "greedy", "beam", or "auto" (greedy for one beam)."""
   src, lengths = sources(model, src_ids)
   s, prefixes = checked_settings(model, src, lengths, bad_words, target_prefix, **given)
-  prompt = decoder_prompts(model, decoder_prompt, src.shape[0], s.max_len)
+  prompt = decoder_prompts(model, decoder_prompt, src.shape[0], s.max_len, s.start_id)
   greedy = method == "greedy" or (method == "auto" and s.beam_size == 1)
   if greedy: s = dataclasses.replace(s, beam_size=1, num_return=1)
-  session = encoded(model, src, s, 1 if prompt is None else prompt.shape[1])
+  session = encoded(model, src, s, prompt.shape[1])
   if greedy:
     if rules.active(s) or prefixes: ids, sums, lengths = _host_greedy(session, s, prefixes, prompt)
-    else: ids, sums, lengths = _greedy(session, s, np.full((len(src), 1), s.start_id, np.int32) if prompt is None else prompt)
+    else: ids, sums, lengths = _greedy(session, s, prompt)
     scores = sums / lengths.astype(np.float32) ** s.length_penalty
   else: ids, scores, lengths = _beam_search(session, s, prefixes, prompt)
   ids = np.ascontiguousarray(ids[:, :int(lengths.max())])
@@ -222,9 +223,9 @@ def generate_tokens(model: Transformer, src_ids: Any, max_len: int | None = None
   bad_words, target_prefix = rules_given.pop("bad_words", None), rules_given.pop("target_prefix", None)
   s, prefixes = checked_settings(model, src, lengths, bad_words, target_prefix, max_len=max_len, min_len=min_len, **rules_given)
   s = dataclasses.replace(s, beam_size=1, num_return=1)
-  session = encoded(model, src, s)
-  if rules.active(s) or prefixes: yield from (tokens for tokens, _ in _host_steps(session, s, prefixes))
-  else: yield from _greedy_tokens(session, s)
+  session, start = encoded(model, src, s), decoder_prompts(model, None, len(src), s.max_len, s.start_id)
+  if rules.active(s) or prefixes: yield from (tokens for tokens, _ in _host_steps(session, s, prefixes, start))
+  else: yield from _greedy_tokens(session, s, start)
 
 def incremental_logprobs(model: Transformer, src_ids: Any, tgt_ids: Any) -> np.ndarray:
   """Teacher forcing through the KV-cache decode step: log-probs (B, T, vocab_size) of the token after each target
